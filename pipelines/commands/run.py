@@ -1,0 +1,109 @@
+"""``rtune run [--config F] [--set k=v ...]``: the whole pipeline locally through ``kfp.local``.
+
+Each stage runs as a subprocess of this Python (``SubprocessRunner(use_venv=False)``); outputs go
+under ``local.pipeline_root`` (default ``./rtune-runs``) and MLflow runs to ``$MLFLOW_TRACKING_URI``
+or ``./mlflow.db``. At the end it prints where the outputs and the MLflow run are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("run", help="run the whole pipeline locally (kfp.local)")
+    parser.add_argument("--config", default=None, help="run config (default pipelines/configs/local.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set prepare.limit=8 (repeatable)")
+    parser.set_defaults(func=run)
+
+
+@dataclass
+class LocalRunResult:
+    run_dir: Path
+    decisions: Path
+    selected: Path
+    report: Path
+    mlflow_run_id: str | None
+    tracking_uri: str
+    seconds: float
+
+
+def run_locally(config_path: str | None = None, overrides: list[str] | None = None) -> LocalRunResult:
+    """Run ``reflection_tuning`` in-process with kfp.local and return where everything landed."""
+    from kfp import local
+
+    from components.common.tracking import TrackingConfig, resolve_tracking_uri
+    from pipelines.config import load_pipeline_config
+    from pipelines.reflection_tuning import reflection_tuning
+
+    config = load_pipeline_config(config_path, overrides)
+    tracking = TrackingConfig(**config.tracking)
+    tracking_uri = resolve_tracking_uri(tracking)
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # the stage subprocesses inherit it
+    root = Path(config.local.get("pipeline_root", "rtune-runs")).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    before = {p.name for p in root.iterdir()}
+    started = time.time()
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    reflection_tuning(**config.pipeline_arguments())
+    run_dir = _newest_new_dir(root, before)
+    return LocalRunResult(
+        run_dir=run_dir, decisions=run_dir / "select-rifd" / "decisions",
+        selected=run_dir / "select-rifd" / "selected", report=run_dir / "select-rifd" / "report",
+        mlflow_run_id=_parent_run_id(tracking_uri, tracking.experiment, started) if tracking.enabled else None,
+        tracking_uri=tracking_uri, seconds=time.time() - started)
+
+
+def _newest_new_dir(root: Path, before: set[str]) -> Path:
+    new = [p for p in root.iterdir() if p.is_dir() and p.name not in before]
+    if not new:
+        raise RuntimeError(f"kfp.local wrote no run folder under {root}")
+    return max(new, key=lambda p: p.stat().st_mtime)
+
+
+def _parent_run_id(tracking_uri: str, experiment: str, since: float) -> str | None:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs([found.experiment_id], filter_string="tags.`rtune.role` = 'pipeline'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if runs and runs[0].info.start_time >= int(since * 1000) - 1000:
+        return str(runs[0].info.run_id)
+    return None
+
+
+def summary_lines(result: LocalRunResult) -> list[str]:
+    from components.common.records import read_jsonl
+
+    decisions = Counter(str(r.get("decision")) for r in read_jsonl(result.decisions))
+    kept = sum(n for d, n in decisions.items() if d != "dropped")
+    total = sum(decisions.values())
+    store = result.tracking_uri
+    lines = [
+        f"reflection-tuning finished in {result.seconds:.0f} s",
+        f"  records kept: {kept}/{total}  by decision: "
+        + ", ".join(f"{d}={decisions[d]}" for d in ("ori", "Q", "A", "QA", "dropped") if decisions[d]),
+        f"  selected dataset: {result.selected}",
+        f"  all decisions:    {result.decisions}",
+        f"  HTML report:      {result.report}",
+        f"  pipeline outputs: {result.run_dir}",
+    ]
+    if result.mlflow_run_id:
+        ui = f"mlflow ui --backend-store-uri {store}" if store.startswith("sqlite") else store
+        lines.append(f"  MLflow run:       {result.mlflow_run_id} (open with: {ui})")
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    result = run_locally(args.config, args.overrides)
+    print("\n".join(summary_lines(result)))
+    return 0
