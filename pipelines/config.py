@@ -9,6 +9,7 @@ A config groups parameters per stage, exactly as the pipeline takes them::
     selection: {...}                # components.select_rifd.rules.SelectionConfig
     tracking:  {...}                # components.common.tracking.TrackingConfig
     checkpoint_root: ""             # durable checkpoints (default $RTUNE_CACHE/checkpoints)
+    cluster:   {scoring_gpus: 1}    # cluster-only resources (ignored by kfp.local)
     local:     {pipeline_root: rtune-runs}   # kfp.local only
 
 Every section is validated against its typed config when loaded, so a typo fails before any work.
@@ -39,35 +40,54 @@ class PipelineConfig:
     selection: dict[str, Any] = field(default_factory=dict)
     tracking: dict[str, Any] = field(default_factory=dict)
     checkpoint_root: str = ""
+    cluster: dict[str, Any] = field(default_factory=dict)
     local: dict[str, Any] = field(default_factory=dict)
     source: str = "<defaults>"
 
     def pipeline_arguments(self) -> dict[str, Any]:
         """Keyword arguments for ``reflection_tuning(...)`` (and compile-time defaults)."""
-        return {"seed_uri": self.seed_uri, "prepare_config": self.prepare, "teacher": self.teacher,
-                "scoring": self.scoring, "selection": self.selection, "tracking": self.tracking,
-                "checkpoint_root": self.checkpoint_root}
+        return {
+            "seed_uri": self.seed_uri,
+            "prepare_config": self.prepare,
+            "teacher": self.teacher,
+            "scoring": self.scoring,
+            "selection": self.selection,
+            "tracking": self.tracking,
+            "checkpoint_root": self.checkpoint_root,
+            "scoring_gpus": int(self.cluster.get("scoring_gpus", 1)),
+        }
 
 
-def load_pipeline_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+def load_pipeline_config(
+    path: str | Path | None = None, overrides: list[str] | None = None
+) -> PipelineConfig:
     """Read a YAML run config, apply ``section.key=value`` overrides, validate every section."""
     path = Path(path) if path else DEFAULT_CONFIG
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
-        raise InputError(str(path), "config file not found",
-                         f"pass an existing file, e.g. one of {sorted(p.name for p in CONFIG_DIR.glob('*.yaml'))}") from None
+        raise InputError(
+            str(path),
+            "config file not found",
+            f"pass an existing file, e.g. one of {sorted(p.name for p in CONFIG_DIR.glob('*.yaml'))}",
+        ) from None
     except yaml.YAMLError as err:
         raise InputError(str(path), f"invalid YAML: {err}", "fix the YAML syntax") from None
     if not isinstance(data, dict):
-        raise InputError(str(path), "top level must be a mapping", "see pipelines/configs/local.yaml")
+        raise InputError(
+            str(path), "top level must be a mapping", "see pipelines/configs/local.yaml"
+        )
     for item in overrides or []:
         apply_override(data, item, str(path))
     known = {f for f in PipelineConfig.__dataclass_fields__ if f != "source"}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise InputError(str(path), f"unknown section(s) {unknown}", f"valid sections: {sorted(known)}",
-                         field=unknown[0])
+        raise InputError(
+            str(path),
+            f"unknown section(s) {unknown}",
+            f"valid sections: {sorted(known)}",
+            field=unknown[0],
+        )
     config = PipelineConfig(**copy.deepcopy(data), source=str(path))
     validate(config)
     return config
@@ -77,23 +97,30 @@ def apply_override(data: dict[str, Any], item: str, source: str) -> None:
     """``teacher.backend=openai`` -> data["teacher"]["backend"] = "openai" (value parsed as YAML)."""
     key, sep, raw = item.partition("=")
     if not sep or not key:
-        raise InputError(source, f"bad --set {item!r}", "write --set section.key=value, e.g. --set prepare.limit=8")
+        raise InputError(
+            source,
+            f"bad --set {item!r}",
+            "write --set section.key=value, e.g. --set prepare.limit=8",
+        )
     target = data
     parts = key.split(".")
     for part in parts[:-1]:
         target = target.setdefault(part, {})
         if not isinstance(target, dict):
-            raise InputError(source, f"--set {key}: {part!r} is not a section", "override a key inside a section")
+            raise InputError(
+                source, f"--set {key}: {part!r} is not a section", "override a key inside a section"
+            )
     target[parts[-1]] = yaml.safe_load(raw) if raw else ""
 
 
 def validate(config: PipelineConfig) -> None:
     """Build every stage's typed config once (raises InputError naming the section and key)."""
+    from components.select_rifd.rules import SelectionConfig
+
     from components.common.config import from_dict
     from components.common.tracking import TrackingConfig
     from components.prepare.config import PrepareConfig
     from components.scoring.task import split_scoring_config
-    from components.select_rifd.rules import SelectionConfig
     from components.teacher.config import TeacherConfig
 
     source = config.source
@@ -105,3 +132,8 @@ def validate(config: PipelineConfig) -> None:
         raise InputError(f"{source}: scoring", str(err), "fix the scoring section") from None
     from_dict(SelectionConfig, config.selection, f"{source}: selection")
     from_dict(TrackingConfig, config.tracking, f"{source}: tracking")
+    unknown = sorted(set(config.cluster) - {"scoring_gpus"})
+    if unknown:
+        raise InputError(
+            f"{source}: cluster", f"unknown key(s) {unknown}", "valid keys: ['scoring_gpus']"
+        )

@@ -31,19 +31,23 @@ def _teacher_task(task: Any) -> Any:
     """Teacher calls are remote and flaky: retry the task; the key comes from a Secret."""
     task.set_retry(num_retries=3, backoff_duration="60s", backoff_factor=2.0)
     task.set_caching_options(False)
-    kubernetes.use_secret_as_env(task, secret_name=TEACHER_SECRET, secret_key_to_env=TEACHER_SECRET_KEYS,
-                                 optional=True)
+    kubernetes.use_secret_as_env(
+        task, secret_name=TEACHER_SECRET, secret_key_to_env=TEACHER_SECRET_KEYS, optional=True
+    )
     return task
 
 
-def _scoring_task(task: Any) -> Any:
-    """The student scores on one GPU per shard in the cluster (CPU locally)."""
-    task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
+def _scoring_task(task: Any, gpus: Any) -> Any:
+    """The student scores on ``scoring_gpus`` GPUs per shard in the cluster (CPU locally)."""
+    task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
     task.set_memory_request("16Gi").set_cpu_request("4")
     return task
 
 
-@dsl.pipeline(name=PIPELINE_NAME, description="Selective Reflection-Tuning: teacher rewrites, student selects.")
+@dsl.pipeline(
+    name=PIPELINE_NAME,
+    description="Selective Reflection-Tuning: teacher rewrites, student selects.",
+)
 def reflection_tuning(
     seed_uri: str = "builtin:seed",
     prepare_config: dict = {},  # noqa: B006 - KFP pipeline defaults are compiled, never mutated
@@ -52,27 +56,69 @@ def reflection_tuning(
     selection: dict = {},  # noqa: B006
     tracking: dict = {},  # noqa: B006
     checkpoint_root: str = "",
+    scoring_gpus: int = 1,
 ) -> None:
     run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-    prepared = prepare(seed_uri=seed_uri, config=prepare_config, tracking=tracking, kfp_run_id=run_id)
+    prepared = prepare(
+        seed_uri=seed_uri, config=prepare_config, tracking=tracking, kfp_run_id=run_id
+    )
 
-    phase1 = _teacher_task(reflect_instruction(
-        records=prepared.outputs["prepared"], teacher=teacher, tracking=tracking, kfp_run_id=run_id,
-        checkpoint_root=checkpoint_root))
+    phase1 = _teacher_task(
+        reflect_instruction(
+            records=prepared.outputs["prepared"],
+            teacher=teacher,
+            tracking=tracking,
+            kfp_run_id=run_id,
+            checkpoint_root=checkpoint_root,
+        )
+    )
     shards = plan_shards(scoring=scoring)
     with dsl.ParallelFor(shards.output, name="ifd-shards") as shard:
-        ifd_scores = _scoring_task(score_shard(
-            records=phase1.outputs["candidates"], scoring=scoring, tracking=tracking, kfp_run_id=run_id,
-            phase="ifd", shard_index=shard, checkpoint_root=checkpoint_root))
-    chosen = select_ifd(candidates=phase1.outputs["candidates"], scores=dsl.Collected(ifd_scores.outputs["scores"]),
-                        tracking=tracking, kfp_run_id=run_id)
+        ifd_scores = _scoring_task(
+            score_shard(
+                records=phase1.outputs["candidates"],
+                scoring=scoring,
+                tracking=tracking,
+                kfp_run_id=run_id,
+                phase="ifd",
+                shard_index=shard,
+                checkpoint_root=checkpoint_root,
+            ),
+            scoring_gpus,
+        )
+    chosen = select_ifd(
+        candidates=phase1.outputs["candidates"],
+        scores=dsl.Collected(ifd_scores.outputs["scores"]),
+        tracking=tracking,
+        kfp_run_id=run_id,
+    )
 
-    phase2 = _teacher_task(reflect_response(
-        records=chosen.outputs["selected"], teacher=teacher, tracking=tracking, kfp_run_id=run_id,
-        checkpoint_root=checkpoint_root))
+    phase2 = _teacher_task(
+        reflect_response(
+            records=chosen.outputs["selected"],
+            teacher=teacher,
+            tracking=tracking,
+            kfp_run_id=run_id,
+            checkpoint_root=checkpoint_root,
+        )
+    )
     with dsl.ParallelFor(shards.output, name="rifd-shards") as shard:
-        rifd_scores = _scoring_task(score_shard(
-            records=phase2.outputs["candidates"], scoring=scoring, tracking=tracking, kfp_run_id=run_id,
-            phase="rifd", shard_index=shard, checkpoint_root=checkpoint_root))
-    select_rifd(candidates=phase2.outputs["candidates"], scores=dsl.Collected(rifd_scores.outputs["scores"]),
-                selection=selection, tracking=tracking, kfp_run_id=run_id)
+        rifd_scores = _scoring_task(
+            score_shard(
+                records=phase2.outputs["candidates"],
+                scoring=scoring,
+                tracking=tracking,
+                kfp_run_id=run_id,
+                phase="rifd",
+                shard_index=shard,
+                checkpoint_root=checkpoint_root,
+            ),
+            scoring_gpus,
+        )
+    select_rifd(
+        candidates=phase2.outputs["candidates"],
+        scores=dsl.Collected(rifd_scores.outputs["scores"]),
+        selection=selection,
+        tracking=tracking,
+        kfp_run_id=run_id,
+    )

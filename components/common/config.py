@@ -25,8 +25,12 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, source: str = "confi
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise InputError(source, f"unknown key(s) {unknown} for {cls.__name__}",
-                         f"valid keys are {sorted(fields)}", field=unknown[0])
+        raise InputError(
+            source,
+            f"unknown key(s) {unknown} for {cls.__name__}",
+            f"valid keys are {sorted(fields)}",
+            field=unknown[0],
+        )
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
@@ -47,7 +51,8 @@ def _coerce(hint: Any, value: Any) -> Any:
         typing.get_origin(hint) in (typing.Union, types.UnionType) and int in typing.get_args(hint)
     )
     accepts_float = hint is float or (
-        typing.get_origin(hint) in (typing.Union, types.UnionType) and float in typing.get_args(hint)
+        typing.get_origin(hint) in (typing.Union, types.UnionType)
+        and float in typing.get_args(hint)
     )
     if accepts_int and not accepts_float and isinstance(value, float) and value.is_integer():
         return int(value)
@@ -77,7 +82,9 @@ def flatten(config: Any, prefix: str = "") -> dict[str, str]:
         if isinstance(value, Mapping):
             flat.update(flatten(value, f"{name}."))
             continue
-        if any(marker in key.lower() for marker in SECRET_MARKERS) and not key.lower().endswith("_env"):
+        if any(marker in key.lower() for marker in SECRET_MARKERS) and not key.lower().endswith(
+            "_env"
+        ):
             continue
         flat[name] = "" if value is None else str(value)
     return flat

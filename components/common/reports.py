@@ -48,7 +48,9 @@ def figure_ifd_ori_vs_q(records: Sequence[Record]) -> Any:
         ax.set_xlim(0, high)
         ax.set_ylim(0, high)
         above = sum(1 for x, y in points if y > x)
-        ax.set_title(f"IFD original vs reflected instruction\n{above}/{len(points)} harder after reflection")
+        ax.set_title(
+            f"IFD original vs reflected instruction\n{above}/{len(points)} harder after reflection"
+        )
     else:
         ax.set_title("IFD original vs reflected instruction (no scored pairs)")
     ax.set_xlabel("IFD(ori)")
@@ -64,15 +66,22 @@ def figure_rifd_old_vs_new(records: Sequence[Record]) -> Any:
     for record in records:
         winner = record.get("phase1", {}).get("winner")
         reflected = "QA" if winner == "Q" else "A"
-        old_value, new_value = _score(record, winner or "ori", "rifd"), _score(record, reflected, "rifd")
+        old_value, new_value = (
+            _score(record, winner or "ori", "rifd"),
+            _score(record, reflected, "rifd"),
+        )
         if old_value is not None:
             old.append(old_value)
         if new_value is not None:
             new.append(new_value)
     fig, ax = plt.subplots(figsize=(6, 4))
     if old or new:
-        ax.hist([old, new], bins=20, label=["winner's response", "reflected response"],
-                color=["#a0aec0", "#dd6b20"])
+        ax.hist(
+            [old, new],
+            bins=20,
+            label=["winner's response", "reflected response"],
+            color=["#a0aec0", "#dd6b20"],
+        )
         ax.axvline(1.0, color="#c53030", linestyle="--", linewidth=1, label="r-IFD = 1")
         ax.legend()
     ax.set_xlabel("r-IFD (lower: the response points to its instruction better)")
@@ -87,10 +96,14 @@ def figure_decisions(records: Iterable[Record]) -> Any:
     plt = _pyplot()
     counts = Counter(str(r.get("decision", "undecided")) for r in records)
     order = [d for d in ("ori", "Q", "A", "QA", "dropped") if d in counts] + sorted(
-        d for d in counts if d not in {"ori", "Q", "A", "QA", "dropped"})
+        d for d in counts if d not in {"ori", "Q", "A", "QA", "dropped"}
+    )
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    bars = ax.bar(order, [counts[d] for d in order],
-                  color=["#c53030" if d == "dropped" else "#2f855a" for d in order])
+    bars = ax.bar(
+        order,
+        [counts[d] for d in order],
+        color=["#c53030" if d == "dropped" else "#2f855a" for d in order],
+    )
     ax.bar_label(bars)
     ax.set_ylabel("records")
     ax.set_title("Final decision per seed record")
@@ -104,14 +117,23 @@ def figure_png_base64(figure: Any) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def html_report(title: str, summary: Mapping[str, Any], figures: Mapping[str, Any],
-                table: Sequence[Mapping[str, Any]] = (), table_title: str = "Records") -> str:
+def html_report(
+    title: str,
+    summary: Mapping[str, Any],
+    figures: Mapping[str, Any],
+    table: Sequence[Mapping[str, Any]] = (),
+    table_title: str = "Records",
+) -> str:
     """A self-contained HTML page (inline PNGs, no external assets) for the Kubeflow UI."""
-    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>"
-                   for k, v in summary.items())
+    rows = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>"
+        for k, v in summary.items()
+    )
     images = "".join(
         f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{figure_png_base64(fig)}">'
-        f"<figcaption>{html.escape(name)}</figcaption></figure>" for name, fig in figures.items())
+        f"<figcaption>{html.escape(name)}</figcaption></figure>"
+        for name, fig in figures.items()
+    )
     detail = _html_table(table, table_title) if table else ""
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
@@ -124,8 +146,10 @@ def html_report(title: str, summary: Mapping[str, Any], figures: Mapping[str, An
 def _html_table(rows: Sequence[Mapping[str, Any]], title: str) -> str:
     columns = list(rows[0].keys())
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(row.get(c)))}</td>" for c in columns) + "</tr>"
-                   for row in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(row.get(c)))}</td>" for c in columns) + "</tr>"
+        for row in rows
+    )
     return f"<h2>{html.escape(title)}</h2><table class='records'><tr>{head}</tr>{body}</table>"
 
 

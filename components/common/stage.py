@@ -18,8 +18,13 @@ class MetricsSink(Protocol):
 
 
 @contextmanager
-def tracked_stage(name: str, kfp_run_id: str, tracking: Mapping[str, Any] | None,
-                  config: Any, extra_params: Mapping[str, str] | None = None) -> Iterator[StageRun]:
+def tracked_stage(
+    name: str,
+    kfp_run_id: str,
+    tracking: Mapping[str, Any] | None,
+    config: Any,
+    extra_params: Mapping[str, str] | None = None,
+) -> Iterator[StageRun]:
     """Open the stage's nested MLflow run and log its flattened config as params."""
     tracking_config = config_from_dict(TrackingConfig, tracking, "tracking")
     with stage_run(name, kfp_run_id, tracking_config) as run:
@@ -27,10 +32,15 @@ def tracked_stage(name: str, kfp_run_id: str, tracking: Mapping[str, Any] | None
         yield run
 
 
-def publish_metrics(run: StageRun, sink: MetricsSink | None, metrics: Mapping[str, Any],
-                    to_parent: bool = False) -> None:
+def publish_metrics(
+    run: StageRun, sink: MetricsSink | None, metrics: Mapping[str, Any], to_parent: bool = False
+) -> None:
     """Send numeric metrics to MLflow and to the Kubeflow UI (the task's Metrics artifact)."""
-    numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    numeric = {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
     run.log_metrics(numeric, to_parent=to_parent)
     if sink is not None:
         for key, value in numeric.items():

@@ -22,7 +22,7 @@ def split_s3(uri: str) -> tuple[str, str]:
     """``s3://bucket/a/b`` -> ``("bucket", "a/b")``."""
     if not is_s3(uri):
         raise ValueError(f"not an s3:// URI: {uri!r}")
-    bucket, _, key = uri[len(S3_SCHEME):].partition("/")
+    bucket, _, key = uri[len(S3_SCHEME) :].partition("/")
     if not bucket:
         raise ValueError(f"s3 URI without a bucket: {uri!r}")
     return bucket, key
@@ -31,7 +31,9 @@ def split_s3(uri: str) -> tuple[str, str]:
 def s3_client(endpoint_url: str | None = None) -> Any:
     import boto3
 
-    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("S3_ENDPOINT_URL")
+    endpoint = (
+        endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("S3_ENDPOINT_URL")
+    )
     return boto3.client("s3", endpoint_url=endpoint or None)
 
 
@@ -63,7 +65,7 @@ def download_prefix(uri: str, dest_dir: Path, endpoint_url: str | None = None) -
     found = 0
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
-            relative = obj["Key"][len(prefix):]
+            relative = obj["Key"][len(prefix) :]
             if not relative or relative.endswith("/"):
                 continue
             target = dest_dir / relative

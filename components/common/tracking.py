@@ -42,16 +42,25 @@ def resolve_tracking_uri(config: TrackingConfig) -> str:
     return uri or f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
-def find_or_create_parent_run(client: Any, experiment_id: str, kfp_run_id: str, pipeline: str) -> str:
+def find_or_create_parent_run(
+    client: Any, experiment_id: str, kfp_run_id: str, pipeline: str
+) -> str:
     """The pipeline's parent run id, created (tagged with the KFP run id) if it does not exist yet."""
     query = f"tags.`{PIPELINE_TAG}` = '{kfp_run_id}' and tags.`{ROLE_TAG}` = 'pipeline'"
-    found = client.search_runs([experiment_id], filter_string=query, max_results=1,
-                               order_by=["attributes.start_time ASC"])
+    found = client.search_runs(
+        [experiment_id], filter_string=query, max_results=1, order_by=["attributes.start_time ASC"]
+    )
     if found:
         return str(found[0].info.run_id)
-    run = client.create_run(experiment_id, run_name=f"{pipeline}-{kfp_run_id}",
-                            tags={PIPELINE_TAG: kfp_run_id, ROLE_TAG: "pipeline",
-                                  "mlflow.runName": f"{pipeline}-{kfp_run_id}"})
+    run = client.create_run(
+        experiment_id,
+        run_name=f"{pipeline}-{kfp_run_id}",
+        tags={
+            PIPELINE_TAG: kfp_run_id,
+            ROLE_TAG: "pipeline",
+            "mlflow.runName": f"{pipeline}-{kfp_run_id}",
+        },
+    )
     return str(run.info.run_id)
 
 
@@ -96,7 +105,9 @@ class StageRun:
             for key, value in tags.items():
                 client.set_tag(self.parent_run_id, key, value)
 
-    def log_dataset(self, rows: Sequence[Mapping[str, Any]], source: str, name: str, context: str) -> None:
+    def log_dataset(
+        self, rows: Sequence[Mapping[str, Any]], source: str, name: str, context: str
+    ) -> None:
         """Log records as an ``mlflow.data`` dataset input (``source`` = the artifact's URI)."""
         if not self.active:
             return
@@ -112,7 +123,9 @@ class StageRun:
             import mlflow
             import pandas as pd
 
-            mlflow.log_table(pd.DataFrame([_flat_row(row) for row in rows]), artifact_file=artifact_file)
+            mlflow.log_table(
+                pd.DataFrame([_flat_row(row) for row in rows]), artifact_file=artifact_file
+            )
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
         if self.active:
@@ -145,13 +158,16 @@ class StageRun:
 
 def _flat_row(row: Mapping[str, Any]) -> dict[str, Any]:
     """Tables hold scalars: nested values (lists, dicts) become JSON strings."""
-    return {k: (json.dumps(v, ensure_ascii=False) if isinstance(v, dict | list) else v)
-            for k, v in row.items()}
+    return {
+        k: (json.dumps(v, ensure_ascii=False) if isinstance(v, dict | list) else v)
+        for k, v in row.items()
+    }
 
 
 @contextmanager
-def stage_run(stage: str, kfp_run_id: str, config: TrackingConfig,
-              pipeline: str = "reflection-tuning") -> Iterator[StageRun]:
+def stage_run(
+    stage: str, kfp_run_id: str, config: TrackingConfig, pipeline: str = "reflection-tuning"
+) -> Iterator[StageRun]:
     """Open the stage's nested MLflow run under the pipeline's parent run (or the injected run)."""
     if not config.enabled:
         yield StageRun(None, None)

@@ -7,8 +7,14 @@ from components.common.images import image
 
 
 @dsl.component(base_image=image("base"))
-def prepare(seed_uri: str, config: dict, tracking: dict, kfp_run_id: str,
-            prepared: Output[Dataset], metrics: Output[Metrics]) -> None:
+def prepare(
+    seed_uri: str,
+    config: dict,
+    tracking: dict,
+    kfp_run_id: str,
+    prepared: Output[Dataset],
+    metrics: Output[Metrics],
+) -> None:
     """Validate, normalise, id and de-duplicate the seed data."""
     from pathlib import Path
 

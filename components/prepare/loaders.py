@@ -21,7 +21,9 @@ from typing import Any
 from components.common.records import InputError
 
 FORMATS = ("json", "jsonl", "parquet", "hf_dataset")
-SUPPORTED = "a JSON array (alpaca_data.json), JSON lines, Parquet, or a datasets save_to_disk folder"
+SUPPORTED = (
+    "a JSON array (alpaca_data.json), JSON lines, Parquet, or a datasets save_to_disk folder"
+)
 
 UTF8_BOM = b"\xef\xbb\xbf"
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
@@ -252,9 +254,7 @@ def _iter_hf_dataset(path: Path, display: str) -> Iterator[RawRecord]:
             index += 1
 
 
-def _decode_utf8(
-    data: bytes, display: str, first_line: int = 1, base_offset: int = 0
-) -> str:
+def _decode_utf8(data: bytes, display: str, first_line: int = 1, base_offset: int = 0) -> str:
     """Decode strictly; a bad byte is reported with its line and byte offset in the file."""
     if base_offset == 0 and data.startswith(UTF16_BOMS):
         raise _utf16_error(display)

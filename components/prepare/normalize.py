@@ -46,7 +46,7 @@ def normalize_text(text: str) -> str:
 
 
 def content_id(instruction: str, input_text: str, output: str) -> str:
-    """``r-`` + the first 16 hex digits of sha256 over the JSON array ``[instruction, input, output]``.
+    """``r-`` + 16 hex digits of sha256 over the JSON array ``[instruction, input, output]``.
 
     JSON encoding is the separator: no two different triples encode alike, so only a sha256
     collision (probability ~n²/2⁶⁵ for n records) could give two records one id. Same normalised
@@ -92,7 +92,7 @@ def _text_field(data: dict[str, Any], name: str, where: Location) -> str:
         raise where.error(
             f"{name!r} must be a string, got {json_type(value)}",
             f"make {name!r} one JSON string: quote numbers, join list items into one text"
-            + ("" if required else ", or use \"\" when there is no input"),
+            + ("" if required else ', or use "" when there is no input'),
             field=name,
         )
     text = normalize_text(value)
@@ -145,7 +145,7 @@ def _flags(value: Any, where: Location) -> list[str]:
 
 
 def _json_value(key: str, value: Any, where: Location) -> Any:
-    """Extra fields pass through untouched, but must be writable as JSON (Parquet may hold dates)."""
+    """Extra fields pass through untouched but must be writable as JSON (Parquet may hold dates)."""
     try:
         json.dumps(value, ensure_ascii=False)
     except (TypeError, ValueError):

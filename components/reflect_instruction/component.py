@@ -7,12 +7,26 @@ from components.common.images import image
 
 
 @dsl.component(base_image=image("base"))
-def reflect_instruction(records: Input[Dataset], teacher: dict, tracking: dict, kfp_run_id: str,
-                        checkpoint_root: str, candidates: Output[Dataset], metrics: Output[Metrics]) -> None:
+def reflect_instruction(
+    records: Input[Dataset],
+    teacher: dict,
+    tracking: dict,
+    kfp_run_id: str,
+    checkpoint_root: str,
+    candidates: Output[Dataset],
+    metrics: Output[Metrics],
+) -> None:
     """Teacher critiques each instruction and writes a new one with its answer (candidate Q)."""
     from pathlib import Path
 
     from components.reflect_instruction.task import run_reflect_instruction
 
-    run_reflect_instruction(Path(records.path), teacher, tracking, kfp_run_id, Path(candidates.path),
-                            checkpoint_root, metrics)
+    run_reflect_instruction(
+        Path(records.path),
+        teacher,
+        tracking,
+        kfp_run_id,
+        Path(candidates.path),
+        checkpoint_root,
+        metrics,
+    )

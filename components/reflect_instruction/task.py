@@ -26,27 +26,45 @@ def checkpoint_for(stage: str, input_path: Path, teacher: TeacherConfig, root: s
 
 def candidate_rows(records: list[Record], names: tuple[str, ...]) -> list[dict[str, Any]]:
     """Flat rows (id, candidate, instruction, input, output) for the ``candidates`` dataset."""
-    return [{"id": r["id"], "candidate": name, **r["candidates"][name]}
-            for r in records for name in names if name in r.get("candidates", {})]
+    return [
+        {"id": r["id"], "candidate": name, **r["candidates"][name]}
+        for r in records
+        for name in names
+        if name in r.get("candidates", {})
+    ]
 
 
 def teacher_metrics(records: list[Record], phase: str) -> dict[str, float]:
     statuses = [r.get("teacher", {}).get(phase, {}).get("parse_status") for r in records]
-    return {f"parse_status_{s}": float(statuses.count(s)) for s in sorted({str(s) for s in statuses})}
+    return {
+        f"parse_status_{s}": float(statuses.count(s)) for s in sorted({str(s) for s in statuses})
+    }
 
 
-def run_reflect_instruction(records_path: Path, teacher: Mapping[str, Any] | None,
-                            tracking: Mapping[str, Any] | None, kfp_run_id: str, output_path: Path,
-                            checkpoint_root: str = "", metrics: MetricsSink | None = None) -> dict[str, float]:
+def run_reflect_instruction(
+    records_path: Path,
+    teacher: Mapping[str, Any] | None,
+    tracking: Mapping[str, Any] | None,
+    kfp_run_id: str,
+    output_path: Path,
+    checkpoint_root: str = "",
+    metrics: MetricsSink | None = None,
+) -> dict[str, float]:
     from components.reflect_instruction.reflect import reflect_instructions
 
     config = from_dict(TeacherConfig, teacher, "teacher")
     checkpoint = checkpoint_for("reflect_instruction", Path(records_path), config, checkpoint_root)
     with tracked_stage("reflect_instruction", kfp_run_id, tracking, config) as run:
-        summary = reflect_instructions(Path(records_path), Path(output_path), config, checkpoint_path=checkpoint)
+        summary = reflect_instructions(
+            Path(records_path), Path(output_path), config, checkpoint_path=checkpoint
+        )
         records = read_jsonl(output_path)
-        run.log_dataset(candidate_rows(records, ("ori", "Q")), source=str(output_path),
-                        name="candidates-instruction", context="candidates")
+        run.log_dataset(
+            candidate_rows(records, ("ori", "Q")),
+            source=str(output_path),
+            name="candidates-instruction",
+            context="candidates",
+        )
         values = {**summary.as_dict(), **teacher_metrics(records, "instruction")}
         publish_metrics(run, metrics, values)
     return values

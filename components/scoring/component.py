@@ -15,13 +15,30 @@ def plan_shards(scoring: dict) -> list:
 
 
 @dsl.component(base_image=image("base"))
-def score_shard(records: Input[Dataset], scoring: dict, tracking: dict, kfp_run_id: str, phase: str,
-                shard_index: int, checkpoint_root: str, scores: Output[Dataset],
-                metrics: Output[Metrics]) -> None:
+def score_shard(
+    records: Input[Dataset],
+    scoring: dict,
+    tracking: dict,
+    kfp_run_id: str,
+    phase: str,
+    shard_index: int,
+    checkpoint_root: str,
+    scores: Output[Dataset],
+    metrics: Output[Metrics],
+) -> None:
     """IFD / r-IFD of this shard's candidates with the student model."""
     from pathlib import Path
 
     from components.scoring.task import run_score_shard
 
-    run_score_shard(Path(records.path), scoring, tracking, kfp_run_id, phase, shard_index,
-                    Path(scores.path), checkpoint_root, metrics)
+    run_score_shard(
+        Path(records.path),
+        scoring,
+        tracking,
+        kfp_run_id,
+        phase,
+        shard_index,
+        Path(scores.path),
+        checkpoint_root,
+        metrics,
+    )

@@ -6,11 +6,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from components.scoring.config import ScoringConfig
+
 from components.common.checkpoint import fingerprint
 from components.common.config import from_dict
 from components.common.stage import MetricsSink, publish_metrics, tracked_stage
 from components.common.storage import cache_root
-from components.scoring.config import ScoringConfig
 
 PIPELINE_ONLY_KEYS = ("num_shards",)
 
@@ -28,19 +29,42 @@ def plan_shard_indices(scoring: Mapping[str, Any] | None) -> list[int]:
     return list(range(split_scoring_config(scoring)[1]))
 
 
-def run_score_shard(records_path: Path, scoring: Mapping[str, Any] | None, tracking: Mapping[str, Any] | None,
-                    kfp_run_id: str, phase: str, shard_index: int, output_path: Path,
-                    checkpoint_root: str = "", metrics: MetricsSink | None = None) -> dict[str, float]:
+def run_score_shard(
+    records_path: Path,
+    scoring: Mapping[str, Any] | None,
+    tracking: Mapping[str, Any] | None,
+    kfp_run_id: str,
+    phase: str,
+    shard_index: int,
+    output_path: Path,
+    checkpoint_root: str = "",
+    metrics: MetricsSink | None = None,
+) -> dict[str, float]:
     from components.scoring.stage import score_candidates
 
     config, num_shards = split_scoring_config(scoring)
-    key = fingerprint(phase, shard_index, num_shards, str(config),
-                      Path(records_path).read_bytes().decode("utf-8", "replace"))
-    checkpoint = Path(checkpoint_root or cache_root() / "checkpoints") / f"score_{phase}" / f"{key}.partial.jsonl"
+    key = fingerprint(
+        phase,
+        shard_index,
+        num_shards,
+        str(config),
+        Path(records_path).read_bytes().decode("utf-8", "replace"),
+    )
+    checkpoint = (
+        Path(checkpoint_root or cache_root() / "checkpoints")
+        / f"score_{phase}"
+        / f"{key}.partial.jsonl"
+    )
     name = f"score_{phase}-shard-{int(shard_index)}"
     with tracked_stage(name, kfp_run_id, tracking, config, {"num_shards": str(num_shards)}) as run:
-        summary = score_candidates(Path(records_path), Path(output_path), config, phase,  # type: ignore[arg-type]
-                                   shard_index=int(shard_index), num_shards=num_shards,
-                                   checkpoint_path=checkpoint)
+        summary = score_candidates(
+            Path(records_path),
+            Path(output_path),
+            config,
+            phase,  # type: ignore[arg-type]
+            shard_index=int(shard_index),
+            num_shards=num_shards,
+            checkpoint_path=checkpoint,
+        )
         publish_metrics(run, metrics, summary.as_dict())
     return summary.as_dict()

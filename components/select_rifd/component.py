@@ -7,13 +7,30 @@ from components.common.images import image
 
 
 @dsl.component(base_image=image("base"))
-def select_rifd(candidates: Input[Dataset], scores: Input[list[Dataset]], selection: dict, tracking: dict,
-                kfp_run_id: str, decisions: Output[Dataset], selected: Output[Dataset],
-                metrics: Output[Metrics], report: Output[HTML]) -> None:
+def select_rifd(
+    candidates: Input[Dataset],
+    scores: Input[list[Dataset]],
+    selection: dict,
+    tracking: dict,
+    kfp_run_id: str,
+    decisions: Output[Dataset],
+    selected: Output[Dataset],
+    metrics: Output[Metrics],
+    report: Output[HTML],
+) -> None:
     """Keep the reflected response when r-IFD and IFD say it helps; write the training set."""
     from pathlib import Path
 
     from components.select_rifd.task import run_select_rifd
 
-    run_select_rifd(Path(candidates.path), [Path(s.path) for s in scores], selection, tracking, kfp_run_id,
-                    Path(decisions.path), Path(selected.path), Path(report.path), metrics)
+    run_select_rifd(
+        Path(candidates.path),
+        [Path(s.path) for s in scores],
+        selection,
+        tracking,
+        kfp_run_id,
+        Path(decisions.path),
+        Path(selected.path),
+        Path(report.path),
+        metrics,
+    )

@@ -9,7 +9,7 @@ never raises for one bad record: a request that failed for good comes back with 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 Message = dict[str, str]
@@ -51,6 +51,9 @@ class Completion:
     @property
     def failed(self) -> bool:
         return self.error is not None
+
+    def with_prefill(self, prefill: str) -> Completion:
+        return replace(self, prefill=prefill)
 
 
 class Teacher(Protocol):

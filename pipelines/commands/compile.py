@@ -13,12 +13,16 @@ from pathlib import Path
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("compile", help="compile the pipeline to KFP IR YAML")
     parser.add_argument("-o", "--output", default="pipeline.yaml", help="where to write the YAML")
-    parser.add_argument("--config", default=None, help="run config whose values become the defaults")
+    parser.add_argument(
+        "--config", default=None, help="run config whose values become the defaults"
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.set_defaults(func=run)
 
 
-def compile_pipeline(output: Path, config_path: str | None = None, overrides: list[str] | None = None) -> Path:
+def compile_pipeline(
+    output: Path, config_path: str | None = None, overrides: list[str] | None = None
+) -> Path:
     from kfp import compiler
 
     from pipelines.config import load_pipeline_config
@@ -26,8 +30,9 @@ def compile_pipeline(output: Path, config_path: str | None = None, overrides: li
 
     config = load_pipeline_config(config_path, overrides)
     output.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(reflection_tuning, package_path=str(output),
-                                pipeline_parameters=config.pipeline_arguments())
+    compiler.Compiler().compile(
+        reflection_tuning, package_path=str(output), pipeline_parameters=config.pipeline_arguments()
+    )
     return output
 
 

@@ -8,10 +8,14 @@ import argparse
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("models", help="provision or locate models")
     actions = parser.add_subparsers(dest="action", required=True)
-    pull = actions.add_parser("pull", help="provision the embedded default (SmolLM2-135M-Instruct) into the cache")
+    pull = actions.add_parser(
+        "pull", help="provision the embedded default (SmolLM2-135M-Instruct) into the cache"
+    )
     pull.set_defaults(func=run_pull)
     path = actions.add_parser("path", help="print the local folder of a model spec")
-    path.add_argument("spec", nargs="?", default="default", help="'default', a folder, or an s3:// prefix")
+    path.add_argument(
+        "spec", nargs="?", default="default", help="'default', a folder, or an s3:// prefix"
+    )
     path.set_defaults(func=run_path)
 
 

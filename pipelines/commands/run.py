@@ -17,9 +17,17 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("run", help="run the whole pipeline locally (kfp.local)")
-    parser.add_argument("--config", default=None, help="run config (default pipelines/configs/local.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set prepare.limit=8 (repeatable)")
+    parser.add_argument(
+        "--config", default=None, help="run config (default pipelines/configs/local.yaml)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set prepare.limit=8 (repeatable)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -34,7 +42,9 @@ class LocalRunResult:
     seconds: float
 
 
-def run_locally(config_path: str | None = None, overrides: list[str] | None = None) -> LocalRunResult:
+def run_locally(
+    config_path: str | None = None, overrides: list[str] | None = None
+) -> LocalRunResult:
     """Run ``reflection_tuning`` in-process with kfp.local and return where everything landed."""
     from kfp import local
 
@@ -50,14 +60,22 @@ def run_locally(config_path: str | None = None, overrides: list[str] | None = No
     root.mkdir(parents=True, exist_ok=True)
     before = {p.name for p in root.iterdir()}
     started = time.time()
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True
+    )
     reflection_tuning(**config.pipeline_arguments())
     run_dir = _newest_new_dir(root, before)
     return LocalRunResult(
-        run_dir=run_dir, decisions=run_dir / "select-rifd" / "decisions",
-        selected=run_dir / "select-rifd" / "selected", report=run_dir / "select-rifd" / "report",
-        mlflow_run_id=_parent_run_id(tracking_uri, tracking.experiment, started) if tracking.enabled else None,
-        tracking_uri=tracking_uri, seconds=time.time() - started)
+        run_dir=run_dir,
+        decisions=run_dir / "select-rifd" / "decisions",
+        selected=run_dir / "select-rifd" / "selected",
+        report=run_dir / "select-rifd" / "report",
+        mlflow_run_id=_parent_run_id(tracking_uri, tracking.experiment, started)
+        if tracking.enabled
+        else None,
+        tracking_uri=tracking_uri,
+        seconds=time.time() - started,
+    )
 
 
 def _newest_new_dir(root: Path, before: set[str]) -> Path:
@@ -74,8 +92,12 @@ def _parent_run_id(tracking_uri: str, experiment: str, since: float) -> str | No
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return None
-    runs = client.search_runs([found.experiment_id], filter_string="tags.`rtune.role` = 'pipeline'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
+    runs = client.search_runs(
+        [found.experiment_id],
+        filter_string="tags.`rtune.role` = 'pipeline'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     if runs and runs[0].info.start_time >= int(since * 1000) - 1000:
         return str(runs[0].info.run_id)
     return None
@@ -91,7 +113,9 @@ def summary_lines(result: LocalRunResult) -> list[str]:
     lines = [
         f"reflection-tuning finished in {result.seconds:.0f} s",
         f"  records kept: {kept}/{total}  by decision: "
-        + ", ".join(f"{d}={decisions[d]}" for d in ("ori", "Q", "A", "QA", "dropped") if decisions[d]),
+        + ", ".join(
+            f"{d}={decisions[d]}" for d in ("ori", "Q", "A", "QA", "dropped") if decisions[d]
+        ),
         f"  selected dataset: {result.selected}",
         f"  all decisions:    {result.decisions}",
         f"  HTML report:      {result.report}",

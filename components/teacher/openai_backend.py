@@ -1,0 +1,208 @@
+"""Teacher over any OpenAI-compatible endpoint (vLLM, KServe, OpenAI), many requests in flight.
+
+``concurrency`` workers share one ``AsyncOpenAI`` client, so at most that many requests are open
+at once however many records there are, and each record is handed to the caller the moment it
+finishes. The client's own retries are off (``max_retries=0``): we retry here, so every attempt
+is counted and the backoff honours the server's ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from components.teacher.config import TeacherConfig
+from components.teacher.protocol import Completion, OnDone, TeacherRequest
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+RETRYABLE_STATUS = frozenset({408, 409, 429})
+PLACEHOLDER_KEY = "EMPTY"
+
+
+def read_api_key(env_name: str) -> str:
+    """The key from ``$env_name``; unset means a server without auth (vLLM's own convention).
+
+    Only the variable's name is ever logged.
+    """
+    key = os.environ.get(env_name, "")
+    if key:
+        return key
+    log.warning("environment variable %s is not set: sending the placeholder API key %r "
+                "(fine for a server started without --api-key)", env_name, PLACEHOLDER_KEY)
+    return PLACEHOLDER_KEY
+
+
+def retry_delay(attempt: int, retry_after: float | None, base: float, cap: float,
+                rng: Callable[[], float] = random.random) -> float:
+    """Seconds to wait before attempt ``attempt + 1``.
+
+    Exponential backoff ``base * 2**(attempt-1)`` with "equal jitter" (half fixed, half random),
+    so clients that failed together do not come back together. A server's ``Retry-After`` replaces
+    it - the server knows when it will have room. Either way the wait is capped at ``cap``.
+    """
+    if retry_after is not None:
+        return min(cap, max(0.0, retry_after))
+    delay = min(cap, base * 2 ** (attempt - 1))
+    return delay / 2 + rng() * delay / 2
+
+
+def retry_after_seconds(headers: Any) -> float | None:
+    """``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date) from response headers."""
+    if headers is None:
+        return None
+    millis = headers.get("retry-after-ms")
+    value = headers.get("retry-after")
+    try:
+        if millis:
+            return float(millis) / 1000
+        if value:
+            return float(value)
+    except ValueError:
+        pass
+    if not value:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def is_retryable(err: BaseException) -> bool:
+    """Timeouts, lost connections, 408/409/429 and every 5xx are worth another try."""
+    import openai
+
+    if isinstance(err, TimeoutError | openai.APIConnectionError):
+        return True
+    if isinstance(err, openai.APIStatusError):
+        return err.status_code in RETRYABLE_STATUS or err.status_code >= 500
+    return False
+
+
+def redact(text: str, secret: str) -> str:
+    return text.replace(secret, "***") if len(secret) >= 4 else text
+
+
+def describe_error(err: BaseException, timeout_s: float, secret: str, limit: int = 300) -> str:
+    """A short reason for people and for the record's ``error`` field; the key is masked."""
+    import openai
+
+    if isinstance(err, TimeoutError | openai.APITimeoutError):
+        text = f"timed out after {timeout_s:g} s"
+    elif isinstance(err, openai.APIStatusError):
+        text = f"HTTP {err.status_code}: {err.message}"
+    elif isinstance(err, openai.APIConnectionError):
+        text = f"connection error: {err.__cause__ or err}"
+    else:
+        text = f"{type(err).__name__}: {err}"
+    text = redact(" ".join(text.split()), secret)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+class OpenAITeacher:
+    """The ``openai`` backend: bounded concurrency, per-request deadline, retries with backoff."""
+
+    prefills = False
+
+    def __init__(self, config: TeacherConfig, api_key: str | None = None) -> None:
+        import openai  # noqa: F401  (fail at construction, not mid-run, if it is missing)
+
+        self.config = config
+        self._api_key = api_key if api_key is not None else read_api_key(config.api_key_env)
+
+    @property
+    def structured(self) -> bool:
+        return self.config.structured_output
+
+    def complete_many(self, requests: Sequence[TeacherRequest], on_done: OnDone) -> None:
+        if requests:
+            asyncio.run(self._complete_all(requests, on_done))
+
+    async def _complete_all(self, requests: Sequence[TeacherRequest], on_done: OnDone) -> None:
+        import openai
+
+        async with openai.AsyncOpenAI(base_url=self.config.url, api_key=self._api_key,
+                                      max_retries=0, timeout=self.config.timeout_s) as client:
+            model = await self._model_name(client)
+            queue = iter(enumerate(requests))
+
+            async def worker() -> None:
+                for index, request in queue:
+                    on_done(index, await self._complete(client, model, request))
+
+            async with asyncio.TaskGroup() as group:
+                for _ in range(min(self.config.concurrency, len(requests))):
+                    group.create_task(worker())
+
+    async def _model_name(self, client: Any) -> str:
+        """``model: default`` means the server's first listed model (vLLM serves exactly one)."""
+        if self.config.model != "default":
+            return self.config.model
+        listing, _, error = await self._with_retries(client.models.list)
+        models = [m.id for m in listing.data] if listing is not None else []
+        if not models:
+            raise RuntimeError(
+                f"could not find a model at {self.config.url}/models "
+                f"({error or 'the server lists none'}); pass --teacher-model NAME"
+            )
+        return str(models[0])
+
+    async def _complete(self, client: Any, model: str, request: TeacherRequest) -> Completion:
+        started = time.perf_counter()
+        kwargs: dict[str, Any] = {"model": model, "messages": list(request.messages),
+                                  "max_tokens": self.config.max_new_tokens,
+                                  "temperature": self.config.temperature}
+        if request.json_schema is not None:
+            kwargs["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": request.schema_name, "schema": request.json_schema, "strict": True}}
+        response, attempts, error = await self._with_retries(
+            lambda: client.chat.completions.create(**kwargs))
+        latency = time.perf_counter() - started
+        if response is not None and not response.choices:
+            error = "the server returned no choices"
+        if response is None or error is not None:
+            log.warning("teacher request failed after %d attempt(s): %s", attempts, error)
+            return Completion("", model, None, None, latency, attempts, error)
+        usage = response.usage
+        return Completion(
+            text=response.choices[0].message.content or "", model=response.model or model,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            latency_s=latency, attempts=attempts,
+        )
+
+    async def _with_retries(self, call: Callable[[], Awaitable[T]]) -> tuple[T | None, int, str | None]:
+        """Run ``call`` until it succeeds, fails for good, or ``max_attempts`` is spent.
+
+        Returns (result or None, attempts made, last error or None). Each attempt has its own
+        deadline of ``timeout_s`` (also enforced here, in case a server trickles bytes).
+        """
+        import openai
+
+        cfg = self.config
+        error: str | None = None
+        attempt = 0
+        while attempt < cfg.max_attempts:
+            attempt += 1
+            try:
+                async with asyncio.timeout(cfg.timeout_s):
+                    return await call(), attempt, None
+            except (TimeoutError, openai.APIError) as err:
+                error = describe_error(err, cfg.timeout_s, self._api_key)
+                if not is_retryable(err) or attempt == cfg.max_attempts:
+                    break
+                response = getattr(err, "response", None)
+                headers = response.headers if response is not None else None
+                delay = retry_delay(attempt, retry_after_seconds(headers), cfg.backoff_s,
+                                    cfg.max_backoff_s)
+                log.debug("attempt %d failed (%s); retrying in %.2f s", attempt, error, delay)
+                await asyncio.sleep(delay)
+        return None, attempt, error

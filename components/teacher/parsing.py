@@ -1,0 +1,174 @@
+"""Turn a teacher's free-form reply into the fields a phase needs - or say exactly why not.
+
+Replies come in many shapes: ``[New Answer]``, ``**New Answer:**``, ``### new answer``, JSON with
+or without a code fence, a reply that continues a prefilled marker, a small model that echoes the
+prompt. The parser accepts all of them and never raises: a reply without the fields is
+``fallback_parse``; a field that is empty, a template placeholder (``...``, ``<new instruction>``,
+``N/A``), a copy of the original it should improve on, or a copy of a worked example is
+``fallback_placeholder``. The stage then keeps the original text and records the status.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from components.teacher.prompts import FEEDBACK_MARKER, PHASES, PhaseSpec
+
+OK = "ok"
+FALLBACK_PARSE = "fallback_parse"
+FALLBACK_PLACEHOLDER = "fallback_placeholder"
+FALLBACK_ERROR = "fallback_error"
+PARSE_STATUSES = (OK, FALLBACK_PARSE, FALLBACK_PLACEHOLDER, FALLBACK_ERROR)
+
+PLACEHOLDER_WORDS = frozenset({
+    "", "n/a", "na", "none", "null", "nil", "tbd", "todo", "same", "same as above", "unchanged",
+    "no change", "no changes", "not applicable", "insert here",
+})
+# Markers of the sample we show the teacher: a model that echoes them starts a new section.
+ECHO_MARKERS = ("Instruction", "Input", "Answer")
+TEMPLATE_SLOT = re.compile(r"^(?:<[^<>\n]{1,80}>|\{[A-Za-z][\w \-]{0,60}\}|\[[A-Za-z][A-Za-z _\-]{0,60}\])$")
+FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class ParsedReply:
+    """``fields`` maps output keys to text when ``status`` is ok, else ``None`` with a ``reason``."""
+
+    status: str
+    fields: dict[str, str] | None
+    reason: str | None = None
+
+
+def _label(marker: str) -> str:
+    return r"[\s_\-]*".join(re.escape(word) for word in marker.split())
+
+
+def _marker_regex() -> re.Pattern[str]:
+    """Markers as bracket tags anywhere (``**[New Answer]**:``) or, for output markers only, as
+    line-start labels with a colon (``New Answer:``) or as a heading/bold line (``## New Answer``).
+    """
+    outputs = sorted({f.marker for p in PHASES.values() for f in p.outputs} | {FEEDBACK_MARKER},
+                     key=len, reverse=True)
+    every = sorted(set(outputs) | set(ECHO_MARKERS), key=len, reverse=True)
+    tag = "|".join(_label(m) for m in every)
+    out = "|".join(_label(m) for m in outputs)
+    emph = r"(?:\*\*|__)"
+    bracket = (rf"(?:\#{{1,6}}[ \t]*)?{emph}?\[[ \t*_]*(?P<b>{tag})[ \t*_]*\]"
+               rf"(?:[ \t]*:)?{emph}?(?:[ \t]*:)?")
+    colon = rf"^[ \t>]*(?:\#{{1,6}}[ \t]*)?{emph}?(?P<c>{out})[ \t]*{emph}?[ \t]*:(?:[ \t]*{emph})?"
+    heading = rf"^[ \t]*(?:\#{{1,6}}[ \t]*{emph}?|{emph})(?P<h>{out})[ \t]*{emph}?[ \t]*$"
+    return re.compile(f"{bracket}|{colon}|{heading}", re.IGNORECASE | re.MULTILINE)
+
+
+MARKER = _marker_regex()
+
+
+def _norm_marker(name: str) -> str:
+    return re.sub(r"[\s_\-]+", " ", name.strip().lower())
+
+
+def _marker_keys(phase: PhaseSpec) -> dict[str, str]:
+    return {_norm_marker(f.marker): f.key for f in phase.outputs}
+
+
+def extract_markers(text: str, phase: PhaseSpec) -> dict[str, str]:
+    """Fields found between markers; for each field the first non-empty section wins (a small
+    model that goes on inventing more samples after its answer does not overwrite it)."""
+    keys = _marker_keys(phase)
+    matches = list(MARKER.finditer(text))
+    fields: dict[str, str] = {}
+    ends = [m.start() for m in matches[1:]] + [len(text)]
+    for match, end in zip(matches, ends, strict=False):
+        name = _norm_marker(match.group("b") or match.group("c") or match.group("h"))
+        content = text[match.end():end].strip().lstrip(":").strip()
+        key = keys.get(name)
+        if key and content and key not in fields:
+            fields[key] = content
+    return fields
+
+
+def _json_candidates(text: str) -> list[str]:
+    candidates = [block for block in FENCE.findall(text)]
+    start, end = text.find("{"), text.rfind("}")
+    if 0 <= start < end:
+        candidates.append(text[start:end + 1])
+    return candidates
+
+
+def _as_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def extract_json(text: str, phase: PhaseSpec) -> dict[str, str]:
+    """Fields from the first JSON object (fenced or bare) that has any of the phase's keys."""
+    wanted = {f.key for f in phase.outputs}
+    for candidate in _json_candidates(text):
+        try:
+            value = json.loads(candidate)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(value, dict):
+            continue
+        found = {_norm_marker(str(k)).replace(" ", "_"): _as_text(v) for k, v in value.items()}
+        fields = {k: v.strip() for k, v in found.items() if k in wanted and v is not None}
+        if fields:
+            return fields
+    return {}
+
+
+def _normalize(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().strip(".,;:!?\"'`*_ ").lower()
+
+
+def placeholder_problem(phase: PhaseSpec, fields: Mapping[str, str],
+                        sample: Mapping[str, str]) -> str | None:
+    """Why the parsed fields are not a real reflection, or ``None`` when they are."""
+    meanings = {_normalize(f.meaning) for f in phase.outputs}
+    markers = {_normalize(f.marker) for f in phase.outputs}
+    for spec in phase.outputs:
+        text = fields[spec.key]
+        norm = _normalize(text)
+        if (norm in PLACEHOLDER_WORDS or norm in meanings or norm in markers
+                or not any(ch.isalnum() for ch in text) or TEMPLATE_SLOT.match(text.strip())):
+            return f"{spec.key} is a placeholder ({_snippet(text)})"
+        for other in spec.not_same_as:
+            source = fields.get(other, sample.get(other, ""))
+            if source.strip() and norm == _normalize(source):
+                return f"{spec.key} is the same text as the {other}"
+        if any(norm == _normalize(ex.outputs[spec.key]) for ex in phase.examples):
+            return f"{spec.key} copies a worked example from the prompt"
+    return None
+
+
+def _snippet(text: str, limit: int = 60) -> str:
+    text = " ".join(text.split())
+    return repr(text if len(text) <= limit else text[:limit] + "…")
+
+
+def parse_reply(phase: PhaseSpec, text: str, sample: Mapping[str, str],
+                prefill: str = "") -> ParsedReply:
+    """Parse a reply to ``phase`` about ``sample``; ``prefill`` is put back in front first.
+
+    JSON is tried before markers; whichever yields every field wins. Never raises.
+    """
+    full = prefill + text
+    wanted = [f.key for f in phase.outputs]
+    from_json, from_markers = extract_json(full, phase), extract_markers(full, phase)
+    fields = from_json if len(from_json) >= len(from_markers) else from_markers
+    missing = [key for key in wanted if key not in fields]
+    if missing:
+        markers = ", ".join(f"[{f.marker}]" for f in phase.outputs)
+        found = f"; found only {sorted(fields)}" if fields else ""
+        return ParsedReply(FALLBACK_PARSE, None,
+                           f"no {', '.join(missing)} in the reply (markers {markers} or JSON keys "
+                           f"{wanted}){found}")
+    problem = placeholder_problem(phase, fields, sample)
+    if problem:
+        return ParsedReply(FALLBACK_PLACEHOLDER, None, problem)
+    return ParsedReply(OK, {key: fields[key] for key in wanted})

@@ -1,0 +1,143 @@
+"""The pipeline compiles to KFP IR with the cluster settings, without torch, and without secrets."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.common.records import InputError
+from pipelines.config import CONFIG_DIR, load_pipeline_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _compile(tmp_path: Path, *args: str) -> dict:
+    out = tmp_path / "pipeline.yaml"
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "compile", "-o", str(out), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    docs = list(yaml.safe_load_all(out.read_text()))
+    return {"spec": docs[0], "platform": docs[1] if len(docs) > 1 else {}, "text": out.read_text()}
+
+
+def test_compiling_never_imports_torch() -> None:
+    code = (
+        "import sys; import pipelines.reflection_tuning, pipelines.config; "
+        "from pipelines.config import load_pipeline_config; load_pipeline_config(); "
+        "bad = [m for m in ('torch', 'transformers', 'mlflow') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_compiled_pipeline_has_every_stage_and_cluster_settings(tmp_path: Path) -> None:
+    compiled = _compile(tmp_path, "--config", str(CONFIG_DIR / "llama3-8b.yaml"))
+    spec, platform = compiled["spec"], compiled["platform"]
+    tasks = spec["root"]["dag"]["tasks"]
+    stages = {
+        "prepare",
+        "reflect-instruction",
+        "plan-shards",
+        "select-ifd",
+        "reflect-response",
+        "select-rifd",
+    }
+    assert stages <= set(tasks)
+    assert (
+        sum(1 for name in tasks if name.startswith("for-loop")) == 2
+    )  # two ParallelFor over shards
+    assert tasks["reflect-instruction"]["retryPolicy"]["maxRetryCount"] == 3
+    defaults = spec["root"]["inputDefinitions"]["parameters"]
+    assert defaults["teacher"]["defaultValue"]["backend"] == "openai"
+    assert defaults["scoring"]["defaultValue"]["num_shards"] == 8
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    secret_envs = [e for e in executors.values() if "secretAsEnv" in e]
+    assert len(secret_envs) == 2  # both teacher stages
+    for executor in secret_envs:
+        mapping = executor["secretAsEnv"][0]
+        assert mapping["secretName"] == "rtune-teacher"
+        assert mapping["keyToEnv"] == [{"secretKey": "api_key", "envVar": "OPENAI_API_KEY"}]
+    containers = spec["deploymentSpec"]["executors"]
+    scoring = [c["container"] for name, c in containers.items() if "score-shard" in name]
+    assert scoring and all(
+        c["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu" for c in scoring
+    )
+    assert all(
+        c["container"]["image"].startswith("ghcr.io/rtune/rtune-base:") for c in containers.values()
+    )
+
+
+def test_compiled_yaml_holds_no_secret_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "sk-test-should-never-appear-0123456789"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    compiled = _compile(tmp_path, "--config", str(CONFIG_DIR / "llama3-70b.yaml"))
+    assert secret not in compiled["text"]
+
+
+def test_image_registry_and_tag_are_overridable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RTUNE_IMAGE_REGISTRY", "registry.example.org/ml")
+    monkeypatch.setenv("RTUNE_IMAGE_TAG", "1.2.3")
+    compiled = _compile(tmp_path)
+    images = {
+        c["container"]["image"] for c in compiled["spec"]["deploymentSpec"]["executors"].values()
+    }
+    assert images == {"registry.example.org/ml/rtune-base:1.2.3"}
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_validates(path: Path) -> None:
+    config = load_pipeline_config(path)
+    args = config.pipeline_arguments()
+    assert set(args) == {
+        "seed_uri",
+        "prepare_config",
+        "teacher",
+        "scoring",
+        "selection",
+        "tracking",
+        "checkpoint_root",
+        "scoring_gpus",
+    }
+
+
+def test_config_typos_and_bad_overrides_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="unknown key") as info:
+        load_pipeline_config(None, ["teacher.backnd=openai"])
+    assert "teacher" in str(info.value) and "valid keys" in str(info.value)
+    with pytest.raises(InputError, match="bad --set"):
+        load_pipeline_config(None, ["teacher.backend"])
+    config = load_pipeline_config(None, ["prepare.limit=4", "selection.policy=reference"])
+    assert config.prepare["limit"] == 4 and config.selection["policy"] == "reference"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "compile",
+            "-o",
+            str(tmp_path / "p.yaml"),
+            "--set",
+            "scoring.template=nope",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        result.returncode == 2 and "Traceback" not in result.stderr and "template" in result.stderr
+    )

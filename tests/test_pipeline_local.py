@@ -1,0 +1,91 @@
+"""The selection half end to end through kfp.local on 8 seed records with the embedded model.
+
+Student and teacher are both the real embedded default (SmolLM2-135M-Instruct); MLflow is a sqlite
+store. This is the test a newcomer's `make demo` mirrors, on a smaller slice.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from components.common.records import read_jsonl
+
+pytestmark = pytest.mark.slow
+
+DECISIONS = {"ori", "Q", "A", "QA", "dropped"}
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory: pytest.TempPathFactory, embedded_model_dir: Path):
+    from pipelines.commands.run import run_locally
+
+    work = tmp_path_factory.mktemp("local-run")
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    overrides = [
+        "prepare.limit=8",
+        "teacher.max_new_tokens=48",
+        "teacher.batch_size=8",
+        "scoring.num_shards=2",
+        "selection.policy=fallback",
+        f"local.pipeline_root={work / 'runs'}",
+        f"checkpoint_root={work / 'checkpoints'}",
+    ]
+    try:
+        yield run_locally(None, overrides)
+    finally:
+        monkeypatch.undo()
+
+
+def test_every_seed_record_ends_with_a_decision_and_reason(local_run) -> None:
+    decisions = read_jsonl(local_run.decisions)
+    assert len(decisions) == 8
+    assert len({r["id"] for r in decisions}) == 8
+    for record in decisions:
+        assert record["decision"] in DECISIONS and record["reason"]
+        assert record["phase1"]["winner"] in {"ori", "Q"}
+        assert {"ori", "Q"} <= set(record["candidates"])
+        assert set(record["candidates"]) & {"A", "QA"}
+        assert record["teacher"]["instruction"]["parse_status"]
+        assert record["candidates"]["ori"]["scores"]["reason"] or record["candidates"]["ori"]["scores"]["ifd"] > 0
+
+
+def test_selected_dataset_is_the_kept_records(local_run) -> None:
+    decisions = {r["id"]: r for r in read_jsonl(local_run.decisions)}
+    selected = read_jsonl(local_run.selected)
+    kept = {i for i, r in decisions.items() if r["decision"] != "dropped"}
+    assert {r["id"] for r in selected} == kept
+    for row in selected:
+        chosen = decisions[row["id"]]["candidates"][row["candidate"]]
+        assert row["output"] == chosen["output"] and row["instruction"] == chosen["instruction"]
+    assert "<img" in local_run.report.read_text()
+
+
+def test_mlflow_has_one_parent_and_a_nested_run_per_stage(local_run) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient(local_run.tracking_uri)
+    parent = client.get_run(local_run.mlflow_run_id)
+    assert parent.data.tags["rtune.role"] == "pipeline" and parent.info.status == "FINISHED"
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+    names = Counter(r.info.run_name for r in children)
+    assert {"prepare", "reflect_instruction", "select_ifd", "reflect_response", "select_rifd"} <= set(names)
+    assert names["score_ifd-shard-0"] == 1 and names["score_ifd-shard-1"] == 1
+    contexts = {
+        tag.value
+        for run in children
+        for dataset_input in run.inputs.dataset_inputs
+        for tag in dataset_input.tags
+        if tag.key == "mlflow.data.context"
+    }
+    assert {"seed", "candidates", "selected"} <= contexts
+    select = next(r for r in children if r.info.run_name == "select_rifd")
+    artifacts = {a.path for a in client.list_artifacts(select.info.run_id, "figures")}
+    assert {"figures/decisions.png", "figures/rifd_old_vs_new.png"} <= artifacts
+    assert any(key.startswith("decision_") for key in parent.data.metrics)
