@@ -83,6 +83,10 @@ def test_flatten_keeps_env_var_names_but_never_secret_values() -> None:
     flat = flatten(_Config(api_key="sk-live-123"))
     assert flat["inner.depth"] == "1" and flat["api_key_env"] == "OPENAI_API_KEY"
     assert "api_key" not in flat and "sk-live-123" not in json.dumps(flat)
+    assert flatten({"tokenizer": "default", "max_new_tokens": 8, "auth_token": "x"}) == {
+        "tokenizer": "default",
+        "max_new_tokens": "8",
+    }
 
 
 def test_checkpoint_resumes_ignores_torn_line_and_sets_stale_aside(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -12,7 +13,7 @@ from components.common.records import InputError
 
 T = TypeVar("T")
 
-SECRET_MARKERS = ("api_key", "secret", "password", "token", "credential")
+SECRET_KEY = re.compile(r"(^|_)(api_key|secret|secret_key|password|token|credentials?|access_key)$")
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any] | None, source: str = "config") -> T:
@@ -82,9 +83,7 @@ def flatten(config: Any, prefix: str = "") -> dict[str, str]:
         if isinstance(value, Mapping):
             flat.update(flatten(value, f"{name}."))
             continue
-        if any(marker in key.lower() for marker in SECRET_MARKERS) and not key.lower().endswith(
-            "_env"
-        ):
+        if SECRET_KEY.search(key.lower()):
             continue
         flat[name] = "" if value is None else str(value)
     return flat

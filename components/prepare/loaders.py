@@ -121,7 +121,7 @@ def _iter_jsonl(path: Path, display: str) -> Iterator[RawRecord]:
             if not text.strip():
                 continue
             try:
-                value = json.loads(text)
+                value = json.loads(text.rstrip("\r\n"))
             except json.JSONDecodeError as err:
                 raise InputError(
                     display,

@@ -21,8 +21,10 @@ class TeacherConfig:
     backend: str = field(default="transformers", metadata={"help": "transformers | openai | vllm"})
     model: str = field(
         default="default",
-        metadata={"help": "'default' (embedded model; for openai: the server's first model), a "
-                  "local HF folder / s3:// prefix (local backends) or a served model name (openai)"},
+        metadata={
+            "help": "'default' (embedded model; for openai: the server's first model), a "
+            "local HF folder / s3:// prefix (local backends) or a served model name (openai)"
+        },
     )
     url: str | None = field(
         default=None, metadata={"help": "OpenAI-compatible base URL, e.g. http://host:8000/v1"}
@@ -56,9 +58,13 @@ class TeacherConfig:
         self._check_backend_options()
 
     def _check_numbers(self) -> None:
-        positive = {"concurrency": self.concurrency, "max_attempts": self.max_attempts,
-                    "max_new_tokens": self.max_new_tokens, "batch_size": self.batch_size,
-                    "timeout_s": self.timeout_s}
+        positive = {
+            "concurrency": self.concurrency,
+            "max_attempts": self.max_attempts,
+            "max_new_tokens": self.max_new_tokens,
+            "batch_size": self.batch_size,
+            "timeout_s": self.timeout_s,
+        }
         for name, value in positive.items():
             if value <= 0:
                 raise ValueError(f"{name} must be > 0, got {value}")
@@ -89,6 +95,11 @@ class TeacherConfig:
         Concurrency, timeouts, retries, batch size and the URL only change how fast the same
         answers arrive, so a resumed run may change them.
         """
-        return {"backend": self.backend, "model": self.model,
-                "max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
-                "structured_output": self.structured_output, "few_shot": self.few_shot}
+        return {
+            "backend": self.backend,
+            "model": self.model,
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "structured_output": self.structured_output,
+            "few_shot": self.few_shot,
+        }

@@ -35,13 +35,22 @@ def read_api_key(env_name: str) -> str:
     key = os.environ.get(env_name, "")
     if key:
         return key
-    log.warning("environment variable %s is not set: sending the placeholder API key %r "
-                "(fine for a server started without --api-key)", env_name, PLACEHOLDER_KEY)
+    log.warning(
+        "environment variable %s is not set: sending the placeholder API key %r "
+        "(fine for a server started without --api-key)",
+        env_name,
+        PLACEHOLDER_KEY,
+    )
     return PLACEHOLDER_KEY
 
 
-def retry_delay(attempt: int, retry_after: float | None, base: float, cap: float,
-                rng: Callable[[], float] = random.random) -> float:
+def retry_delay(
+    attempt: int,
+    retry_after: float | None,
+    base: float,
+    cap: float,
+    rng: Callable[[], float] = random.random,
+) -> float:
     """Seconds to wait before attempt ``attempt + 1``.
 
     Exponential backoff ``base * 2**(attempt-1)`` with "equal jitter" (half fixed, half random),
@@ -129,8 +138,12 @@ class OpenAITeacher:
     async def _complete_all(self, requests: Sequence[TeacherRequest], on_done: OnDone) -> None:
         import openai
 
-        async with openai.AsyncOpenAI(base_url=self.config.url, api_key=self._api_key,
-                                      max_retries=0, timeout=self.config.timeout_s) as client:
+        async with openai.AsyncOpenAI(
+            base_url=self.config.url,
+            api_key=self._api_key,
+            max_retries=0,
+            timeout=self.config.timeout_s,
+        ) as client:
             model = await self._model_name(client)
             queue = iter(enumerate(requests))
 
@@ -157,14 +170,24 @@ class OpenAITeacher:
 
     async def _complete(self, client: Any, model: str, request: TeacherRequest) -> Completion:
         started = time.perf_counter()
-        kwargs: dict[str, Any] = {"model": model, "messages": list(request.messages),
-                                  "max_tokens": self.config.max_new_tokens,
-                                  "temperature": self.config.temperature}
+        kwargs: dict[str, Any] = {
+            "model": model,
+            "messages": list(request.messages),
+            "max_tokens": self.config.max_new_tokens,
+            "temperature": self.config.temperature,
+        }
         if request.json_schema is not None:
-            kwargs["response_format"] = {"type": "json_schema", "json_schema": {
-                "name": request.schema_name, "schema": request.json_schema, "strict": True}}
+            kwargs["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": request.schema_name,
+                    "schema": request.json_schema,
+                    "strict": True,
+                },
+            }
         response, attempts, error = await self._with_retries(
-            lambda: client.chat.completions.create(**kwargs))
+            lambda: client.chat.completions.create(**kwargs)
+        )
         latency = time.perf_counter() - started
         if response is not None and not response.choices:
             error = "the server returned no choices"
@@ -173,13 +196,17 @@ class OpenAITeacher:
             return Completion("", model, None, None, latency, attempts, error)
         usage = response.usage
         return Completion(
-            text=response.choices[0].message.content or "", model=response.model or model,
+            text=response.choices[0].message.content or "",
+            model=response.model or model,
             prompt_tokens=usage.prompt_tokens if usage else None,
             completion_tokens=usage.completion_tokens if usage else None,
-            latency_s=latency, attempts=attempts,
+            latency_s=latency,
+            attempts=attempts,
         )
 
-    async def _with_retries(self, call: Callable[[], Awaitable[T]]) -> tuple[T | None, int, str | None]:
+    async def _with_retries(
+        self, call: Callable[[], Awaitable[T]]
+    ) -> tuple[T | None, int, str | None]:
         """Run ``call`` until it succeeds, fails for good, or ``max_attempts`` is spent.
 
         Returns (result or None, attempts made, last error or None). Each attempt has its own
@@ -201,8 +228,9 @@ class OpenAITeacher:
                     break
                 response = getattr(err, "response", None)
                 headers = response.headers if response is not None else None
-                delay = retry_delay(attempt, retry_after_seconds(headers), cfg.backoff_s,
-                                    cfg.max_backoff_s)
+                delay = retry_delay(
+                    attempt, retry_after_seconds(headers), cfg.backoff_s, cfg.max_backoff_s
+                )
                 log.debug("attempt %d failed (%s); retrying in %.2f s", attempt, error, delay)
                 await asyncio.sleep(delay)
         return None, attempt, error

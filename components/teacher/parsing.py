@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from components.teacher.prompts import FEEDBACK_MARKER, PHASES, PhaseSpec
+from components.teacher.prompts import FEEDBACK_MARKER, PHASES, PhaseSpec, prompt_echo_lines
 
 OK = "ok"
 FALLBACK_PARSE = "fallback_parse"
@@ -24,13 +24,30 @@ FALLBACK_PLACEHOLDER = "fallback_placeholder"
 FALLBACK_ERROR = "fallback_error"
 PARSE_STATUSES = (OK, FALLBACK_PARSE, FALLBACK_PLACEHOLDER, FALLBACK_ERROR)
 
-PLACEHOLDER_WORDS = frozenset({
-    "", "n/a", "na", "none", "null", "nil", "tbd", "todo", "same", "same as above", "unchanged",
-    "no change", "no changes", "not applicable", "insert here",
-})
+PLACEHOLDER_WORDS = frozenset(
+    {
+        "",
+        "n/a",
+        "na",
+        "none",
+        "null",
+        "nil",
+        "tbd",
+        "todo",
+        "same",
+        "same as above",
+        "unchanged",
+        "no change",
+        "no changes",
+        "not applicable",
+        "insert here",
+    }
+)
 # Markers of the sample we show the teacher: a model that echoes them starts a new section.
 ECHO_MARKERS = ("Instruction", "Input", "Answer")
-TEMPLATE_SLOT = re.compile(r"^(?:<[^<>\n]{1,80}>|\{[A-Za-z][\w \-]{0,60}\}|\[[A-Za-z][A-Za-z _\-]{0,60}\])$")
+TEMPLATE_SLOT = re.compile(
+    r"^(?:<[^<>\n]{1,80}>|\{[A-Za-z][\w \-]{0,60}\}|\[[A-Za-z][A-Za-z _\-]{0,60}\])$"
+)
 FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
 
 
@@ -50,18 +67,27 @@ def _label(marker: str) -> str:
 def _marker_regex() -> re.Pattern[str]:
     """Markers as bracket tags anywhere (``**[New Answer]**:``) or, for output markers only, as
     line-start labels with a colon (``New Answer:``) or as a heading/bold line (``## New Answer``).
+    A line that echoes the prompt's own sentences (``Judge the answer on these criteria:``) also
+    ends a section: a small model that starts reciting the prompt has finished its answer.
     """
-    outputs = sorted({f.marker for p in PHASES.values() for f in p.outputs} | {FEEDBACK_MARKER},
-                     key=len, reverse=True)
+    outputs = sorted(
+        {f.marker for p in PHASES.values() for f in p.outputs} | {FEEDBACK_MARKER},
+        key=len,
+        reverse=True,
+    )
     every = sorted(set(outputs) | set(ECHO_MARKERS), key=len, reverse=True)
     tag = "|".join(_label(m) for m in every)
     out = "|".join(_label(m) for m in outputs)
     emph = r"(?:\*\*|__)"
-    bracket = (rf"(?:\#{{1,6}}[ \t]*)?{emph}?\[[ \t*_]*(?P<b>{tag})[ \t*_]*\]"
-               rf"(?:[ \t]*:)?{emph}?(?:[ \t]*:)?")
+    bracket = (
+        rf"(?:\#{{1,6}}[ \t]*)?{emph}?\[[ \t*_]*(?P<b>{tag})[ \t*_]*\]"
+        rf"(?:[ \t]*:)?{emph}?(?:[ \t]*:)?"
+    )
     colon = rf"^[ \t>]*(?:\#{{1,6}}[ \t]*)?{emph}?(?P<c>{out})[ \t]*{emph}?[ \t]*:(?:[ \t]*{emph})?"
     heading = rf"^[ \t]*(?:\#{{1,6}}[ \t]*{emph}?|{emph})(?P<h>{out})[ \t]*{emph}?[ \t]*$"
-    return re.compile(f"{bracket}|{colon}|{heading}", re.IGNORECASE | re.MULTILINE)
+    recital = "|".join(re.escape(line) for line in prompt_echo_lines())
+    echo = rf"^[ \t]*(?P<e>{recital})"
+    return re.compile(f"{bracket}|{colon}|{heading}|{echo}", re.IGNORECASE | re.MULTILINE)
 
 
 MARKER = _marker_regex()
@@ -83,8 +109,8 @@ def extract_markers(text: str, phase: PhaseSpec) -> dict[str, str]:
     fields: dict[str, str] = {}
     ends = [m.start() for m in matches[1:]] + [len(text)]
     for match, end in zip(matches, ends, strict=False):
-        name = _norm_marker(match.group("b") or match.group("c") or match.group("h"))
-        content = text[match.end():end].strip().lstrip(":").strip()
+        name = _norm_marker(match.group("b") or match.group("c") or match.group("h") or "")
+        content = text[match.end() : end].strip().lstrip(":").strip()
         key = keys.get(name)
         if key and content and key not in fields:
             fields[key] = content
@@ -95,7 +121,7 @@ def _json_candidates(text: str) -> list[str]:
     candidates = [block for block in FENCE.findall(text)]
     start, end = text.find("{"), text.rfind("}")
     if 0 <= start < end:
-        candidates.append(text[start:end + 1])
+        candidates.append(text[start : end + 1])
     return candidates
 
 
@@ -126,16 +152,22 @@ def _normalize(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().strip(".,;:!?\"'`*_ ").lower()
 
 
-def placeholder_problem(phase: PhaseSpec, fields: Mapping[str, str],
-                        sample: Mapping[str, str]) -> str | None:
+def placeholder_problem(
+    phase: PhaseSpec, fields: Mapping[str, str], sample: Mapping[str, str]
+) -> str | None:
     """Why the parsed fields are not a real reflection, or ``None`` when they are."""
     meanings = {_normalize(f.meaning) for f in phase.outputs}
     markers = {_normalize(f.marker) for f in phase.outputs}
     for spec in phase.outputs:
         text = fields[spec.key]
         norm = _normalize(text)
-        if (norm in PLACEHOLDER_WORDS or norm in meanings or norm in markers
-                or not any(ch.isalnum() for ch in text) or TEMPLATE_SLOT.match(text.strip())):
+        if (
+            norm in PLACEHOLDER_WORDS
+            or norm in meanings
+            or norm in markers
+            or not any(ch.isalnum() for ch in text)
+            or TEMPLATE_SLOT.match(text.strip())
+        ):
             return f"{spec.key} is a placeholder ({_snippet(text)})"
         for other in spec.not_same_as:
             source = fields.get(other, sample.get(other, ""))
@@ -151,8 +183,9 @@ def _snippet(text: str, limit: int = 60) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
-def parse_reply(phase: PhaseSpec, text: str, sample: Mapping[str, str],
-                prefill: str = "") -> ParsedReply:
+def parse_reply(
+    phase: PhaseSpec, text: str, sample: Mapping[str, str], prefill: str = ""
+) -> ParsedReply:
     """Parse a reply to ``phase`` about ``sample``; ``prefill`` is put back in front first.
 
     JSON is tried before markers; whichever yields every field wins. Never raises.
@@ -165,9 +198,12 @@ def parse_reply(phase: PhaseSpec, text: str, sample: Mapping[str, str],
     if missing:
         markers = ", ".join(f"[{f.marker}]" for f in phase.outputs)
         found = f"; found only {sorted(fields)}" if fields else ""
-        return ParsedReply(FALLBACK_PARSE, None,
-                           f"no {', '.join(missing)} in the reply (markers {markers} or JSON keys "
-                           f"{wanted}){found}")
+        return ParsedReply(
+            FALLBACK_PARSE,
+            None,
+            f"no {', '.join(missing)} in the reply (markers {markers} or JSON keys "
+            f"{wanted}){found}",
+        )
     problem = placeholder_problem(phase, fields, sample)
     if problem:
         return ParsedReply(FALLBACK_PLACEHOLDER, None, problem)

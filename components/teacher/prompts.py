@@ -30,16 +30,20 @@ SYSTEM = (
     "You are an expert teacher who improves instruction-tuning data for language models. "
     "You judge a sample honestly, then rewrite it so a student model learns more from it."
 )
-USER_TEMPLATE = """Here is a sample from an instruction-tuning dataset.
+INTRO = "Here is a sample from an instruction-tuning dataset."
+JUDGE = "Judge the {target} on these criteria:"
+MARKERS_LEAD = "Reply in exactly this format, each marker on its own line:"
+JSON_LEAD = "Reply with only a JSON object with the keys"
+USER_TEMPLATE = f"""{INTRO}
 
-{sample}
+{{sample}}
 
-Judge the {target} on these criteria:
-{criteria}
+{JUDGE}
+{{criteria}}
 
-{task}
+{{task}}
 
-{reply_format}"""
+{{reply_format}}"""
 FEEDBACK_MARKER = "Feedback"
 
 
@@ -84,8 +88,12 @@ class PhaseSpec:
 
     def json_schema(self) -> dict[str, Any]:
         props = {f.key: {"type": "string", "description": f.meaning} for f in self.outputs}
-        return {"type": "object", "properties": props, "required": [f.key for f in self.outputs],
-                "additionalProperties": False}
+        return {
+            "type": "object",
+            "properties": props,
+            "required": [f.key for f in self.outputs],
+            "additionalProperties": False,
+        }
 
     def version(self) -> str:
         """A hash of the wording: a checkpoint made with other prompts is not resumed."""
@@ -96,54 +104,68 @@ INSTRUCTION_PHASE = PhaseSpec(
     name="instruction",
     target="instruction",
     criteria=(
-        "Topic complexity: is the topic rich enough to teach something, or trivial?",
-        "Level of detail: does it say how detailed, long or structured the answer must be?",
-        "Required knowledge: what expertise does a good answer need, and is it stated?",
-        "Ambiguity: could it be read in more than one way, or is context missing?",
-        "Reasoning: does it call for logical reasoning or problem-solving, not just recall?",
+        "Topic complexity: is the topic rich enough to learn from?",
+        "Level of detail: does it ask for enough detail and structure?",
+        "Required knowledge: does it draw on real expertise?",
+        "Ambiguity: is it clear, with all the context it needs?",
+        "Reasoning: does it call for logical reasoning or problem-solving?",
     ),
     task=(
-        "Then write a new instruction that does better on these criteria while keeping the "
-        "original intent. The new instruction must be self-contained: put any input text inside "
-        "it, because it will be shown without a separate input. Then write a complete, correct "
-        "answer to the new instruction."
+        "Then write a new instruction that is better on these criteria and keeps the original "
+        "intent. Make it self-contained: include any input text in it. Then answer the new "
+        "instruction completely and correctly."
     ),
     outputs=(
-        OutputField("new_instruction", "New Instruction", "the new self-contained instruction",
-                    not_same_as=("instruction",)),
-        OutputField("new_answer", "New Answer", "the answer to the new instruction",
-                    not_same_as=("instruction", "new_instruction")),
+        OutputField(
+            "new_instruction",
+            "New Instruction",
+            "the new self-contained instruction",
+            not_same_as=("instruction",),
+        ),
+        OutputField(
+            "new_answer",
+            "New Answer",
+            "the answer to the new instruction",
+            not_same_as=("instruction", "new_instruction"),
+        ),
     ),
     examples=(
         Example(
-            sample={"instruction": "Give three tips for staying healthy.", "input": "",
-                    "output": "Eat well, exercise and sleep."},
-            feedback="A broad, easy topic; no audience, no detail asked, no reasoning needed. "
-                     "The answer is a bare list.",
+            sample={
+                "instruction": "Classify the sentiment.",
+                "input": "The battery died after two days, but support replaced it fast.",
+                "output": "Negative",
+            },
+            feedback="Not self-contained, labels not given, and the review is mixed.",
             outputs={
-                "new_instruction": "Give three habits that help an office worker who sits all "
-                                   "day stay healthy. For each, explain in one sentence why it "
-                                   "works and give one way to start this week.",
-                "new_answer": "1. Stand up and walk for five minutes every hour: long sitting "
-                              "slows blood flow and metabolism. Set a timer on your phone.\n"
-                              "2. Eat vegetables at lunch: fibre keeps energy steady through "
-                              "the afternoon. Pack a salad twice this week.\n"
-                              "3. Sleep seven to eight hours: sleep restores focus and mood. "
-                              "Fix a bedtime and keep screens out of the bedroom.",
+                "new_instruction": (
+                    "Is this review positive, negative or mixed? Justify the "
+                    'label in one sentence. Review: "The battery died after two '
+                    'days, but support replaced it fast."'
+                ),
+                "new_answer": (
+                    "Mixed: the battery failed quickly (negative), but support fixed "
+                    "it fast (positive)."
+                ),
             },
         ),
         Example(
-            sample={"instruction": "Classify the sentiment.",
-                    "input": "The battery died after two days, but support replaced it fast.",
-                    "output": "Negative"},
-            feedback="The input is needed to understand the task; the label set is not given; "
-                     "mixed sentiment makes a one-word answer ambiguous.",
+            sample={
+                "instruction": "Give three tips for staying healthy.",
+                "input": "",
+                "output": "Eat well, exercise and sleep.",
+            },
+            feedback="Easy topic, no detail asked, no reasoning needed.",
             outputs={
-                "new_instruction": "Classify the sentiment of this review as positive, negative "
-                                   "or mixed, and justify the label in one sentence: \"The "
-                                   "battery died after two days, but support replaced it fast.\"",
-                "new_answer": "Mixed. The product failed quickly (negative), but the customer "
-                              "praises the fast replacement by support (positive).",
+                "new_instruction": (
+                    "Give three habits that keep an office worker healthy, and "
+                    "explain in one sentence why each one works."
+                ),
+                "new_answer": (
+                    "1. Walk for five minutes every hour: long sitting slows blood "
+                    "flow.\n2. Eat vegetables at lunch: fibre keeps energy steady.\n"
+                    "3. Sleep seven to eight hours: sleep restores focus and mood."
+                ),
             },
         ),
     ),
@@ -156,40 +178,57 @@ RESPONSE_PHASE = PhaseSpec(
         "Helpfulness: does it solve the user's actual problem?",
         "Relevance: does it stick to what was asked?",
         "Accuracy: is every statement correct?",
-        "Level of detail: is it as detailed and well structured as the instruction calls for?",
+        "Level of detail: is it as detailed and structured as the instruction needs?",
     ),
     task="Then write a better answer to the same instruction that does better on these criteria.",
     outputs=(
-        OutputField("better_answer", "Better Answer", "the improved answer",
-                    not_same_as=("instruction", "output")),
+        OutputField(
+            "better_answer",
+            "Better Answer",
+            "the improved answer",
+            not_same_as=("instruction", "output"),
+        ),
     ),
     examples=(
         Example(
-            sample={"instruction": "What causes the seasons on Earth?", "input": "",
-                    "output": "The Earth is closer to the Sun in summer."},
-            feedback="Inaccurate: distance is not the cause. Too short to be helpful.",
+            sample={
+                "instruction": "What causes the seasons on Earth?",
+                "input": "",
+                "output": "The Earth is closer to the Sun in summer.",
+            },
+            feedback="Inaccurate: distance is not the cause. Too short to help.",
             outputs={
-                "better_answer": "The seasons come from the tilt of Earth's axis (about 23.5 "
-                                 "degrees). As Earth orbits the Sun, each hemisphere is tilted "
-                                 "towards the Sun for part of the year, so sunlight hits it more "
-                                 "directly and days are longer: that is summer. Half a year "
-                                 "later it is tilted away: winter. Distance matters little; "
-                                 "Earth is in fact closest to the Sun in January.",
+                "better_answer": (
+                    "The tilt of Earth's axis (about 23.5 degrees). The hemisphere "
+                    "tilted towards the Sun gets more direct light and longer days: "
+                    "summer. Half a year later it is tilted away: winter. Distance "
+                    "matters little; Earth is closest to the Sun in January."
+                ),
             },
         ),
         Example(
-            sample={"instruction": "Convert the temperature to Fahrenheit.", "input": "25 C",
-                    "output": "77"},
+            sample={
+                "instruction": "Convert the temperature to Fahrenheit.",
+                "input": "25 C",
+                "output": "77",
+            },
             feedback="Correct but bare: no unit and no working shown.",
             outputs={
-                "better_answer": "25 °C is 77 °F. Use F = C × 9/5 + 32: 25 × 9/5 = 45, and "
-                                 "45 + 32 = 77.",
+                "better_answer": (
+                    "25 °C is 77 °F. Use F = C × 9/5 + 32: 25 × 9/5 = 45, and 45 + 32 = 77."
+                ),
             },
         ),
     ),
 )
 
 PHASES = {phase.name: phase for phase in (INSTRUCTION_PHASE, RESPONSE_PHASE)}
+
+
+def prompt_echo_lines() -> tuple[str, ...]:
+    """Fixed sentences of the prompt: a small model that starts echoing one has left its answer."""
+    judges = tuple(JUDGE.format(target=phase.target) for phase in PHASES.values())
+    return (INTRO, *judges, MARKERS_LEAD, JSON_LEAD)
 
 
 def render_sample(sample: Mapping[str, str]) -> str:
@@ -205,12 +244,12 @@ def reply_format(phase: PhaseSpec, *, structured: bool, feedback: bool) -> str:
     """How to reply, generated from the phase's output fields."""
     if structured:
         keys = ", ".join(f'"{f.key}" ({f.meaning})' for f in phase.outputs)
-        return f"Reply with only a JSON object with the keys {keys}."
+        return f"{JSON_LEAD} {keys}."
     sections = [(f.marker, f.meaning) for f in phase.outputs]
     if feedback:
         sections.insert(0, (FEEDBACK_MARKER, f"your short judgement of the {phase.target}"))
     layout = "\n".join(f"[{marker}]\n<{meaning}>" for marker, meaning in sections)
-    return f"Reply in exactly this format, each marker on its own line:\n{layout}"
+    return f"{MARKERS_LEAD}\n{layout}"
 
 
 def render_reply(phase: PhaseSpec, example: Example, *, structured: bool, feedback: bool) -> str:
@@ -223,17 +262,22 @@ def render_reply(phase: PhaseSpec, example: Example, *, structured: bool, feedba
     return "\n".join(f"[{marker}]\n{text}" for marker, text in sections)
 
 
-def render_user(phase: PhaseSpec, sample: Mapping[str, str], *, structured: bool,
-                feedback: bool) -> str:
+def render_user(
+    phase: PhaseSpec, sample: Mapping[str, str], *, structured: bool, feedback: bool
+) -> str:
     criteria = "\n".join(f"{number}. {text}" for number, text in enumerate(phase.criteria, 1))
     return USER_TEMPLATE.format(
-        sample=render_sample(sample), target=phase.target, criteria=criteria, task=phase.task,
+        sample=render_sample(sample),
+        target=phase.target,
+        criteria=criteria,
+        task=phase.task,
         reply_format=reply_format(phase, structured=structured, feedback=feedback),
     )
 
 
-def build_request(phase: PhaseSpec, sample: Mapping[str, str], *, few_shot: bool,
-                  structured: bool, prefill: bool) -> TeacherRequest:
+def build_request(
+    phase: PhaseSpec, sample: Mapping[str, str], *, few_shot: bool, structured: bool, prefill: bool
+) -> TeacherRequest:
     """The chat request for one sample.
 
     Structured output wins over prefill (a JSON reply has no marker to start with). Feedback is
@@ -244,12 +288,26 @@ def build_request(phase: PhaseSpec, sample: Mapping[str, str], *, few_shot: bool
     feedback = not structured and not prefill
     messages: list[Message] = [{"role": "system", "content": SYSTEM}]
     for example in phase.examples if few_shot else ():
-        messages.append({"role": "user", "content": render_user(
-            phase, example.sample, structured=structured, feedback=feedback)})
-        messages.append({"role": "assistant", "content": render_reply(
-            phase, example, structured=structured, feedback=feedback)})
-    messages.append({"role": "user", "content": render_user(
-        phase, sample, structured=structured, feedback=feedback)})
+        messages.append(
+            {
+                "role": "user",
+                "content": render_user(
+                    phase, example.sample, structured=structured, feedback=feedback
+                ),
+            }
+        )
+        messages.append(
+            {
+                "role": "assistant",
+                "content": render_reply(phase, example, structured=structured, feedback=feedback),
+            }
+        )
+    messages.append(
+        {
+            "role": "user",
+            "content": render_user(phase, sample, structured=structured, feedback=feedback),
+        }
+    )
     return TeacherRequest(
         messages=tuple(messages),
         prefill=phase.prefill if prefill else "",

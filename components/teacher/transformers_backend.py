@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 
 def render_prompt(tokenizer: Any, request: TeacherRequest) -> str:
     """Chat-templated conversation ending in an open assistant turn that holds the prefill."""
-    text = tokenizer.apply_chat_template(list(request.messages), tokenize=False,
-                                         add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(
+        list(request.messages), tokenize=False, add_generation_prompt=True
+    )
     return str(text) + request.prefill
 
 
@@ -32,7 +33,7 @@ def batches_by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]
     """Indices grouped into batches of similar length (longest first, so a too-big batch fails
     on the first try rather than at the end)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 def generated_length(row: Sequence[int], eos_ids: set[int]) -> int:
@@ -67,34 +68,45 @@ class TransformersTeacher:
         prompts = [render_prompt(self.tokenizer, request) for request in requests]
         lengths = [len(self.tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
         for batch in batches_by_length(lengths, self.config.batch_size):
-            for index, completion in zip(batch, self._generate([prompts[i] for i in batch]),
-                                         strict=True):
+            for index, completion in zip(
+                batch, self._generate([prompts[i] for i in batch]), strict=True
+            ):
                 on_done(index, completion.with_prefill(requests[index].prefill))
 
     def _generate(self, prompts: list[str]) -> list[Completion]:
         import torch
         from transformers import GenerationConfig
 
-        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True,
-                                 add_special_tokens=False)
+        encoded = self.tokenizer(
+            prompts, return_tensors="pt", padding=True, add_special_tokens=False
+        )
         sampling = self.config.temperature > 0
         generation = GenerationConfig(
-            max_new_tokens=self.config.max_new_tokens, do_sample=sampling,
+            max_new_tokens=self.config.max_new_tokens,
+            do_sample=sampling,
             temperature=self.config.temperature if sampling else None,
-            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(self.eos_ids),
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=sorted(self.eos_ids),
         )
         started = time.perf_counter()
         with torch.inference_mode():
             output = self.model.generate(**encoded, generation_config=generation)
         latency = time.perf_counter() - started
-        new_tokens = output[:, encoded.input_ids.shape[1]:].tolist()
+        new_tokens = output[:, encoded.input_ids.shape[1] :].tolist()
         prompt_tokens = encoded.attention_mask.sum(dim=1).tolist()
         log.debug("generated a batch of %d in %.1f s", len(prompts), latency)
-        return [self._completion(row, int(used), latency)
-                for row, used in zip(new_tokens, prompt_tokens, strict=True)]
+        return [
+            self._completion(row, int(used), latency)
+            for row, used in zip(new_tokens, prompt_tokens, strict=True)
+        ]
 
     def _completion(self, row: list[int], prompt_tokens: int, latency: float) -> Completion:
         length = generated_length(row, self.eos_ids)
         text = self.tokenizer.decode(row[:length], skip_special_tokens=True)
-        return Completion(text=text, model=self.model_name, prompt_tokens=prompt_tokens,
-                          completion_tokens=length, latency_s=latency)
+        return Completion(
+            text=text,
+            model=self.model_name,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=length,
+            latency_s=latency,
+        )

@@ -47,24 +47,34 @@ class VLLMTeacher:
         self.llm = vllm.LLM(model=str(path))
 
     def sampling_params(self) -> Any:
-        return self._vllm.SamplingParams(max_tokens=self.config.max_new_tokens,
-                                         temperature=self.config.temperature)
+        return self._vllm.SamplingParams(
+            max_tokens=self.config.max_new_tokens, temperature=self.config.temperature
+        )
 
     def complete_many(self, requests: Sequence[TeacherRequest], on_done: OnDone) -> None:
         params = self.sampling_params()
         size = self.config.batch_size
         for start in range(0, len(requests), size):
-            chunk = requests[start:start + size]
+            chunk = requests[start : start + size]
             began = time.perf_counter()
-            outputs = self.llm.chat([conversation(r) for r in chunk], params, use_tqdm=False,
-                                    add_generation_prompt=False, continue_final_message=True)
+            outputs = self.llm.chat(
+                [conversation(r) for r in chunk],
+                params,
+                use_tqdm=False,
+                add_generation_prompt=False,
+                continue_final_message=True,
+            )
             latency = time.perf_counter() - began
             for offset, (request, output) in enumerate(zip(chunk, outputs, strict=True)):
                 on_done(start + offset, self._completion(output, latency, request.prefill))
 
     def _completion(self, output: Any, latency: float, prefill: str) -> Completion:
         best = output.outputs[0]
-        return Completion(text=best.text, model=self.model_name,
-                          prompt_tokens=len(output.prompt_token_ids),
-                          completion_tokens=len(best.token_ids), latency_s=latency,
-                          prefill=prefill)
+        return Completion(
+            text=best.text,
+            model=self.model_name,
+            prompt_tokens=len(output.prompt_token_ids),
+            completion_tokens=len(best.token_ids),
+            latency_s=latency,
+            prefill=prefill,
+        )

@@ -1,0 +1,1 @@
+"""Stage ``reflect_instruction``: the teacher rewrites each instruction (candidate ``Q``)."""

@@ -1,0 +1,84 @@
+"""Instruction reflection (phase 1): for each prepared record the teacher judges the instruction
+and writes a new self-contained instruction x1 with its answer y1.
+
+Every record gains ``candidates`` = {"ori": (x0, input, y0), "Q": (x1, "", y1)} and
+``teacher.instruction`` metadata (model, tokens, latency, attempts, parse_status, error). When
+the teacher fails or its reply is unusable, ``Q`` is a copy of ``ori`` and ``parse_status`` says
+why - the student then simply sees no reason to prefer ``Q``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from components.common.records import InputError, Record
+from components.teacher.config import TeacherConfig
+from components.teacher.prompts import INSTRUCTION_PHASE
+from components.teacher.protocol import Teacher
+from components.teacher.runner import ReflectSummary, Result, Sample, StagePlan, reflect_stage
+
+__all__ = [
+    "ReflectSummary",
+    "original_sample",
+    "reflect_instructions",
+    "with_reflected_instruction",
+]
+
+
+def original_sample(record: Record, source: str) -> Sample:
+    """The record's own (instruction, input, output), checked to be text."""
+    for name in ("instruction", "output"):
+        value = record.get(name)
+        if not isinstance(value, str) or not value.strip():
+            raise InputError(
+                source,
+                f"{name!r} is missing or empty",
+                "run the data through `rtune prepare` first",
+                record=record.get("id"),
+                field=name,
+            )
+    text_input = record.get("input") or ""
+    if not isinstance(text_input, str):
+        raise InputError(
+            source,
+            "'input' must be a string",
+            'use "" when there is no input',
+            record=record.get("id"),
+            field="input",
+        )
+    return {"instruction": record["instruction"], "input": text_input, "output": record["output"]}
+
+
+def with_reflected_instruction(record: Record, sample: Sample, result: Result) -> Record:
+    """The record plus its ``ori`` and ``Q`` candidates and the teacher's metadata."""
+    fields = result["fields"]
+    reflected = (
+        {"instruction": fields["new_instruction"], "input": "", "output": fields["new_answer"]}
+        if fields
+        else dict(sample)
+    )
+    teacher = {**(record.get("teacher") or {}), "instruction": result["meta"]}
+    return {**record, "candidates": {"ori": dict(sample), "Q": reflected}, "teacher": teacher}
+
+
+PLAN = StagePlan(phase=INSTRUCTION_PHASE, sample=original_sample, attach=with_reflected_instruction)
+
+
+def reflect_instructions(
+    input_path: Path,
+    output_path: Path,
+    config: TeacherConfig,
+    checkpoint_path: Path | None = None,
+    teacher: Teacher | None = None,
+    progress: bool = True,
+) -> ReflectSummary:
+    """Run phase 1 over ``input_path`` (prepared records) into ``output_path``; resumable."""
+    return reflect_stage(
+        PLAN,
+        Path(input_path),
+        Path(output_path),
+        config,
+        checkpoint_path=checkpoint_path,
+        teacher=teacher,
+        progress=progress,
+    )

@@ -1,0 +1,101 @@
+"""Response reflection (phase 2): the teacher judges the answer of each record's phase-1 winner
+and writes a better answer y2 to the same instruction.
+
+The new candidate is ``A`` = (x0, input, y2) when ``ori`` won phase 1 and ``QA`` = (x1, "", y2)
+when ``Q`` won; the record also gains ``teacher.response`` metadata. When the teacher fails or
+its reply is unusable, the new candidate copies the winner's answer and ``parse_status`` says why.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from components.common.records import InputError, Record
+from components.teacher.config import TeacherConfig
+from components.teacher.prompts import RESPONSE_PHASE
+from components.teacher.protocol import Teacher
+from components.teacher.runner import ReflectSummary, Result, Sample, StagePlan, reflect_stage
+
+__all__ = [
+    "NEW_CANDIDATE",
+    "ReflectSummary",
+    "reflect_responses",
+    "winner_sample",
+    "with_better_answer",
+]
+
+NEW_CANDIDATE = {"ori": "A", "Q": "QA"}
+FIX = "run phase-1 selection (`rtune select --phase ifd`) on the reflect_instruction output first"
+
+
+def winner_sample(record: Record, source: str) -> Sample:
+    """The phase-1 winner's (instruction, input, output), checked."""
+    rid = record.get("id")
+    winner = (record.get("phase1") or {}).get("winner")
+    if winner not in NEW_CANDIDATE:
+        raise InputError(
+            source,
+            f"phase1.winner is {winner!r}, expected 'ori' or 'Q'",
+            FIX,
+            record=rid,
+            field="phase1.winner",
+        )
+    candidate = (record.get("candidates") or {}).get(winner)
+    if not isinstance(candidate, dict):
+        raise InputError(
+            source,
+            f"candidate {winner!r} is missing",
+            FIX,
+            record=rid,
+            field=f"candidates.{winner}",
+        )
+    for name in ("instruction", "output"):
+        if not isinstance(candidate.get(name), str) or not candidate[name].strip():
+            raise InputError(
+                source,
+                f"candidate {winner!r} has no {name}",
+                FIX,
+                record=rid,
+                field=f"candidates.{winner}.{name}",
+            )
+    return {
+        "instruction": candidate["instruction"],
+        "input": candidate.get("input") or "",
+        "output": candidate["output"],
+    }
+
+
+def with_better_answer(record: Record, sample: Sample, result: Result) -> Record:
+    """The record plus candidate ``A``/``QA`` (winner's instruction, new answer) and metadata."""
+    name = NEW_CANDIDATE[record["phase1"]["winner"]]
+    fields = result["fields"]
+    answer = fields["better_answer"] if fields else sample["output"]
+    candidates = {
+        **record["candidates"],
+        name: {"instruction": sample["instruction"], "input": sample["input"], "output": answer},
+    }
+    teacher = {**(record.get("teacher") or {}), "response": result["meta"]}
+    return {**record, "candidates": candidates, "teacher": teacher}
+
+
+PLAN = StagePlan(phase=RESPONSE_PHASE, sample=winner_sample, attach=with_better_answer)
+
+
+def reflect_responses(
+    input_path: Path,
+    output_path: Path,
+    config: TeacherConfig,
+    checkpoint_path: Path | None = None,
+    teacher: Teacher | None = None,
+    progress: bool = True,
+) -> ReflectSummary:
+    """Run phase 2 over ``input_path`` (records with ``phase1.winner``) into ``output_path``."""
+    return reflect_stage(
+        PLAN,
+        Path(input_path),
+        Path(output_path),
+        config,
+        checkpoint_path=checkpoint_path,
+        teacher=teacher,
+        progress=progress,
+    )

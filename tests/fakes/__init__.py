@@ -1,0 +1,1 @@
+"""Real stand-ins for external services, run on loopback in tests and benchmarks."""

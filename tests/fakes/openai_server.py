@@ -1,0 +1,256 @@
+"""An OpenAI-compatible HTTP server on 127.0.0.1 for tests: real sockets, programmable trouble.
+
+    with FakeOpenAIServer(delay_s=0.2) as server:
+        server.inject(Fault(status=429, retry_after=1.0), Fault(status=500))
+        ... OpenAI client with base_url=server.url ...
+        server.requests_for("Give three tips")  # how often that sample was asked
+
+It speaks ``POST /v1/chat/completions`` (with ``usage``) and ``GET /v1/models``. Each request
+takes the next injected ``Fault`` if any (an HTTP error with optional ``Retry-After``, a hang past
+the client's timeout, or a raw reply text), else waits ``delay_s`` and answers with ``reply(body)``.
+The default reply is deterministic and follows the teacher prompt's format: it rewrites the
+sample's instruction inside the markers (or JSON when ``response_format`` asks for it). The
+server logs every request and the most requests it ever had in flight at once.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+Body = dict[str, Any]
+INSTRUCTION = re.compile(r"\[Instruction\]\n(.*?)(?:\n\n\[(?:Input|Answer)\]|\Z)", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What to do with one request instead of answering normally: an HTTP error ``status``
+    (optionally with ``Retry-After`` and an error ``message``), a ``hang_s`` before answering,
+    or a raw reply ``text``."""
+
+    status: int | None = None
+    retry_after: float | None = None
+    hang_s: float = 0.0
+    text: str | None = None
+    message: str | None = None
+
+
+@dataclass
+class LoggedRequest:
+    path: str
+    body: Body
+    authorization: str
+    arrived: float
+    instruction: str = field(default="")
+
+
+def last_user_message(body: Body) -> str:
+    users = [m.get("content", "") for m in body.get("messages", []) if m.get("role") == "user"]
+    return str(users[-1]) if users else ""
+
+
+def sample_instruction(body: Body) -> str:
+    """The instruction of the sample under judgement (the last user turn's ``[Instruction]``)."""
+    match = INSTRUCTION.search(last_user_message(body))
+    return match.group(1).strip() if match else ""
+
+
+def echo_reply(body: Body) -> str:
+    """A well-formed teacher reply derived from the sample, in markers or JSON as asked."""
+    instruction = sample_instruction(body) or "the task"
+    response_phase = "Better Answer" in last_user_message(body) or "better_answer" in str(
+        body.get("response_format", "")
+    )
+    fields = (
+        {"better_answer": f"A more detailed answer to: {instruction}"}
+        if response_phase
+        else {
+            "new_instruction": f"{instruction} Explain your reasoning step by step.",
+            "new_answer": f"Step by step answer to: {instruction}",
+        }
+    )
+    if body.get("response_format"):
+        return json.dumps(fields)
+    markers = {
+        "better_answer": "Better Answer",
+        "new_instruction": "New Instruction",
+        "new_answer": "New Answer",
+    }
+    sections = [f"[{markers[key]}]\n{text}" for key, text in fields.items()]
+    return "\n".join(["[Feedback]\nIt could be more specific.", *sections])
+
+
+def markerless_reply(body: Body) -> str:
+    return "This sample looks fine to me and needs no changes."
+
+
+class FakeOpenAIServer:
+    """Context manager running the server in a thread; ``url`` is the OpenAI ``base_url``."""
+
+    def __init__(
+        self,
+        delay_s: float = 0.0,
+        model: str = "fake-teacher",
+        reply: Callable[[Body], str] = echo_reply,
+        report_usage: bool = True,
+    ) -> None:
+        self.delay_s = delay_s
+        self.model = model
+        self.reply = reply
+        self.report_usage = report_usage
+        self.log: list[LoggedRequest] = []
+        self.max_in_flight = 0
+        self._in_flight = 0
+        self._faults: deque[Fault] = deque()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}/v1"
+
+    def __enter__(self) -> FakeOpenAIServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+    def inject(self, *faults: Fault) -> None:
+        """Queue faults; each of the next requests takes one, in arrival order."""
+        with self._lock:
+            self._faults.extend(faults)
+
+    @property
+    def completions(self) -> list[LoggedRequest]:
+        with self._lock:
+            return [r for r in self.log if r.path.endswith("/chat/completions")]
+
+    def requests_per_instruction(self) -> Counter[str]:
+        return Counter(r.instruction for r in self.completions)
+
+    def requests_for(self, instruction_part: str) -> int:
+        return sum(instruction_part in r.instruction for r in self.completions)
+
+    # -- request handling (runs in the server's threads) --
+
+    def _arrive(self, path: str, body: Body, authorization: str) -> Fault | None:
+        with self._lock:
+            self.log.append(
+                LoggedRequest(path, body, authorization, time.monotonic(), sample_instruction(body))
+            )
+            self._in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self._in_flight)
+            return self._faults.popleft() if self._faults else None
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    def _chat(self, body: Body, fault: Fault | None) -> tuple[int, Body, dict[str, str]]:
+        if fault is not None and fault.hang_s:
+            self._stop.wait(fault.hang_s)
+        if fault is not None and fault.status:
+            headers = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
+            message = fault.message or f"injected {fault.status}"
+            error = {"error": {"message": message, "type": "fake", "code": None}}
+            return fault.status, error, headers
+        self._stop.wait(self.delay_s)
+        text = fault.text if fault is not None and fault.text is not None else self.reply(body)
+        prompt_words = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
+        reply: Body = {
+            "id": f"chatcmpl-{len(self.log)}",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body.get("model", self.model),
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": text},
+                }
+            ],
+        }
+        if self.report_usage:
+            words = len(text.split())
+            reply["usage"] = {
+                "prompt_tokens": prompt_words,
+                "completion_tokens": words,
+                "total_tokens": prompt_words + words,
+            }
+        return 200, reply, {}
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+            def _send(self, status: int, payload: Body, headers: dict[str, str]) -> None:
+                data = json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    for name, value in headers.items():
+                        self.send_header(name, value)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True  # the client gave up (timeout or killed)
+
+            def do_GET(self) -> None:
+                if self.path.rstrip("/").endswith("/models"):
+                    self._send(
+                        200,
+                        {
+                            "object": "list",
+                            "data": [
+                                {
+                                    "id": server.model,
+                                    "object": "model",
+                                    "created": 0,
+                                    "owned_by": "fake",
+                                }
+                            ],
+                        },
+                        {},
+                    )
+                else:
+                    self._send(404, {"error": {"message": "not found"}}, {})
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                if not self.path.rstrip("/").endswith("/chat/completions"):
+                    self._send(404, {"error": {"message": "not found"}}, {})
+                    return
+                fault = server._arrive(self.path, body, self.headers.get("Authorization", ""))
+                try:
+                    self._send(*server._chat(body, fault))
+                finally:
+                    server._leave()
+
+        return Handler

@@ -1,0 +1,262 @@
+"""The openai backend against a real HTTP server on loopback: retries, backoff, timeouts,
+bounded concurrency, structured output, and an API key that never leaks."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from components.common.config import flatten, from_dict
+from components.common.records import read_jsonl, write_jsonl
+from components.reflect_instruction.reflect import reflect_instructions
+from components.teacher.config import TeacherConfig
+from components.teacher.openai_backend import OpenAITeacher, retry_after_seconds, retry_delay
+from components.teacher.parsing import OK, parse_reply
+from components.teacher.prompts import INSTRUCTION_PHASE, build_request
+from components.teacher.protocol import Completion
+from tests.fakes.openai_server import Body, FakeOpenAIServer, Fault
+
+pytestmark = pytest.mark.integration
+SECRET = "sk-test-SECRET-0123456789"
+
+
+def sample(i: int | str) -> dict[str, str]:
+    return {"instruction": f"Task {i}: describe the water cycle.", "input": "", "output": "Rain."}
+
+
+def ask(
+    url: str, samples: list[dict[str, str]], **overrides: object
+) -> list[tuple[int, Completion]]:
+    """Run the backend on ``samples``; return (index, completion) in the order they arrived."""
+    settings: dict[str, object] = {
+        "backend": "openai",
+        "url": url,
+        "backoff_s": 0.01,
+        "max_backoff_s": 2.0,
+        "timeout_s": 5.0,
+        "max_attempts": 3,
+    }
+    settings.update(overrides)
+    teacher = OpenAITeacher(TeacherConfig(**settings), api_key="test-key")  # type: ignore[arg-type]
+    requests = [
+        build_request(
+            INSTRUCTION_PHASE, s, few_shot=False, structured=teacher.structured, prefill=False
+        )
+        for s in samples
+    ]
+    arrived: list[tuple[int, Completion]] = []
+    teacher.complete_many(requests, lambda index, c: arrived.append((index, c)))
+    return arrived
+
+
+def test_every_request_comes_back_once_with_text_usage_and_model() -> None:
+    with FakeOpenAIServer() as server:
+        arrived = ask(server.url, [sample(i) for i in range(5)])
+    assert sorted(index for index, _ in arrived) == [0, 1, 2, 3, 4]
+    for index, completion in arrived:
+        assert completion.error is None and completion.attempts == 1
+        assert completion.model == "fake-teacher"  # model "default" -> the server's first model
+        assert completion.prompt_tokens and completion.prompt_tokens > 0
+        assert completion.completion_tokens and completion.completion_tokens > 0
+        parsed = parse_reply(INSTRUCTION_PHASE, completion.text, sample(index))
+        assert parsed.status == OK
+        assert parsed.fields and f"Task {index}:" in parsed.fields["new_instruction"]
+
+
+def test_429_is_retried_after_the_servers_retry_after() -> None:
+    with FakeOpenAIServer() as server:
+        server.inject(Fault(status=429, retry_after=0.8))
+        [(_, completion)] = ask(server.url, [sample(0)])
+        first, second = server.completions
+    assert completion.error is None and completion.attempts == 2
+    assert second.arrived - first.arrived >= 0.75  # backoff_s is 0.01: the header set the wait
+
+
+def test_retry_after_is_capped_by_max_backoff() -> None:
+    with FakeOpenAIServer() as server:
+        server.inject(Fault(status=429, retry_after=60))
+        started = time.monotonic()
+        [(_, completion)] = ask(server.url, [sample(0)], max_backoff_s=0.3)
+    assert completion.attempts == 2 and completion.error is None
+    assert time.monotonic() - started < 5
+
+
+def test_persistent_500s_end_in_fallback_error_with_attempts_counted(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "in.jsonl", [{"id": "r1", **sample(1)}])
+    with FakeOpenAIServer() as server:
+        server.inject(*[Fault(status=500)] * 3)
+        summary = reflect_instructions(
+            tmp_path / "in.jsonl",
+            tmp_path / "out.jsonl",
+            progress=False,
+            config=TeacherConfig(
+                backend="openai",
+                url=server.url,
+                model="m",
+                max_attempts=3,
+                backoff_s=0.01,
+                max_backoff_s=0.05,
+            ),
+        )
+        requests = len(server.completions)
+    [record] = read_jsonl(tmp_path / "out.jsonl")
+    meta = record["teacher"]["instruction"]
+    assert requests == 3
+    assert meta["parse_status"] == "fallback_error" and meta["attempts"] == 3
+    assert meta["error"].startswith("HTTP 500")
+    assert record["candidates"]["Q"] == record["candidates"]["ori"]
+    assert summary.fallback_error == 1 and summary.parse_failures == 1
+
+
+def test_a_hang_past_the_timeout_is_cut_and_retried() -> None:
+    with FakeOpenAIServer() as server:
+        server.inject(Fault(hang_s=3.0))
+        [(_, completion)] = ask(server.url, [sample(0)], timeout_s=0.4)
+    assert completion.error is None and completion.attempts == 2
+    assert 0.4 <= completion.latency_s < 2.5
+
+
+def test_client_errors_are_not_retried() -> None:
+    with FakeOpenAIServer() as server:
+        server.inject(Fault(status=400, message="bad request: max_tokens too large"))
+        [(_, completion)] = ask(server.url, [sample(0)])
+        assert len(server.completions) == 1
+    assert completion.attempts == 1
+    assert completion.error is not None and completion.error.startswith("HTTP 400")
+
+
+def test_concurrency_is_bounded_and_used() -> None:
+    with FakeOpenAIServer(delay_s=0.15) as server:
+        started = time.monotonic()
+        arrived = ask(server.url, [sample(i) for i in range(12)], concurrency=3)
+        elapsed = time.monotonic() - started
+        peak = server.max_in_flight
+    assert len(arrived) == 12
+    assert peak == 3
+    assert elapsed < 12 * 0.15 * 0.7  # far from one at a time
+
+
+def test_results_are_handed_back_as_they_complete() -> None:
+    def slow_first(body: Body) -> str:
+        from tests.fakes.openai_server import echo_reply, sample_instruction
+
+        if "slow" in sample_instruction(body):
+            time.sleep(0.6)
+        return echo_reply(body)
+
+    with FakeOpenAIServer(reply=slow_first) as server:
+        arrived = ask(server.url, [sample("slow"), sample(1), sample(2)], concurrency=3)
+    assert [index for index, _ in arrived][-1] == 0
+
+
+def test_unreachable_server_fails_each_record_after_its_attempts() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1"
+    [(_, completion)] = ask(url, [sample(0)], model="m", max_attempts=2)
+    assert completion.attempts == 2
+    assert completion.error is not None and completion.error.startswith("connection error")
+    with pytest.raises(RuntimeError, match="--teacher-model"):
+        ask(url, [sample(0)], max_attempts=1)
+
+
+def test_structured_output_sends_the_json_schema(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "in.jsonl", [{"id": "r1", **sample(1)}])
+    with FakeOpenAIServer() as server:
+        summary = reflect_instructions(
+            tmp_path / "in.jsonl",
+            tmp_path / "out.jsonl",
+            progress=False,
+            config=TeacherConfig(backend="openai", url=server.url, structured_output=True),
+        )
+        [request] = server.completions
+    response_format = request.body["response_format"]
+    assert response_format["type"] == "json_schema"
+    assert response_format["json_schema"]["schema"]["required"] == ["new_instruction", "new_answer"]
+    [record] = read_jsonl(tmp_path / "out.jsonl")
+    assert summary.parse_ok == 1
+    assert record["candidates"]["Q"]["instruction"].startswith("Task 1:")
+
+
+def test_api_key_is_used_but_never_written_or_logged(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("RTUNE_TEST_TEACHER_KEY", SECRET)
+    caplog.set_level(logging.DEBUG)
+    write_jsonl(tmp_path / "in.jsonl", [{"id": f"r{i}", **sample(i)} for i in range(3)])
+    config = from_dict(
+        TeacherConfig,
+        {
+            "backend": "openai",
+            "url": "http://127.0.0.1:1/v1",
+            "api_key_env": "RTUNE_TEST_TEACHER_KEY",
+        },
+    )
+    with FakeOpenAIServer() as server:
+        config.url = server.url
+        # A careless server that echoes the key in its error message:
+        server.inject(Fault(status=401, message=f"invalid key {SECRET}"))
+        summary = reflect_instructions(
+            tmp_path / "in.jsonl", tmp_path / "out.jsonl", config, progress=False
+        )
+        authorizations = {r.authorization for r in server.completions}
+    assert authorizations == {f"Bearer {SECRET}"}
+    written = (tmp_path / "out.jsonl").read_text()
+    errors = [r["teacher"]["instruction"]["error"] for r in read_jsonl(tmp_path / "out.jsonl")]
+    assert any(e and "***" in e for e in errors)
+    captured = capsys.readouterr()
+    for text in (
+        written,
+        caplog.text,
+        captured.out,
+        captured.err,
+        str(summary.as_dict()),
+        str(flatten(config)),
+        repr(config),
+    ):
+        assert SECRET not in text
+    assert summary.records == 3 and summary.fallback_error == 1
+
+
+def test_unset_key_variable_sends_a_placeholder_and_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.delenv("RTUNE_UNSET_KEY", raising=False)
+    with FakeOpenAIServer() as server:
+        teacher = OpenAITeacher(
+            TeacherConfig(backend="openai", url=server.url, api_key_env="RTUNE_UNSET_KEY")
+        )
+        request = build_request(
+            INSTRUCTION_PHASE, sample(0), few_shot=False, structured=False, prefill=False
+        )
+        teacher.complete_many([request], lambda index, completion: None)
+        [logged] = server.completions
+    assert logged.authorization == "Bearer EMPTY"
+    assert "RTUNE_UNSET_KEY" in caplog.text
+
+
+def test_backoff_doubles_with_jitter_and_is_capped() -> None:
+    assert retry_delay(1, None, 1.0, 60.0, rng=lambda: 0.0) == 0.5
+    assert retry_delay(1, None, 1.0, 60.0, rng=lambda: 1.0) == 1.0
+    assert retry_delay(4, None, 1.0, 60.0, rng=lambda: 1.0) == 8.0
+    assert retry_delay(20, None, 1.0, 60.0, rng=lambda: 1.0) == 60.0
+    assert retry_delay(1, 7.0, 1.0, 60.0) == 7.0
+    assert retry_delay(1, 600.0, 1.0, 60.0) == 60.0
+
+
+def test_retry_after_header_forms() -> None:
+    assert retry_after_seconds({"retry-after": "2"}) == 2.0
+    assert retry_after_seconds({"retry-after-ms": "250"}) == 0.25
+    assert retry_after_seconds({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
+    assert retry_after_seconds({"retry-after": "soon"}) is None
+    assert retry_after_seconds({}) is None
+    assert retry_after_seconds(None) is None
