@@ -352,11 +352,12 @@ def test_config_validation_explains_the_fix(values: dict, message: str) -> None:
         TeacherConfig(**values)
 
 
-def test_a_pasted_api_key_is_refused_without_echoing_it() -> None:
+@pytest.mark.parametrize("pasted", ["sk-abc-123", "hf_AbCdEf0123456789"])
+def test_a_pasted_api_key_is_refused_without_echoing_it(pasted: str) -> None:
     with pytest.raises(InputError) as raised:
-        from_dict(TeacherConfig, {"api_key_env": "sk-abc-123"}, "teacher")
+        from_dict(TeacherConfig, {"api_key_env": pasted}, "teacher")
     assert "NAME of an environment variable" in str(raised.value)
-    assert "sk-abc-123" not in str(raised.value)
+    assert pasted not in str(raised.value)
 
 
 def test_config_flattens_for_mlflow_with_the_key_name_only() -> None:

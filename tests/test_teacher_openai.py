@@ -56,6 +56,8 @@ def ask(
 def test_every_request_comes_back_once_with_text_usage_and_model() -> None:
     with FakeOpenAIServer() as server:
         arrived = ask(server.url, [sample(i) for i in range(5)])
+        bodies = [r.body for r in server.completions]
+    assert all("stop" not in body and body["temperature"] == 0.0 for body in bodies)
     assert sorted(index for index, _ in arrived) == [0, 1, 2, 3, 4]
     for index, completion in arrived:
         assert completion.error is None and completion.attempts == 1
@@ -260,3 +262,22 @@ def test_retry_after_header_forms() -> None:
     assert retry_after_seconds({"retry-after": "soon"}) is None
     assert retry_after_seconds({}) is None
     assert retry_after_seconds(None) is None
+
+
+def test_a_failing_callback_stops_the_run_and_cancels_what_is_in_flight() -> None:
+    def disk_full(index: int, completion: Completion) -> None:
+        raise OSError("No space left on device")
+
+    config = TeacherConfig(backend="openai", model="m", concurrency=2, url="http://127.0.0.1:9/v1")
+    requests = [
+        build_request(INSTRUCTION_PHASE, sample(i), few_shot=False, structured=False, prefill=False)
+        for i in range(8)
+    ]
+    with FakeOpenAIServer(delay_s=0.4) as server:
+        config.url = server.url
+        started = time.monotonic()
+        with pytest.raises(OSError, match="No space left"):
+            OpenAITeacher(config, api_key="k").complete_many(requests, disk_full)
+        elapsed = time.monotonic() - started
+        asked = len(server.completions)
+    assert elapsed < 1.5 and asked <= 4

@@ -214,6 +214,7 @@ def test_prefilled_request_has_two_examples_and_no_feedback() -> None:
     for criterion in ("complexity", "detail", "knowledge", "Ambiguity", "reasoning"):
         assert criterion in last
     assert "self-contained" in last
+    assert "Judge the instruction on these criteria:" in request.stop  # a recital ends the reply
 
 
 def test_remote_request_asks_for_feedback_first() -> None:
@@ -253,3 +254,23 @@ def test_reciting_the_prompt_ends_the_answer() -> None:
     reply = "Bonjour, good morning!\n\nJudge the answer on these criteria:\n1. Helpfulness: ..."
     parsed = parse_reply(RESPONSE_PHASE, reply, SAMPLE, prefill=RESPONSE_PHASE.prefill)
     assert parsed.status == OK and parsed.fields == {"better_answer": "Bonjour, good morning!"}
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "<thinking>[New Instruction]\ndraft\n[New Answer]\ndraft</thinking>\n"
+        "<reflection>The draft is vague.</reflection>\n"
+        "<output>[New Instruction]\n{i}\n[New Answer]\n{a}</output>",
+        "<think>\nLet me see. [New Instruction] draft\n</think>\n[New Instruction]\n{i}\n"
+        "[New Answer]\n{a}",
+    ],
+)
+def test_reasoning_blocks_are_not_mistaken_for_the_answer(reply: str) -> None:
+    text = reply.format(i=WANT["new_instruction"], a=WANT["new_answer"])
+    assert parse_reply(INSTRUCTION_PHASE, text, SAMPLE).fields == WANT
+
+
+def test_unfinished_thinking_is_no_answer() -> None:
+    parsed = parse_reply(INSTRUCTION_PHASE, "<think>[New Instruction] x [New Answer] y", SAMPLE)
+    assert parsed.status == FALLBACK_PARSE

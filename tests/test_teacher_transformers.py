@@ -180,7 +180,8 @@ def test_vllm_backend_sends_prefilled_chats_and_maps_outputs(
     assert llm.model == str(model_dir)
     assert [len(conversations) for conversations, _, _ in llm.calls] == [2, 1]
     for conversations, params, kwargs in llm.calls:
-        assert params.kwargs == {"max_tokens": 77, "temperature": 0.2}
+        assert params.kwargs["max_tokens"] == 77 and params.kwargs["temperature"] == 0.2
+        assert "Judge the instruction on these criteria:" in params.kwargs["stop"]
         assert kwargs["continue_final_message"] is True
         assert kwargs["add_generation_prompt"] is False
         for conversation in conversations:

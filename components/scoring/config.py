@@ -17,7 +17,9 @@ class ScoringConfig:
 
     model: str = field(
         default="default",
-        metadata={"help": "student model: 'default' (embedded), a local HF folder or an s3:// prefix"},
+        metadata={
+            "help": "student model: 'default' (embedded), a local HF folder or an s3:// prefix"
+        },
     )
     template: str = field(
         default="vicuna",

@@ -138,7 +138,9 @@ def render_reverse_prompt(
     Only the literal ``{output}`` is replaced, so braces elsewhere in the wording or in ``y``
     are kept as they are.
     """
-    return render_prompt(template, reverse_prompt.replace(OUTPUT_PLACEHOLDER, output), "", tokenizer)
+    return render_prompt(
+        template, reverse_prompt.replace(OUTPUT_PLACEHOLDER, output), "", tokenizer
+    )
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 BACKENDS = ("transformers", "openai", "vllm")
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")  # upper case: a mixed-case value is likely a key
 
 
 @dataclass
@@ -51,8 +51,8 @@ class TeacherConfig:
         if not ENV_NAME.match(self.api_key_env):
             # Do not echo the value: a pasted key is the likely mistake here.
             raise ValueError(
-                "api_key_env must be the NAME of an environment variable (e.g. OPENAI_API_KEY), "
-                "not the key itself"
+                "api_key_env must be the upper-case NAME of an environment variable "
+                "(e.g. OPENAI_API_KEY), not the key itself"
             )
         self._check_numbers()
         self._check_backend_options()

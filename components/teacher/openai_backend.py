@@ -9,10 +9,13 @@ is counted and the backoff honours the server's ``Retry-After``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import logging
 import os
+import queue
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -132,8 +135,41 @@ class OpenAITeacher:
         return self.config.structured_output
 
     def complete_many(self, requests: Sequence[TeacherRequest], on_done: OnDone) -> None:
-        if requests:
-            asyncio.run(self._complete_all(requests, on_done))
+        """Run the requests on an event loop in a helper thread; hand each completion to
+        ``on_done`` here, in the calling thread.
+
+        The caller's work per record (parsing, an fsync'ed checkpoint line) then overlaps the
+        network instead of stalling every request in flight, and needs no locking. If
+        ``on_done`` raises, the requests still in flight are cancelled before it propagates.
+        """
+        if not requests:
+            return
+        finished: queue.SimpleQueue[tuple[int, Completion] | None] = queue.SimpleQueue()
+        loop = asyncio.new_event_loop()
+        job = loop.create_task(self._complete_all(requests, lambda *done: finished.put(done)))
+
+        def drive() -> None:
+            try:
+                with contextlib.suppress(BaseException):  # the outcome stays in `job`
+                    loop.run_until_complete(job)
+            finally:
+                loop.close()
+                finished.put(None)
+
+        thread = threading.Thread(target=drive, name="openai-teacher", daemon=True)
+        thread.start()
+        try:
+            while (item := finished.get()) is not None:
+                on_done(*item)
+        except BaseException:
+            with contextlib.suppress(RuntimeError):  # the loop may have just closed
+                loop.call_soon_threadsafe(job.cancel)
+            raise
+        finally:
+            thread.join()
+        failure = None if job.cancelled() else job.exception()
+        if failure is not None:
+            raise failure
 
     async def _complete_all(self, requests: Sequence[TeacherRequest], on_done: OnDone) -> None:
         import openai
@@ -145,10 +181,10 @@ class OpenAITeacher:
             timeout=self.config.timeout_s,
         ) as client:
             model = await self._model_name(client)
-            queue = iter(enumerate(requests))
+            pending = iter(enumerate(requests))
 
             async def worker() -> None:
-                for index, request in queue:
+                for index, request in pending:
                     on_done(index, await self._complete(client, model, request))
 
             async with asyncio.TaskGroup() as group:

@@ -24,8 +24,9 @@ FALLBACK_PLACEHOLDER = "fallback_placeholder"
 FALLBACK_ERROR = "fallback_error"
 PARSE_STATUSES = (OK, FALLBACK_PARSE, FALLBACK_PLACEHOLDER, FALLBACK_ERROR)
 
+# Whole-field texts that mean "nothing here" (compared after lower-casing and trimming).
 PLACEHOLDER_WORDS = frozenset(
-    {
+    [
         "",
         "n/a",
         "na",
@@ -41,7 +42,7 @@ PLACEHOLDER_WORDS = frozenset(
         "no changes",
         "not applicable",
         "insert here",
-    }
+    ]
 )
 # Markers of the sample we show the teacher: a model that echoes them starts a new section.
 ECHO_MARKERS = ("Instruction", "Input", "Answer")
@@ -49,6 +50,8 @@ TEMPLATE_SLOT = re.compile(
     r"^(?:<[^<>\n]{1,80}>|\{[A-Za-z][\w \-]{0,60}\}|\[[A-Za-z][A-Za-z _\-]{0,60}\])$"
 )
 FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
+FINAL_OUTPUT = re.compile(r"<output>(.*?)(?:</output>|\Z)", re.DOTALL | re.IGNORECASE)
+REASONING = re.compile(r"<(think|thinking|reflection)>.*?(?:</\1>|\Z)", re.DOTALL | re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -183,14 +186,23 @@ def _snippet(text: str, limit: int = 60) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
+def final_answer(text: str) -> str:
+    """The part of a reply that is the answer: the ``<output>`` block of a Reflection-style model,
+    else the text without ``<think>``/``<thinking>``/``<reflection>`` blocks (drafts in there
+    must not be mistaken for the answer)."""
+    match = FINAL_OUTPUT.search(text)
+    return match.group(1) if match else REASONING.sub("", text)
+
+
 def parse_reply(
     phase: PhaseSpec, text: str, sample: Mapping[str, str], prefill: str = ""
 ) -> ParsedReply:
     """Parse a reply to ``phase`` about ``sample``; ``prefill`` is put back in front first.
 
-    JSON is tried before markers; whichever yields every field wins. Never raises.
+    Reasoning blocks are set aside; JSON and markers are both tried and the one that yields more
+    of the fields wins (JSON on a tie). Never raises.
     """
-    full = prefill + text
+    full = final_answer(prefill + text)
     wanted = [f.key for f in phase.outputs]
     from_json, from_markers = extract_json(full, phase), extract_markers(full, phase)
     fields = from_json if len(from_json) >= len(from_markers) else from_markers

@@ -313,4 +313,5 @@ def build_request(
         prefill=phase.prefill if prefill else "",
         json_schema=phase.json_schema() if structured else None,
         schema_name=f"{phase.name}_reflection",
+        stop=prompt_echo_lines(),
     )

@@ -21,13 +21,17 @@ class TeacherRequest:
     """One chat request: ``messages`` (system, few-shot turns, the sample) plus how to answer.
 
     ``prefill`` is text the assistant turn already starts with (local backends continue it, so a
-    small model begins inside the marker format); ``json_schema`` asks for structured output.
+    small model begins inside the marker format); ``json_schema`` asks for structured output;
+    ``stop`` are texts that end generation on local backends - the prompt's own sentences, which a
+    small model starts reciting once its answer is over (remote teachers do not recite, and some
+    APIs refuse ``stop``, so the openai backend does not send it).
     """
 
     messages: tuple[Message, ...]
     prefill: str = ""
     json_schema: dict[str, Any] | None = None
     schema_name: str = "reply"
+    stop: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -62,18 +62,20 @@ class TransformersTeacher:
         self.model = load_causal_lm(path)
         eos = self.model.generation_config.eos_token_id
         eos_list = eos if isinstance(eos, list) else [eos]
-        self.eos_ids = {int(t) for t in [*eos_list, self.tokenizer.eos_token_id] if t is not None}
+        ends = [*eos_list, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id]
+        # A row that stopped early is padded while the batch finishes: pad ends it too.
+        self.eos_ids = {int(t) for t in ends if t is not None}
 
     def complete_many(self, requests: Sequence[TeacherRequest], on_done: OnDone) -> None:
         prompts = [render_prompt(self.tokenizer, request) for request in requests]
         lengths = [len(self.tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
         for batch in batches_by_length(lengths, self.config.batch_size):
-            for index, completion in zip(
-                batch, self._generate([prompts[i] for i in batch]), strict=True
-            ):
+            stop = sorted({text for i in batch for text in requests[i].stop})
+            completions = self._generate([prompts[i] for i in batch], stop)
+            for index, completion in zip(batch, completions, strict=True):
                 on_done(index, completion.with_prefill(requests[index].prefill))
 
-    def _generate(self, prompts: list[str]) -> list[Completion]:
+    def _generate(self, prompts: list[str], stop: list[str]) -> list[Completion]:
         import torch
         from transformers import GenerationConfig
 
@@ -87,10 +89,13 @@ class TransformersTeacher:
             temperature=self.config.temperature if sampling else None,
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=sorted(self.eos_ids),
+            stop_strings=stop or None,
         )
         started = time.perf_counter()
         with torch.inference_mode():
-            output = self.model.generate(**encoded, generation_config=generation)
+            output = self.model.generate(
+                **encoded, generation_config=generation, tokenizer=self.tokenizer
+            )
         latency = time.perf_counter() - started
         new_tokens = output[:, encoded.input_ids.shape[1] :].tolist()
         prompt_tokens = encoded.attention_mask.sum(dim=1).tolist()

@@ -46,16 +46,16 @@ class VLLMTeacher:
         self.model_name = config.model if config.model != "default" else path.name
         self.llm = vllm.LLM(model=str(path))
 
-    def sampling_params(self) -> Any:
+    def sampling_params(self, stop: list[str]) -> Any:
         return self._vllm.SamplingParams(
-            max_tokens=self.config.max_new_tokens, temperature=self.config.temperature
+            max_tokens=self.config.max_new_tokens, temperature=self.config.temperature, stop=stop
         )
 
     def complete_many(self, requests: Sequence[TeacherRequest], on_done: OnDone) -> None:
-        params = self.sampling_params()
         size = self.config.batch_size
         for start in range(0, len(requests), size):
             chunk = requests[start : start + size]
+            params = self.sampling_params(sorted({text for r in chunk for text in r.stop}))
             began = time.perf_counter()
             outputs = self.llm.chat(
                 [conversation(r) for r in chunk],

@@ -5,7 +5,8 @@
     rtune reflect --stage response --input phase1.jsonl --output phase2.jsonl \\
         --teacher openai --teacher-url http://vllm:8000/v1 --concurrency 32
 
-Killed runs resume from ``<output>.partial.jsonl`` (or --checkpoint) when re-run unchanged.
+A killed run resumes from ``<output>.partial.jsonl`` (or --checkpoint) when re-run with the same
+input, teacher model and generation settings (concurrency, timeouts and batch size may change).
 """
 
 from __future__ import annotations

@@ -29,6 +29,11 @@ Body = dict[str, Any]
 INSTRUCTION = re.compile(r"\[Instruction\]\n(.*?)(?:\n\n\[(?:Input|Answer)\]|\Z)", re.DOTALL)
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # the default backlog of 5 drops bursts of new connections
+
+
 @dataclass(frozen=True)
 class Fault:
     """What to do with one request instead of answering normally: an HTTP error ``status``
@@ -111,8 +116,7 @@ class FakeOpenAIServer:
         self._faults: deque[Fault] = deque()
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._httpd.daemon_threads = True
+        self._httpd = _Server(("127.0.0.1", 0), self._handler_class())
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -204,6 +208,7 @@ class FakeOpenAIServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # else headers + body pay ~40 ms of delayed ACK
 
             def log_message(self, format: str, *args: Any) -> None:
                 return

@@ -1,0 +1,507 @@
+"""The fast student scorer: IFD and r-IFD for many candidates at once, exactly as the reference.
+
+Each candidate needs four *passes* (one forward sequence each, scored on its target tokens):
+
+    output_given_instruction   start + P(x) + y    target y   -> L(y | P(x))
+    output                     start + y           target y   -> L(y)
+    instruction_given_output   start + R(y) + x    target x   -> L(x | R(y))
+    instruction                start + x           target x   -> L(x)
+
+Tokenization follows the reference (Cherry LLM ``get_perplexity_and_embedding_part_text``): the
+whole text is tokenized once and the first target token is at the token count of the text before
+the target, so merges at the prompt/target boundary are treated the same. ``start`` is a start
+token prepended when the tokenizer adds no BOS itself (a 1-token text alone would otherwise have
+nothing to predict from); it is never a target. A conditioned pass is cut at ``max_length``
+tokens; when that cuts into the target, the alone pass keeps the same number of target tokens.
+A conditioned pass whose target is cut away entirely gives no score and the reason ``truncated``.
+
+``L`` is the mean cross-entropy over target positions ``p`` of ``-log softmax(W h[p-1])[ids[p]]``
+— what HF's ``outputs.loss`` computes with labels masked to the target. What makes it fast
+(and still equal to the per-sample HF loss within ~1e-5 in fp32):
+
+* identical passes are computed once (key: token ids + target start) — e.g. the alone pass of a
+  response shared by several candidates, or a teacher fallback identical to ``ori``;
+* passes are sorted by length and batched under a token budget (minimal padding);
+* the decoder runs once per batch and the vocabulary projection ``W`` (49k x 576 for the
+  embedded model) is applied only at the hidden states that predict target tokens, in chunks,
+  with the cross-entropy in fp32;
+* everything runs under ``torch.inference_mode``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from components.scoring.config import START_TOKEN_AUTO, START_TOKEN_NONE, ScoringConfig
+from components.scoring.formulas import CandidateLosses, Scores, scores_from_losses
+from components.scoring.templates import (
+    PromptTemplate,
+    adds_leading_special_token,
+    get_template,
+    render_prompt,
+    render_reverse_prompt,
+    scoring_texts,
+)
+
+log = logging.getLogger(__name__)
+
+ENDOFTEXT = "<|endoftext|>"
+TRUNCATED = "truncated"
+EMPTY_OUTPUT = "empty_output"
+EMPTY_INSTRUCTION = "empty_instruction"
+TOO_SHORT = "too_short"
+LOGIT_CHUNK_ELEMENTS = 1 << 22  # logits materialised at once (16 MiB in fp32)
+MIN_SHARED_PREFIX = 8  # shorter common prefixes are not worth a cache
+SENTINEL = "\u2063"  # marks where the variable text starts when finding a template's fixed prefix
+
+
+@dataclass(frozen=True)
+class ScoringCandidate:
+    """One (instruction, input, output) to score, under a caller-chosen unique ``key``."""
+
+    key: str
+    instruction: str
+    input: str
+    output: str
+
+
+@dataclass(frozen=True)
+class TokenPass:
+    """One forward sequence: token ids, and the position of the first target token."""
+
+    ids: tuple[int, ...]
+    start: int
+
+    @property
+    def n_targets(self) -> int:
+        return len(self.ids) - self.start
+
+
+@dataclass
+class CandidatePlan:
+    """The passes one candidate needs (role -> pass), and why a score cannot be computed."""
+
+    key: str
+    passes: dict[str, TokenPass] = field(default_factory=dict)
+    ifd_problem: str | None = None
+    rifd_problem: str | None = None
+
+
+@dataclass
+class ScoringStats:
+    """What one scoring run did: pass counts before/after dedupe, tokens through the model."""
+
+    candidates: int = 0
+    passes: int = 0
+    unique_passes: int = 0
+    tokens: int = 0
+    target_tokens: int = 0
+    forward_tokens: int = 0  # run through the decoder: padding included, cached prefixes not
+    shared_prefix_tokens: int = 0  # read from a prefix cache instead of being run
+    batches: int = 0
+    seconds: float = 0.0
+
+
+def resolve_start_ids(tokenizer: Any, start_token: str) -> list[int]:
+    """The ids prepended to every pass: none if the tokenizer adds a BOS itself, else the start
+    token (``auto``: ``<|endoftext|>`` if in the vocabulary, else bos, else eos)."""
+    if start_token == START_TOKEN_NONE or adds_leading_special_token(tokenizer):
+        return []
+    vocab = tokenizer.get_vocab()
+    if start_token == START_TOKEN_AUTO:
+        for token in (ENDOFTEXT, tokenizer.bos_token, tokenizer.eos_token):
+            if token and token in vocab:
+                return [vocab[token]]
+        return []
+    if start_token not in vocab:
+        raise ValueError(f"start_token {start_token!r} is not a token of the student's vocabulary")
+    return [vocab[start_token]]
+
+
+class PassBuilder:
+    """Texts -> ``TokenPass`` with the reference tokenization and the truncation rule."""
+
+    def __init__(self, tokenizer: Any, start_ids: Sequence[int], max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.start_ids = list(start_ids)
+        self.max_length = max_length
+        self.alone_start = max(len(self.encode("")), 1)
+
+    def encode(self, text: str) -> list[int]:
+        return self.start_ids + list(self.tokenizer.encode(text))
+
+    def conditioned(self, prefix: str, target: str) -> tuple[TokenPass | None, bool]:
+        """``prefix + target`` cut at ``max_length``; None if no target token is left.
+
+        The first target position is at least 1: position 0 has nothing before it to predict it.
+        """
+        whole = self.encode(prefix + target)
+        start = max(len(self.encode(prefix)), 1)
+        truncated = len(whole) > self.max_length
+        ids = whole[: self.max_length]
+        if start >= len(ids):
+            return None, truncated
+        return TokenPass(tuple(ids), start), truncated
+
+    def alone(self, target: str, max_targets: int | None) -> TokenPass | None:
+        """``target`` alone, keeping at most ``max_targets`` target tokens (and ``max_length``)."""
+        ids = self.encode(target)
+        end = len(ids) if max_targets is None else min(len(ids), self.alone_start + max_targets)
+        end = min(end, self.max_length)
+        if self.alone_start >= end:
+            return None
+        return TokenPass(tuple(ids[:end]), self.alone_start)
+
+    def pair(self, prefix: str, target: str, empty: str) -> tuple[TokenPass, TokenPass] | str:
+        """The conditioned and alone passes of one score, or the reason it cannot be computed.
+
+        When truncation cut into the target, the alone pass covers as many target tokens as
+        the conditioned pass still has, so both perplexities are over the same span.
+        """
+        conditioned, truncated = self.conditioned(prefix, target)
+        if conditioned is None:
+            return TRUNCATED if truncated else empty
+        alone = self.alone(target, conditioned.n_targets if truncated else None)
+        if alone is None:
+            return TOO_SHORT
+        return conditioned, alone
+
+
+def plan_candidate(
+    builder: PassBuilder,
+    template: PromptTemplate,
+    candidate: ScoringCandidate,
+    reverse_prompt: str,
+) -> CandidatePlan:
+    """The four passes of one candidate, or the reasons its IFD / r-IFD cannot be computed."""
+    plan = CandidatePlan(candidate.key)
+    if not candidate.output.strip():
+        plan.ifd_problem = plan.rifd_problem = EMPTY_OUTPUT
+        return plan
+    texts = scoring_texts(
+        template,
+        candidate.instruction,
+        candidate.input,
+        candidate.output,
+        reverse_prompt,
+        builder.tokenizer,
+    )
+    ifd = builder.pair(texts.prompt, texts.output, EMPTY_OUTPUT)
+    if isinstance(ifd, str):
+        plan.ifd_problem = ifd
+    else:
+        plan.passes["output_given_instruction"], plan.passes["output"] = ifd
+    rifd: tuple[TokenPass, TokenPass] | str = EMPTY_INSTRUCTION
+    if texts.instruction.strip():
+        rifd = builder.pair(texts.reverse, texts.instruction, EMPTY_INSTRUCTION)
+    if isinstance(rifd, str):
+        plan.rifd_problem = rifd
+    else:
+        plan.passes["instruction_given_output"], plan.passes["instruction"] = rifd
+    return plan
+
+
+def batch_by_budget(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+    """Indices grouped longest-first so that rows x longest row <= ``batch_tokens``.
+
+    Sorting by length keeps padding minimal; a pass longer than the budget runs alone.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    for index in order:
+        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= batch_tokens:
+            batches[-1].append(index)
+        else:
+            batches.append([index])
+    return batches
+
+
+class StudentScorer:
+    """Scores candidates with a loaded student (see the module docstring for the maths)."""
+
+    def __init__(self, model: Any, tokenizer: Any, config: ScoringConfig) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.template = get_template(config.template)
+        self.start_ids = resolve_start_ids(tokenizer, config.start_token)
+        self.builder = PassBuilder(tokenizer, self.start_ids, config.max_length)
+        pad = tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else 0)
+        self.decoder = model.base_model
+        self.head = model.get_output_embeddings()
+        self.softcap = getattr(model.config, "final_logit_softcapping", None)
+        self._check_head()
+        self.prefixes = self._template_prefixes()
+        self._prefix_kv: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.share_prefixes = self._check_prefix_sharing()
+
+    @classmethod
+    def load(cls, config: ScoringConfig) -> StudentScorer:
+        """Resolve ``config.model`` ('default' | folder | s3://) and load it for scoring."""
+        from components.common.models import load_causal_lm, load_tokenizer, resolve_model
+
+        path = resolve_model(config.model)
+        return cls(load_causal_lm(path, config.dtype), load_tokenizer(path), config)
+
+    def plan(self, candidate: ScoringCandidate) -> CandidatePlan:
+        return plan_candidate(self.builder, self.template, candidate, self.config.reverse_prompt)
+
+    def score(
+        self,
+        candidates: Sequence[ScoringCandidate],
+        on_scored: Callable[[str, Scores], None] | None = None,
+        progress: bool = True,
+    ) -> tuple[dict[str, Scores], ScoringStats]:
+        """Scores of every candidate by key; ``on_scored(key, scores)`` fires as each completes
+        (after the batch holding its last pass), so a caller can checkpoint as it goes."""
+        began = time.perf_counter()
+        run = _Run([self.plan(candidate) for candidate in candidates], on_scored)
+        run.stats.tokens = sum(len(p.ids) for p in run.unique)
+        run.finish_unscored()
+        with _progress(run.stats.tokens, progress) as bar:
+            for shared, batch in self._batches(run.unique):
+                passes = [run.unique[i] for i in batch]
+                run.count_batch(
+                    passes, shared, new_prefix=passes[0].ids[:shared] not in self._prefix_kv
+                )
+                run.record(batch, self.forward_losses(passes, shared))
+                bar.update(sum(len(p.ids) for p in passes))
+        run.stats.seconds = time.perf_counter() - began
+        return run.results, run.stats
+
+    def forward_losses(self, passes: Sequence[TokenPass], shared: int = 0) -> list[float]:
+        """Mean target cross-entropy of each pass, from one padded forward of the decoder.
+
+        With ``shared`` > 0 every pass starts with the same ``shared`` tokens: their keys and
+        values come from a cache (computed once per run) and only the rest is run.
+        """
+        with torch.inference_mode():
+            ids, mask = _pad(passes, self.pad_id)
+            cache = self._prefix_cache(passes[0].ids[:shared], len(passes)) if shared else None
+            hidden = self.decoder(
+                input_ids=ids[:, shared:],
+                attention_mask=mask if len(passes) > 1 else None,
+                past_key_values=cache,
+                use_cache=cache is not None,
+            ).last_hidden_state
+            rows, cols, targets = _target_index(passes)
+            token_losses = self._target_cross_entropy(hidden[rows, cols - shared], targets)
+            sums = torch.zeros(len(passes), dtype=torch.float64)
+            sums.index_add_(0, rows, token_losses.double())
+            counts = torch.tensor([p.n_targets for p in passes], dtype=torch.float64)
+            return (sums / counts).tolist()
+
+    def shared_length(self, token_pass: TokenPass) -> int:
+        """How many leading tokens ``token_pass`` shares with a template's fixed prefix (0 if too
+        few); never past the position predicting the first target, whose state must be run."""
+        if not self.share_prefixes:
+            return 0
+        best = max((_common_length(token_pass.ids, prefix) for prefix in self.prefixes), default=0)
+        best = min(best, token_pass.start - 1)
+        return best if best >= MIN_SHARED_PREFIX else 0
+
+    def _batches(self, unique: Sequence[TokenPass]) -> list[tuple[int, list[int]]]:
+        """(shared prefix length, pass indices): passes grouped by shared prefix, then batched
+        by length under the token budget (the shared part is not run, so it is not counted)."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, token_pass in enumerate(unique):
+            groups.setdefault(token_pass.ids[: self.shared_length(token_pass)], []).append(index)
+        batches: list[tuple[int, list[int]]] = []
+        for prefix, members in groups.items():
+            lengths = [len(unique[i].ids) - len(prefix) for i in members]
+            for batch in batch_by_budget(lengths, self.config.batch_tokens):
+                batches.append((len(prefix), [members[i] for i in batch]))
+        return batches
+
+    def _prefix_cache(self, prefix: tuple[int, ...], rows: int) -> Any:
+        """A KV cache holding ``prefix`` for ``rows`` rows (the prefix is run once per run)."""
+        from transformers import DynamicCache
+
+        if prefix not in self._prefix_kv:
+            out = self.decoder(input_ids=torch.tensor([prefix]), use_cache=True)
+            self._prefix_kv[prefix] = [(lay.keys, lay.values) for lay in out.past_key_values.layers]
+        data = [
+            (k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1))
+            for k, v in self._prefix_kv[prefix]
+        ]
+        return DynamicCache(data, config=self.model.config)
+
+    def _template_prefixes(self) -> list[tuple[int, ...]]:
+        """Token ids of the fixed text that starts every prompt and every reverse prompt."""
+        texts = [
+            render_prompt(self.template, SENTINEL, "", self.tokenizer),
+            render_reverse_prompt(
+                self.template, self.config.reverse_prompt, SENTINEL, self.tokenizer
+            ),
+        ]
+        return [tuple(self.builder.encode(text.split(SENTINEL)[0])) for text in texts]
+
+    def _target_cross_entropy(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """``-log softmax(W h)[target]`` per row, projecting a chunk of rows at a time (fp32)."""
+        vocab = self.head.weight.shape[0]
+        chunk = max(16, LOGIT_CHUNK_ELEMENTS // vocab)
+        out = torch.empty(len(targets), dtype=torch.float32)
+        for begin in range(0, len(targets), chunk):
+            logits = self._logits(hidden[begin : begin + chunk]).float()
+            out[begin : begin + chunk] = torch.nn.functional.cross_entropy(
+                logits, targets[begin : begin + chunk], reduction="none"
+            )
+        return out
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.head(hidden)
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    def _check_prefix_sharing(self) -> bool:
+        """Use cached prefixes only if they reproduce the plain forward (models with sliding
+        windows or unusual caches fall back to running every token)."""
+        ids = self.builder.encode("Check that a cached prefix gives the same losses as a full run.")
+        probe = TokenPass(tuple(ids), len(ids) // 2)
+        shared = len(ids) // 2 - 1
+        try:
+            plain = self.forward_losses([probe, probe])
+            cached = self.forward_losses([probe, probe], shared)
+        except (TypeError, ValueError, AttributeError, RuntimeError) as err:
+            log.info("prefix sharing disabled for %s: %s", type(self.model).__name__, err)
+            return False
+        agree = all(abs(a - b) < 1e-5 for a, b in zip(plain, cached, strict=True))
+        if not agree:
+            log.info("prefix sharing disabled for %s: losses differ", type(self.model).__name__)
+        return agree
+
+    def _check_head(self) -> None:
+        """Refuse models whose logits are not ``lm_head(last hidden state)`` (+ softcap): the
+        fast path would silently disagree with ``outputs.loss`` for them."""
+        ids = torch.tensor([self.builder.encode("Check the output head.")[:8]])
+        with torch.inference_mode():
+            full = self.model(input_ids=ids, use_cache=False).logits[0].float()
+            hidden = self.decoder(input_ids=ids, use_cache=False).last_hidden_state[0]
+            fast = self._logits(hidden).float()
+        if not torch.allclose(full, fast, atol=1e-3, rtol=1e-3):
+            raise ValueError(
+                f"{type(self.model).__name__}: logits are not lm_head(last hidden state); "
+                "the fast scorer does not support this architecture"
+            )
+
+
+class _Run:
+    """Bookkeeping of one ``score`` call: unique passes, which candidates wait on which pass."""
+
+    def __init__(
+        self, plans: list[CandidatePlan], on_scored: Callable[[str, Scores], None] | None
+    ) -> None:
+        self.plans = plans
+        self.on_scored = on_scored
+        self.results: dict[str, Scores] = {}
+        self.stats = ScoringStats(candidates=len(plans))
+        index: dict[TokenPass, int] = {}
+        self.unique: list[TokenPass] = []
+        self.roles: list[dict[str, int]] = []
+        self.waiting: dict[int, list[int]] = {}
+        self.remaining: list[int] = []
+        for number, plan in enumerate(plans):
+            roles = {role: index.setdefault(p, len(index)) for role, p in plan.passes.items()}
+            for role, unique_index in roles.items():
+                if unique_index == len(self.unique):
+                    self.unique.append(plan.passes[role])
+            for unique_index in set(roles.values()):
+                self.waiting.setdefault(unique_index, []).append(number)
+            self.roles.append(roles)
+            self.remaining.append(len(set(roles.values())))
+            self.stats.passes += len(roles)
+        self.stats.unique_passes = len(self.unique)
+        self.stats.target_tokens = sum(p.n_targets for p in self.unique)
+        self.losses: list[float | None] = [None] * len(self.unique)
+
+    def count_batch(self, passes: Sequence[TokenPass], shared: int, new_prefix: bool) -> None:
+        """Tokens the decoder really runs: padded rows minus the cached prefix (run once)."""
+        self.stats.batches += 1
+        self.stats.forward_tokens += len(passes) * (max(len(p.ids) for p in passes) - shared)
+        self.stats.forward_tokens += shared if shared and new_prefix else 0
+        self.stats.shared_prefix_tokens += shared * len(passes)
+
+    def finish_unscored(self) -> None:
+        for number, left in enumerate(self.remaining):
+            if left == 0:
+                self._finish(number)
+
+    def record(self, batch: Sequence[int], losses: Sequence[float]) -> None:
+        for unique_index, loss in zip(batch, losses, strict=True):
+            self.losses[unique_index] = loss
+            for number in self.waiting[unique_index]:
+                self.remaining[number] -= 1
+                if self.remaining[number] == 0:
+                    self._finish(number)
+
+    def _finish(self, number: int) -> None:
+        plan, roles = self.plans[number], self.roles[number]
+        loss = {role: self.losses[unique_index] for role, unique_index in roles.items()}
+        scores = scores_from_losses(
+            CandidateLosses(
+                output=loss.get("output"),
+                output_given_instruction=loss.get("output_given_instruction"),
+                instruction=loss.get("instruction"),
+                instruction_given_output=loss.get("instruction_given_output"),
+                ifd_problem=plan.ifd_problem,
+                rifd_problem=plan.rifd_problem,
+            )
+        )
+        self.results[plan.key] = scores
+        if self.on_scored is not None:
+            self.on_scored(plan.key, scores)
+
+
+def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token sequences."""
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def _pad(passes: Sequence[TokenPass], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and attention mask (causal attention never looks at the padding)."""
+    width = max(len(p.ids) for p in passes)
+    ids = torch.full((len(passes), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(passes), width), dtype=torch.long)
+    for row, p in enumerate(passes):
+        ids[row, : len(p.ids)] = torch.tensor(p.ids, dtype=torch.long)
+        mask[row, : len(p.ids)] = 1
+    return ids, mask
+
+
+def _target_index(passes: Sequence[TokenPass]) -> tuple[torch.Tensor, ...]:
+    """(row, column) of every hidden state that predicts a target token (column = position - 1)
+    and the target ids; the row also says which pass a token loss belongs to."""
+    rows: list[int] = []
+    cols: list[int] = []
+    targets: list[int] = []
+    for row, p in enumerate(passes):
+        rows.extend([row] * p.n_targets)
+        cols.extend(range(p.start - 1, len(p.ids) - 1))
+        targets.extend(p.ids[p.start :])
+    return tuple(torch.tensor(values, dtype=torch.long) for values in (rows, cols, targets))
+
+
+def _progress(total_tokens: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total_tokens,
+        unit="tok",
+        unit_scale=True,
+        desc="scoring",
+        disable=not enabled,
+        mininterval=1.0,
+        dynamic_ncols=True,
+    )

@@ -1,0 +1,1 @@
+"""Benchmarks: scripts named ``bench_*.py`` (never collected by pytest), run by hand."""
