@@ -54,8 +54,11 @@ class PipelineConfig:
             "selection": self.selection,
             "tracking": self.tracking,
             "checkpoint_root": self.checkpoint_root,
-            "scoring_gpus": int(self.cluster.get("scoring_gpus", 1)),
         }
+
+    def scoring_gpus(self) -> int:
+        """GPUs per scoring shard: a compile-time resource of the cluster pipeline."""
+        return int(self.cluster.get("scoring_gpus", 1))
 
 
 def load_pipeline_config(
@@ -115,12 +118,11 @@ def apply_override(data: dict[str, Any], item: str, source: str) -> None:
 
 def validate(config: PipelineConfig) -> None:
     """Build every stage's typed config once (raises InputError naming the section and key)."""
-    from components.select_rifd.rules import SelectionConfig
-
     from components.common.config import from_dict
     from components.common.tracking import TrackingConfig
     from components.prepare.config import PrepareConfig
     from components.scoring.task import split_scoring_config
+    from components.select_rifd.rules import SelectionConfig
     from components.teacher.config import TeacherConfig
 
     source = config.source

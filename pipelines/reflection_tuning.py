@@ -1,5 +1,7 @@
 """The `reflection_tuning` KFP v2 pipeline: wiring only (DESIGN.md §2).
 
+(No `from __future__ import annotations` here: KFP reads the parameter annotations as types.)
+
     prepare -> reflect_instruction -> [score_ifd shards] -> select_ifd
             -> reflect_response -> [score_rifd shards] -> select_rifd
 
@@ -7,8 +9,6 @@ Parameters are grouped per stage as dicts (``prepare``, ``teacher``, ``scoring``
 ``tracking``); ``pipelines/configs/*.yaml`` hold them. Cluster-only settings (the teacher key from a
 Kubernetes Secret, GPUs for scoring, retries for the teacher) are ignored by ``kfp.local``.
 """
-
-from __future__ import annotations
 
 from typing import Any
 
@@ -37,88 +37,99 @@ def _teacher_task(task: Any) -> Any:
     return task
 
 
-def _scoring_task(task: Any, gpus: Any) -> Any:
-    """The student scores on ``scoring_gpus`` GPUs per shard in the cluster (CPU locally)."""
+def _scoring_task(task: Any, gpus: int) -> Any:
+    """The student scores on ``gpus`` GPUs per shard in the cluster (CPU locally)."""
     task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
     task.set_memory_request("16Gi").set_cpu_request("4")
     return task
 
 
-@dsl.pipeline(
-    name=PIPELINE_NAME,
-    description="Selective Reflection-Tuning: teacher rewrites, student selects.",
-)
-def reflection_tuning(
-    seed_uri: str = "builtin:seed",
-    prepare_config: dict = {},  # noqa: B006 - KFP pipeline defaults are compiled, never mutated
-    teacher: dict = {},  # noqa: B006
-    scoring: dict = {},  # noqa: B006
-    selection: dict = {},  # noqa: B006
-    tracking: dict = {},  # noqa: B006
-    checkpoint_root: str = "",
-    scoring_gpus: int = 1,
-) -> None:
-    run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-    prepared = prepare(
-        seed_uri=seed_uri, config=prepare_config, tracking=tracking, kfp_run_id=run_id
-    )
+def build_reflection_tuning(scoring_gpus: int = 1) -> Any:
+    """The pipeline with cluster resources fixed at compile time.
 
-    phase1 = _teacher_task(
-        reflect_instruction(
-            records=prepared.outputs["prepared"],
-            teacher=teacher,
-            tracking=tracking,
-            kfp_run_id=run_id,
-            checkpoint_root=checkpoint_root,
-        )
+    Resource sizes are compile-time constants (``rtune compile`` reads ``cluster.scoring_gpus``):
+    kfp.local cannot resolve a pipeline parameter inside a ``ParallelFor`` resource setting.
+    """
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="Selective Reflection-Tuning: teacher rewrites, student selects.",
     )
-    shards = plan_shards(scoring=scoring)
-    with dsl.ParallelFor(shards.output, name="ifd-shards") as shard:
-        ifd_scores = _scoring_task(
-            score_shard(
-                records=phase1.outputs["candidates"],
-                scoring=scoring,
+    def reflection_tuning(
+        seed_uri: str = "builtin:seed",
+        prepare_config: dict = {},  # noqa: B006 - KFP pipeline defaults are compiled, never mutated
+        teacher: dict = {},  # noqa: B006
+        scoring: dict = {},  # noqa: B006
+        selection: dict = {},  # noqa: B006
+        tracking: dict = {},  # noqa: B006
+        checkpoint_root: str = "",
+    ) -> None:
+        run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        prepared = prepare(
+            seed_uri=seed_uri, config=prepare_config, tracking=tracking, kfp_run_id=run_id
+        )
+
+        phase1 = _teacher_task(
+            reflect_instruction(
+                records=prepared.outputs["prepared"],
+                teacher=teacher,
                 tracking=tracking,
                 kfp_run_id=run_id,
-                phase="ifd",
-                shard_index=shard,
                 checkpoint_root=checkpoint_root,
-            ),
-            scoring_gpus,
+            )
         )
-    chosen = select_ifd(
-        candidates=phase1.outputs["candidates"],
-        scores=dsl.Collected(ifd_scores.outputs["scores"]),
-        tracking=tracking,
-        kfp_run_id=run_id,
-    )
-
-    phase2 = _teacher_task(
-        reflect_response(
-            records=chosen.outputs["selected"],
-            teacher=teacher,
+        shards = plan_shards(scoring=scoring)
+        with dsl.ParallelFor(shards.output, name="ifd-shards") as shard:
+            ifd_scores = _scoring_task(
+                score_shard(
+                    records=phase1.outputs["candidates"],
+                    scoring=scoring,
+                    tracking=tracking,
+                    kfp_run_id=run_id,
+                    phase="ifd",
+                    shard_index=shard,
+                    checkpoint_root=checkpoint_root,
+                ),
+                scoring_gpus,
+            )
+        chosen = select_ifd(
+            candidates=phase1.outputs["candidates"],
+            scores=dsl.Collected(ifd_scores.outputs["scores"]),
             tracking=tracking,
             kfp_run_id=run_id,
-            checkpoint_root=checkpoint_root,
         )
-    )
-    with dsl.ParallelFor(shards.output, name="rifd-shards") as shard:
-        rifd_scores = _scoring_task(
-            score_shard(
-                records=phase2.outputs["candidates"],
-                scoring=scoring,
+
+        phase2 = _teacher_task(
+            reflect_response(
+                records=chosen.outputs["selected"],
+                teacher=teacher,
                 tracking=tracking,
                 kfp_run_id=run_id,
-                phase="rifd",
-                shard_index=shard,
                 checkpoint_root=checkpoint_root,
-            ),
-            scoring_gpus,
+            )
         )
-    select_rifd(
-        candidates=phase2.outputs["candidates"],
-        scores=dsl.Collected(rifd_scores.outputs["scores"]),
-        selection=selection,
-        tracking=tracking,
-        kfp_run_id=run_id,
-    )
+        with dsl.ParallelFor(shards.output, name="rifd-shards") as shard:
+            rifd_scores = _scoring_task(
+                score_shard(
+                    records=phase2.outputs["candidates"],
+                    scoring=scoring,
+                    tracking=tracking,
+                    kfp_run_id=run_id,
+                    phase="rifd",
+                    shard_index=shard,
+                    checkpoint_root=checkpoint_root,
+                ),
+                scoring_gpus,
+            )
+        select_rifd(
+            candidates=phase2.outputs["candidates"],
+            scores=dsl.Collected(rifd_scores.outputs["scores"]),
+            selection=selection,
+            tracking=tracking,
+            kfp_run_id=run_id,
+        )
+
+    return reflection_tuning
+
+
+reflection_tuning = build_reflection_tuning()

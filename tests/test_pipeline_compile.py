@@ -111,7 +111,6 @@ def test_every_shipped_config_loads_and_validates(path: Path) -> None:
         "selection",
         "tracking",
         "checkpoint_root",
-        "scoring_gpus",
     }
 
 

@@ -275,7 +275,11 @@ def test_records_the_teacher_failed_on_are_retried_when_resuming(tmp_path: Path)
         if instruction.startswith("Task 0"):
             return Completion("", "scripted", None, None, 1.0, 3, "HTTP 503: down")
         return echo_reply(
-            {"messages": [{"role": "user", "content": f"[Instruction]\n{instruction}"}]}
+            {
+                "messages": [
+                    {"role": "user", "content": f"<instruction>\n{instruction}\n</instruction>"}
+                ]
+            }
         )
 
     write_jsonl(tmp_path / "in.jsonl", prepared(4))

@@ -93,7 +93,7 @@ def test_first_section_wins_when_a_small_model_keeps_inventing_samples() -> None
 
 
 def test_echoed_sample_markers_end_a_section() -> None:
-    reply = f"{WANT['new_instruction']}\n\n[Input]\nGood morning\n\n[Answer]\nBonjour"
+    reply = f"{WANT['new_instruction']}\n<input>\nGood morning\n</input>\n[Answer]\nBonjour"
     fields = extract_markers(INSTRUCTION_PHASE.prefill + reply, INSTRUCTION_PHASE)
     assert fields == {"new_instruction": WANT["new_instruction"]}
 
@@ -210,7 +210,8 @@ def test_prefilled_request_has_two_examples_and_no_feedback() -> None:
     )
     assert "[Feedback]" not in "".join(m["content"] for m in request.messages)
     last = request.messages[-1]["content"]
-    assert "[Instruction]\nTranslate to French." in last and "[Input]\nGood morning" in last
+    assert "<instruction>\nTranslate to French.\n</instruction>" in last
+    assert "<input>\nGood morning\n</input>" in last
     for criterion in ("complexity", "detail", "knowledge", "Ambiguity", "reasoning"):
         assert criterion in last
     assert "self-contained" in last
@@ -225,7 +226,7 @@ def test_remote_request_asks_for_feedback_first() -> None:
     assert last.index("[Feedback]") < last.index("[Better Answer]")
     for criterion in ("Helpfulness", "Relevance", "Accuracy", "detail"):
         assert criterion in last
-    assert "[Input]" in last
+    assert "<input>" in last
 
 
 def test_structured_request_carries_the_schema_and_no_prefill() -> None:
@@ -241,7 +242,7 @@ def test_sample_without_input_has_no_input_section() -> None:
     request = build_request(
         INSTRUCTION_PHASE, {**SAMPLE, "input": ""}, few_shot=False, structured=False, prefill=True
     )
-    assert "[Input]" not in request.messages[-1]["content"]
+    assert "<input>" not in request.messages[-1]["content"]
 
 
 def test_prompt_version_changes_with_the_wording() -> None:

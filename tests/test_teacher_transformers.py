@@ -72,7 +72,7 @@ def test_prompt_is_the_chat_template_ending_in_the_prefilled_marker(
     prompt = render_prompt(tokenizer, request)
     assert prompt.endswith("<|im_start|>assistant\n[New Instruction]\n")
     assert prompt.count("<|im_start|>assistant\n[New Instruction]\n") == 3  # 2 examples + ours
-    assert "[Input]\nGood morning" in prompt and prompt.startswith("<|im_start|>system\n")
+    assert "<input>\nGood morning\n</input>" in prompt and prompt.startswith("<|im_start|>system\n")
 
 
 def test_left_padded_batches_generate_what_each_prompt_generates_alone(

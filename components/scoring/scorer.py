@@ -57,7 +57,14 @@ EMPTY_OUTPUT = "empty_output"
 EMPTY_INSTRUCTION = "empty_instruction"
 TOO_SHORT = "too_short"
 LOGIT_CHUNK_ELEMENTS = 1 << 22  # logits materialised at once (16 MiB in fp32)
-MIN_SHARED_PREFIX = 8  # shorter common prefixes are not worth a cache
+# BLAS picks another sgemm kernel (another summation order) for products of fewer rows; keeping
+# every product at >= 16 rows, as the per-sample pass of a >= 16-token text has, keeps the fast
+# path's logits bit-identical to HF's there. Shorter passes run alone, like the per-sample pass.
+MIN_GEMM_ROWS = 16
+# exp() turns a loss error e into a ratio error of about ratio * e. Batched fp32 losses differ from
+# the per-sample ones by up to ~5e-6, so a candidate with IFD or r-IFD above this has its passes
+# re-run one at a time, unpadded, exactly like the per-sample pass (rare: the ratio is ~1).
+PRECISE_ABOVE = 4.0
 SENTINEL = "\u2063"  # marks where the variable text starts when finding a template's fixed prefix
 
 
@@ -104,6 +111,7 @@ class ScoringStats:
     target_tokens: int = 0
     forward_tokens: int = 0  # run through the decoder: padding included, cached prefixes not
     shared_prefix_tokens: int = 0  # read from a prefix cache instead of being run
+    exact_passes: int = 0  # re-run alone for a candidate with a large ratio
     batches: int = 0
     seconds: float = 0.0
 
@@ -262,7 +270,7 @@ class StudentScorer:
         """Scores of every candidate by key; ``on_scored(key, scores)`` fires as each completes
         (after the batch holding its last pass), so a caller can checkpoint as it goes."""
         began = time.perf_counter()
-        run = _Run([self.plan(candidate) for candidate in candidates], on_scored)
+        run = _Run([self.plan(candidate) for candidate in candidates], on_scored, self.exact_loss)
         run.stats.tokens = sum(len(p.ids) for p in run.unique)
         run.finish_unscored()
         with _progress(run.stats.tokens, progress) as bar:
@@ -291,6 +299,8 @@ class StudentScorer:
                 past_key_values=cache,
                 use_cache=cache is not None,
             ).last_hidden_state
+            if len(passes) == 1 and not shared and len(passes[0].ids) < MIN_GEMM_ROWS:
+                return [self._short_pass_loss(passes[0], hidden[0])]
             rows, cols, targets = _target_index(passes)
             token_losses = self._target_cross_entropy(hidden[rows, cols - shared], targets)
             sums = torch.zeros(len(passes), dtype=torch.float64)
@@ -298,22 +308,31 @@ class StudentScorer:
             counts = torch.tensor([p.n_targets for p in passes], dtype=torch.float64)
             return (sums / counts).tolist()
 
+    def exact_loss(self, token_pass: TokenPass) -> float:
+        """One pass alone, unpadded, nothing cached: the per-sample computation."""
+        return self.forward_losses([token_pass])[0]
+
     def shared_length(self, token_pass: TokenPass) -> int:
         """How many leading tokens ``token_pass`` shares with a template's fixed prefix (0 if too
         few); never past the position predicting the first target, whose state must be run."""
         if not self.share_prefixes:
             return 0
         best = max((_common_length(token_pass.ids, prefix) for prefix in self.prefixes), default=0)
-        best = min(best, token_pass.start - 1)
-        return best if best >= MIN_SHARED_PREFIX else 0
+        best = min(best, token_pass.start - 1, len(token_pass.ids) - MIN_GEMM_ROWS)
+        return best if best >= MIN_GEMM_ROWS else 0
 
     def _batches(self, unique: Sequence[TokenPass]) -> list[tuple[int, list[int]]]:
         """(shared prefix length, pass indices): passes grouped by shared prefix, then batched
         by length under the token budget (the shared part is not run, so it is not counted)."""
         groups: dict[tuple[int, ...], list[int]] = {}
-        for index, token_pass in enumerate(unique):
-            groups.setdefault(token_pass.ids[: self.shared_length(token_pass)], []).append(index)
         batches: list[tuple[int, list[int]]] = []
+        for index, token_pass in enumerate(unique):
+            if len(token_pass.ids) < MIN_GEMM_ROWS:
+                batches.append((0, [index]))
+            else:
+                groups.setdefault(token_pass.ids[: self.shared_length(token_pass)], []).append(
+                    index
+                )
         for prefix, members in groups.items():
             lengths = [len(unique[i].ids) - len(prefix) for i in members]
             for batch in batch_by_budget(lengths, self.config.batch_tokens):
@@ -344,16 +363,32 @@ class StudentScorer:
         return [tuple(self.builder.encode(text.split(SENTINEL)[0])) for text in texts]
 
     def _target_cross_entropy(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """``-log softmax(W h)[target]`` per row, projecting a chunk of rows at a time (fp32)."""
+        """``-log softmax(W h)[target]`` per row (fp32), projecting a chunk of rows at a time.
+
+        A chunk shorter than ``MIN_GEMM_ROWS`` is widened with rows already done (or copies of
+        its first row) so that every row goes through the same sgemm kernel.
+        """
         vocab = self.head.weight.shape[0]
-        chunk = max(16, LOGIT_CHUNK_ELEMENTS // vocab)
+        chunk = max(MIN_GEMM_ROWS, LOGIT_CHUNK_ELEMENTS // vocab)
         out = torch.empty(len(targets), dtype=torch.float32)
         for begin in range(0, len(targets), chunk):
-            logits = self._logits(hidden[begin : begin + chunk]).float()
-            out[begin : begin + chunk] = torch.nn.functional.cross_entropy(
-                logits, targets[begin : begin + chunk], reduction="none"
+            end = min(begin + chunk, len(targets))
+            first = min(begin, max(0, end - MIN_GEMM_ROWS))
+            block = hidden[first:end]
+            if len(block) < MIN_GEMM_ROWS:
+                block = torch.cat([block, block[:1].expand(MIN_GEMM_ROWS - len(block), -1)])
+            logits = self._logits(block)[begin - first : end - first].float()
+            out[begin:end] = torch.nn.functional.cross_entropy(
+                logits, targets[begin:end], reduction="none"
             )
         return out
+
+    def _short_pass_loss(self, token_pass: TokenPass, hidden: torch.Tensor) -> float:
+        """A pass shorter than ``MIN_GEMM_ROWS``: every position is projected, as HF does."""
+        logits = self._logits(hidden).float()[token_pass.start - 1 : len(token_pass.ids) - 1]
+        targets = torch.tensor(token_pass.ids[token_pass.start :], dtype=torch.long)
+        token_losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+        return float(token_losses.double().mean())
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.head(hidden)
@@ -364,7 +399,10 @@ class StudentScorer:
     def _check_prefix_sharing(self) -> bool:
         """Use cached prefixes only if they reproduce the plain forward (models with sliding
         windows or unusual caches fall back to running every token)."""
-        ids = self.builder.encode("Check that a cached prefix gives the same losses as a full run.")
+        ids = self.builder.encode(
+            "Check that a cached prefix gives the same losses as a full run of every token, "
+            "here and there. " * 3
+        )
         probe = TokenPass(tuple(ids), len(ids) // 2)
         shared = len(ids) // 2 - 1
         try:
@@ -397,10 +435,15 @@ class _Run:
     """Bookkeeping of one ``score`` call: unique passes, which candidates wait on which pass."""
 
     def __init__(
-        self, plans: list[CandidatePlan], on_scored: Callable[[str, Scores], None] | None
+        self,
+        plans: list[CandidatePlan],
+        on_scored: Callable[[str, Scores], None] | None,
+        exact_loss: Callable[[TokenPass], float],
     ) -> None:
         self.plans = plans
         self.on_scored = on_scored
+        self.exact_loss = exact_loss
+        self.exact: set[int] = set()
         self.results: dict[str, Scores] = {}
         self.stats = ScoringStats(candidates=len(plans))
         index: dict[TokenPass, int] = {}
@@ -443,9 +486,23 @@ class _Run:
                     self._finish(number)
 
     def _finish(self, number: int) -> None:
+        """Score a candidate whose passes are all done, re-running its passes one by one first
+        when a ratio is large enough for batching noise to show (see ``PRECISE_ABOVE``)."""
         plan, roles = self.plans[number], self.roles[number]
+        scores = self._scores(plan, roles)
+        if _needs_exact_passes(scores):
+            for unique_index in set(roles.values()) - self.exact:
+                self.losses[unique_index] = self.exact_loss(self.unique[unique_index])
+                self.exact.add(unique_index)
+                self.stats.exact_passes += 1
+            scores = self._scores(plan, roles)
+        self.results[plan.key] = scores
+        if self.on_scored is not None:
+            self.on_scored(plan.key, scores)
+
+    def _scores(self, plan: CandidatePlan, roles: dict[str, int]) -> Scores:
         loss = {role: self.losses[unique_index] for role, unique_index in roles.items()}
-        scores = scores_from_losses(
+        return scores_from_losses(
             CandidateLosses(
                 output=loss.get("output"),
                 output_given_instruction=loss.get("output_given_instruction"),
@@ -455,9 +512,11 @@ class _Run:
                 rifd_problem=plan.rifd_problem,
             )
         )
-        self.results[plan.key] = scores
-        if self.on_scored is not None:
-            self.on_scored(plan.key, scores)
+
+
+def _needs_exact_passes(scores: Scores) -> bool:
+    ratios = (scores.get("ifd"), scores.get("rifd"))
+    return any(isinstance(r, float) and r > PRECISE_ABOVE for r in ratios)
 
 
 def _common_length(a: Sequence[int], b: Sequence[int]) -> int:

@@ -16,7 +16,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from components.teacher.prompts import FEEDBACK_MARKER, PHASES, PhaseSpec, prompt_echo_lines
+from components.teacher.prompts import (
+    FEEDBACK_MARKER,
+    PHASES,
+    SAMPLE_TAGS,
+    PhaseSpec,
+    prompt_echo_lines,
+)
 
 OK = "ok"
 FALLBACK_PARSE = "fallback_parse"
@@ -44,7 +50,7 @@ PLACEHOLDER_WORDS = frozenset(
         "insert here",
     ]
 )
-# Markers of the sample we show the teacher: a model that echoes them starts a new section.
+# Sample markers a model may echo (ours are tags, older prompts used brackets): a new section.
 ECHO_MARKERS = ("Instruction", "Input", "Answer")
 TEMPLATE_SLOT = re.compile(
     r"^(?:<[^<>\n]{1,80}>|\{[A-Za-z][\w \-]{0,60}\}|\[[A-Za-z][A-Za-z _\-]{0,60}\])$"
@@ -70,8 +76,9 @@ def _label(marker: str) -> str:
 def _marker_regex() -> re.Pattern[str]:
     """Markers as bracket tags anywhere (``**[New Answer]**:``) or, for output markers only, as
     line-start labels with a colon (``New Answer:``) or as a heading/bold line (``## New Answer``).
-    A line that echoes the prompt's own sentences (``Judge the answer on these criteria:``) also
-    ends a section: a small model that starts reciting the prompt has finished its answer.
+    A line that echoes the prompt's own sentences (``Judge the answer on these criteria:``) or a
+    sample tag (``<answer>``) also ends a section: a small model that starts reciting the prompt
+    has finished its answer.
     """
     outputs = sorted(
         {f.marker for p in PHASES.values() for f in p.outputs} | {FEEDBACK_MARKER},
@@ -89,7 +96,8 @@ def _marker_regex() -> re.Pattern[str]:
     colon = rf"^[ \t>]*(?:\#{{1,6}}[ \t]*)?{emph}?(?P<c>{out})[ \t]*{emph}?[ \t]*:(?:[ \t]*{emph})?"
     heading = rf"^[ \t]*(?:\#{{1,6}}[ \t]*{emph}?|{emph})(?P<h>{out})[ \t]*{emph}?[ \t]*$"
     recital = "|".join(re.escape(line) for line in prompt_echo_lines())
-    echo = rf"^[ \t]*(?P<e>{recital})"
+    tags = "|".join(SAMPLE_TAGS)
+    echo = rf"^[ \t]*(?P<e>{recital})|(?P<t></?(?:{tags})>)"
     return re.compile(f"{bracket}|{colon}|{heading}|{echo}", re.IGNORECASE | re.MULTILINE)
 
 

@@ -45,6 +45,7 @@ USER_TEMPLATE = f"""{INTRO}
 
 {{reply_format}}"""
 FEEDBACK_MARKER = "Feedback"
+SAMPLE_TAGS = ("instruction", "input", "answer")
 
 
 @dataclass(frozen=True)
@@ -96,8 +97,16 @@ class PhaseSpec:
         }
 
     def version(self) -> str:
-        """A hash of the wording: a checkpoint made with other prompts is not resumed."""
-        return fingerprint(SYSTEM, USER_TEMPLATE, repr(self))
+        """A hash of the prompts this phase renders, in every style: a checkpoint made with
+        other wording (or other rendering code) is not resumed."""
+        probe = {"instruction": "probe", "input": "probe input", "output": "probe answer"}
+        styles = [(False, False), (False, True), (True, False)]
+        return fingerprint(
+            [
+                build_request(self, probe, few_shot=True, structured=structured, prefill=prefill)
+                for structured, prefill in styles
+            ]
+        )
 
 
 INSTRUCTION_PHASE = PhaseSpec(
@@ -232,12 +241,17 @@ def prompt_echo_lines() -> tuple[str, ...]:
 
 
 def render_sample(sample: Mapping[str, str]) -> str:
-    """The sample under judgement; the input section is left out when there is none."""
-    parts = [f"[Instruction]\n{sample['instruction'].strip()}"]
+    """The sample under judgement, in tags; the input is left out when there is none.
+
+    Tags, not ``[Instruction]``-style markers: a small model that saw the sample in the same
+    bracket style as its reply markers tended to recite the sample instead of writing the reply
+    (0 of 10 seed samples parsed with brackets, 3 of 10 with tags, embedded model).
+    """
+    parts = [f"<{SAMPLE_TAGS[0]}>\n{sample['instruction'].strip()}\n</{SAMPLE_TAGS[0]}>"]
     if sample.get("input", "").strip():
-        parts.append(f"[Input]\n{sample['input'].strip()}")
-    parts.append(f"[Answer]\n{sample['output'].strip()}")
-    return "\n\n".join(parts)
+        parts.append(f"<{SAMPLE_TAGS[1]}>\n{sample['input'].strip()}\n</{SAMPLE_TAGS[1]}>")
+    parts.append(f"<{SAMPLE_TAGS[2]}>\n{sample['output'].strip()}\n</{SAMPLE_TAGS[2]}>")
+    return "\n".join(parts)
 
 
 def reply_format(phase: PhaseSpec, *, structured: bool, feedback: bool) -> str:

@@ -26,12 +26,14 @@ def compile_pipeline(
     from kfp import compiler
 
     from pipelines.config import load_pipeline_config
-    from pipelines.reflection_tuning import reflection_tuning
+    from pipelines.reflection_tuning import build_reflection_tuning
 
     config = load_pipeline_config(config_path, overrides)
     output.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(
-        reflection_tuning, package_path=str(output), pipeline_parameters=config.pipeline_arguments()
+        build_reflection_tuning(config.scoring_gpus()),
+        package_path=str(output),
+        pipeline_parameters=config.pipeline_arguments(),
     )
     return output
 

@@ -26,7 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 Body = dict[str, Any]
-INSTRUCTION = re.compile(r"\[Instruction\]\n(.*?)(?:\n\n\[(?:Input|Answer)\]|\Z)", re.DOTALL)
+INSTRUCTION = re.compile(r"<instruction>\n(.*?)\n</instruction>", re.DOTALL)
 
 
 class _Server(ThreadingHTTPServer):
@@ -62,7 +62,7 @@ def last_user_message(body: Body) -> str:
 
 
 def sample_instruction(body: Body) -> str:
-    """The instruction of the sample under judgement (the last user turn's ``[Instruction]``)."""
+    """The instruction of the sample under judgement (the last user turn's ``<instruction>``)."""
     match = INSTRUCTION.search(last_user_message(body))
     return match.group(1).strip() if match else ""
 
