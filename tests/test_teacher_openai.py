@@ -122,6 +122,34 @@ def test_a_hang_past_the_timeout_is_cut_and_retried() -> None:
     assert 0.4 <= completion.latency_s < 2.5
 
 
+@pytest.mark.parametrize(
+    ("raw_body", "reason"),
+    [
+        ("<html>502 Bad Gateway</html>", "not JSON"),
+        ('{"id": "x", "choices": []}', "no choices"),
+        ('{"choices": [{"index": 0}]}', "no choices"),
+        ('{"unexpected": true}', "no choices"),
+    ],
+)
+def test_malformed_server_replies_become_record_errors_not_crashes(
+    raw_body: str, reason: str
+) -> None:
+    with FakeOpenAIServer() as server:
+        server.inject(Fault(raw_body=raw_body), Fault(raw_body=raw_body))
+        samples = [sample(0), sample(1), sample(2)]
+        arrived = dict(ask(server.url, samples, max_attempts=1, concurrency=1))  # in order
+    assert arrived[2].error is None  # the other records are unaffected
+    for index in (0, 1):
+        assert arrived[index].error is not None and reason in arrived[index].error
+
+
+def test_a_reply_that_is_not_json_is_retried() -> None:
+    with FakeOpenAIServer() as server:
+        server.inject(Fault(raw_body="<html>502 Bad Gateway</html>"))
+        [(_, completion)] = ask(server.url, [sample(0)])
+    assert completion.error is None and completion.attempts == 2
+
+
 def test_client_errors_are_not_retried() -> None:
     with FakeOpenAIServer() as server:
         server.inject(Fault(status=400, message="bad request: max_tokens too large"))

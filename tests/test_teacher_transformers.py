@@ -3,6 +3,7 @@ random model), and the vLLM backend checked by contract against a stand-in ``vll
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import types
 from pathlib import Path
@@ -94,6 +95,20 @@ def test_left_padded_batches_generate_what_each_prompt_generates_alone(
         assert 1 <= (batched[index].completion_tokens or 0) <= 6
         assert batched[index].prefill == "[New Instruction]\n"
     assert batched[0].prompt_tokens != batched[1].prompt_tokens  # really different lengths
+
+
+def test_generation_stops_at_a_stop_text(tiny_model_dir: Path) -> None:
+    """A row ends as soon as it produced one of the request's stop texts (greedy output of the
+    random model is deterministic, so its own first words make a stop text it will produce)."""
+    teacher = TransformersTeacher(
+        TeacherConfig(model=str(tiny_model_dir), max_new_tokens=12, batch_size=1)
+    )
+    [request] = requests_for(SAMPLES[:1], few_shot=False)
+    free = collect(teacher, [dataclasses.replace(request, stop=())])[0]
+    assert free.completion_tokens == 12 and len(free.text) >= 4
+    stopped = collect(teacher, [dataclasses.replace(request, stop=(free.text[:4],))])[0]
+    assert (stopped.completion_tokens or 0) < 12
+    assert free.text.startswith(stopped.text)  # the same greedy path, cut short
 
 
 @pytest.mark.slow

@@ -112,6 +112,7 @@ class ScoringStats:
     forward_tokens: int = 0  # run through the decoder: padding included, cached prefixes not
     shared_prefix_tokens: int = 0  # read from a prefix cache instead of being run
     exact_passes: int = 0  # re-run alone for a candidate with a large ratio
+    exact_tokens: int = 0
     batches: int = 0
     seconds: float = 0.0
 
@@ -495,6 +496,7 @@ class _Run:
                 self.losses[unique_index] = self.exact_loss(self.unique[unique_index])
                 self.exact.add(unique_index)
                 self.stats.exact_passes += 1
+                self.stats.exact_tokens += len(self.unique[unique_index].ids)
             scores = self._scores(plan, roles)
         self.results[plan.key] = scores
         if self.on_scored is not None:

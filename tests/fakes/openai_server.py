@@ -38,13 +38,14 @@ class _Server(ThreadingHTTPServer):
 class Fault:
     """What to do with one request instead of answering normally: an HTTP error ``status``
     (optionally with ``Retry-After`` and an error ``message``), a ``hang_s`` before answering,
-    or a raw reply ``text``."""
+    a reply ``text`` of the model's, or a ``raw_body`` sent as the whole HTTP 200 response."""
 
     status: int | None = None
     retry_after: float | None = None
     hang_s: float = 0.0
     text: str | None = None
     message: str | None = None
+    raw_body: str | None = None
 
 
 @dataclass
@@ -170,7 +171,7 @@ class FakeOpenAIServer:
         with self._lock:
             self._in_flight -= 1
 
-    def _chat(self, body: Body, fault: Fault | None) -> tuple[int, Body, dict[str, str]]:
+    def _chat(self, body: Body, fault: Fault | None) -> tuple[int, Body | bytes, dict[str, str]]:
         if fault is not None and fault.hang_s:
             self._stop.wait(fault.hang_s)
         if fault is not None and fault.status:
@@ -179,6 +180,8 @@ class FakeOpenAIServer:
             error = {"error": {"message": message, "type": "fake", "code": None}}
             return fault.status, error, headers
         self._stop.wait(self.delay_s)
+        if fault is not None and fault.raw_body is not None:
+            return 200, fault.raw_body.encode(), {}
         text = fault.text if fault is not None and fault.text is not None else self.reply(body)
         prompt_words = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
         reply: Body = {
@@ -213,8 +216,8 @@ class FakeOpenAIServer:
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
-            def _send(self, status: int, payload: Body, headers: dict[str, str]) -> None:
-                data = json.dumps(payload).encode()
+            def _send(self, status: int, payload: Body | bytes, headers: dict[str, str]) -> None:
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")

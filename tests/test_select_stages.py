@@ -1,0 +1,395 @@
+"""Scoring and selection stages end to end on small files (tiny model), and their CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from components.common.records import InputError, read_jsonl, write_jsonl
+from components.scoring.config import ScoringConfig
+from components.scoring.formulas import SCORE_FIELDS
+from components.scoring.scorer import StudentScorer
+from components.scoring.stage import score_candidates, score_file, shard_records
+from components.select_ifd.rules import choose_phase1
+from components.select_ifd.stage import select_ifd
+from components.select_rifd.rules import SelectionConfig, decide_phase2
+from components.select_rifd.stage import select_rifd
+from pipelines.cli import main
+
+SEED = [
+    ("r1", "Name a colour.", "", "Blue."),
+    ("r2", "Add the numbers.", "2 and 3", "2 + 3 = 5."),
+    (
+        "r3",
+        "Write a haiku about rain.",
+        "",
+        "Soft rain on the roof\nthe garden drinks slowly\nnight",
+    ),
+    ("r4", "Say something.", "", ""),
+    ("r5", "Translate to German.", "Thank you", "Danke."),
+]
+
+
+def reflected_record(rid: str, instruction: str, input_text: str, output: str) -> dict[str, Any]:
+    """A record as ``reflect_instruction`` writes it; r5's teacher fell back (Q copies ori)."""
+    ori = {"instruction": instruction, "input": input_text, "output": output}
+    fallback = rid == "r5"
+    q = (
+        dict(ori)
+        if fallback
+        else {
+            "instruction": f"{instruction} Answer in one short sentence.",
+            "input": "",
+            "output": f"{output} That is the answer." if output else "No answer.",
+        }
+    )
+    status = "fallback_parse" if fallback else "ok"
+    return {
+        "id": rid,
+        **ori,
+        "flags": [],
+        "candidates": {"ori": ori, "Q": q},
+        "teacher": {"instruction": {"parse_status": status}},
+    }
+
+
+def with_reflected_response(record: dict[str, Any]) -> dict[str, Any]:
+    """A record as ``reflect_response`` writes it: the winner's instruction, a new answer."""
+    winner = record["phase1"]["winner"]
+    base = record["candidates"][winner]
+    new = {**base, "output": base["output"] + " (revised)"}
+    name = {"ori": "A", "Q": "QA"}[winner]
+    teacher = {**record["teacher"], "response": {"parse_status": "ok"}}
+    return {**record, "candidates": {**record["candidates"], name: new}, "teacher": teacher}
+
+
+@pytest.fixture()
+def tiny_config(tiny_model_dir: Path) -> ScoringConfig:
+    return ScoringConfig(model=str(tiny_model_dir), template="vicuna", max_length=256)
+
+
+@pytest.fixture()
+def reflected(tmp_path: Path) -> Path:
+    path = tmp_path / "reflected.jsonl"
+    write_jsonl(path, [reflected_record(*seed) for seed in SEED])
+    return path
+
+
+def test_shards_partition_the_records_round_robin() -> None:
+    records = [{"id": str(i)} for i in range(7)]
+    shards = [shard_records(records, index, 3) for index in range(3)]
+    assert [[r["id"] for r in shard] for shard in shards] == [
+        ["0", "3", "6"],
+        ["1", "4"],
+        ["2", "5"],
+    ]
+    with pytest.raises(ValueError, match="shard_index"):
+        shard_records(records, 3, 3)
+
+
+def test_pipeline_of_score_and_select_stages(
+    tmp_path: Path, reflected: Path, tiny_config: ScoringConfig
+) -> None:
+    shard_paths = [tmp_path / f"scores-{i}.jsonl" for i in range(2)]
+    summaries = [
+        score_candidates(reflected, path, tiny_config, "ifd", i, 2, progress=False)
+        for i, path in enumerate(shard_paths)
+    ]
+    rows = [row for path in shard_paths for row in read_jsonl(path)]
+    assert sorted((r["id"], r["candidate"]) for r in rows) == sorted(
+        (rid, name) for rid, *_ in SEED for name in ("ori", "Q")
+    )
+    assert all(set(r["scores"]) == {*SCORE_FIELDS, "reason"} for r in rows)
+    by_key = {(r["id"], r["candidate"]): r["scores"] for r in rows}
+    assert (
+        by_key[("r4", "ori")]["reason"] == "empty_output" and by_key[("r4", "ori")]["ifd"] is None
+    )
+    assert by_key[("r5", "Q")] == by_key[("r5", "ori")]  # a teacher fallback scores like ori
+    assert sum(s.records for s in summaries) == len(SEED)
+    assert summaries[0].as_dict()["unique_passes"] < summaries[0].as_dict()["passes"]  # r5
+
+    phase1_path = tmp_path / "phase1.jsonl"
+    phase1 = select_ifd(reflected, shard_paths, phase1_path)
+    records = read_jsonl(phase1_path)
+    assert phase1.records == len(SEED) and sum(phase1.winners.values()) == len(SEED)
+    for record in records:
+        ori, q = record["candidates"]["ori"], record["candidates"]["Q"]
+        assert ori["scores"] == by_key[(record["id"], "ori")]
+        expected = choose_phase1(
+            ori["scores"], q["scores"], "fallback_parse" if record["id"] == "r5" else "ok"
+        )
+        assert [record["phase1"]["winner"], record["phase1"]["reason"]] == list(expected)
+    assert next(r for r in records if r["id"] == "r5")["phase1"]["reason"] == (
+        "teacher fallback (fallback_parse)"
+    )
+
+    responses = tmp_path / "responses.jsonl"
+    write_jsonl(responses, [with_reflected_response(r) for r in records])
+    new_scores = tmp_path / "new-scores.jsonl"
+    score_candidates(responses, new_scores, tiny_config, "rifd", progress=False)
+    assert {r["candidate"] for r in read_jsonl(new_scores)} <= {"A", "QA"}
+
+    for policy in ("reference", "fallback"):
+        decided_path, selected_path = tmp_path / f"{policy}.jsonl", tmp_path / f"{policy}-sel.jsonl"
+        config = SelectionConfig(policy=policy)
+        summary = select_rifd(responses, [new_scores], decided_path, selected_path, config)
+        decided, selected = read_jsonl(decided_path), read_jsonl(selected_path)
+        assert [r["id"] for r in decided] == [rid for rid, *_ in SEED]
+        for record in decided:
+            winner = record["phase1"]["winner"]
+            new = record["candidates"]["A" if winner == "ori" else "QA"]
+            expected = decide_phase2(
+                winner, record["candidates"][winner]["scores"], new["scores"], policy, "ok"
+            )
+            assert (record["decision"], record["reason"]) == expected
+        kept = [r for r in decided if r["decision"] != "dropped"]
+        assert [s["id"] for s in selected] == [r["id"] for r in kept]
+        assert all(
+            set(s) == {"id", "instruction", "input", "output", "candidate", "ifd", "rifd"}
+            for s in selected
+        )
+        assert summary.as_dict()["kept_rate"] == len(kept) / len(SEED)
+        if policy == "fallback":
+            assert len(kept) == len(SEED)  # nothing is dropped without a cut
+
+
+def scored_phase2_files(tmp_path: Path) -> tuple[Path, Path]:
+    """Hand-made records + scores whose phase-2 outcome is known in advance."""
+
+    def s(ifd: float | None, rifd: float | None, reason: str | None = None) -> dict[str, Any]:
+        return {"ifd": ifd, "rifd": rifd, "reason": reason}
+
+    plan = {  # id: (winner, old scores, new scores)
+        "keep": ("Q", s(0.9, 0.8), s(0.6, 0.5)),
+        "worse": ("ori", s(0.8, 0.4), s(0.7, 0.6)),
+        "hard": ("ori", s(0.8, 0.9), s(0.95, 0.3)),
+        "null": ("Q", s(0.9, 0.8), s(None, None, "truncated")),
+    }
+    records, score_rows = [], []
+    for rid, (winner, old, new) in plan.items():
+        name = {"ori": "A", "Q": "QA"}[winner]
+        text = {"instruction": f"Do {rid}.", "input": "", "output": f"Done {rid}."}
+        records.append(
+            {
+                "id": rid,
+                "candidates": {
+                    "ori": {**text},
+                    "Q": {**text},
+                    winner: {**text, "scores": old},
+                    name: text,
+                },
+                "phase1": {"winner": winner, "reason": "Q has higher IFD"},
+                "teacher": {"response": {"parse_status": "ok"}},
+            }
+        )
+        score_rows.append({"id": rid, "candidate": name, "scores": new})
+    records_path, scores_path = tmp_path / "phase2.jsonl", tmp_path / "new.jsonl"
+    write_jsonl(records_path, records)
+    write_jsonl(scores_path, score_rows)
+    return records_path, scores_path
+
+
+def test_select_rifd_decisions_cut_and_training_rows(tmp_path: Path) -> None:
+    records_path, scores_path = scored_phase2_files(tmp_path)
+    out, sel = tmp_path / "decided.jsonl", tmp_path / "selected.jsonl"
+    summary = select_rifd(records_path, [scores_path], out, sel, SelectionConfig())
+    decisions = {r["id"]: (r["decision"], r["reason"]) for r in read_jsonl(out)}
+    assert decisions == {
+        "keep": ("QA", "reflected response kept"),
+        "worse": ("dropped", "dropped: new r-IFD not below old r-IFD"),
+        "hard": ("A", "reflected response kept"),
+        "null": ("dropped", "dropped: new response unscorable (truncated)"),
+    }
+    assert read_jsonl(sel)[0] == {
+        "id": "keep",
+        "instruction": "Do keep.",
+        "input": "",
+        "output": "Done keep.",
+        "candidate": "QA",
+        "ifd": 0.6,
+        "rifd": 0.5,
+    }
+    values = summary.as_dict()
+    assert (values["decision_QA"], values["decision_A"], values["decision_dropped"]) == (1, 1, 2)
+    assert values["phase2_response_rate"] == 0.5 and values["phase1_q_rate"] == 0.5
+
+    cut = select_rifd(
+        records_path, [scores_path], out, sel, SelectionConfig(policy="fallback", keep_top=0.5)
+    )
+    final = {r["id"]: r for r in read_jsonl(out)}
+    # fallback keeps all four (QA 0.6, ori 0.8, A 0.95, Q 0.9); the cut keeps the top half by IFD
+    assert {rid: r["decision"] for rid, r in final.items()} == {
+        "keep": "dropped",
+        "worse": "dropped",
+        "hard": "A",
+        "null": "Q",
+    }
+    assert final["keep"]["reason"] == "cut: outside top 0.5 by IFD"
+    assert final["worse"]["phase2"]["decision"] == "ori"  # the rule's decision stays for review
+    assert cut.response_kept == 2 and cut.as_dict()["kept_rate"] == 0.5
+
+
+def test_selection_errors_name_the_record_and_the_fix(tmp_path: Path, reflected: Path) -> None:
+    partial = tmp_path / "partial.jsonl"
+    write_jsonl(partial, [{"id": "r1", "candidate": "ori", "scores": {"ifd": 0.5, "rifd": 0.5}}])
+    with pytest.raises(InputError, match="no score for candidate 'Q'") as err:
+        select_ifd(reflected, [partial], tmp_path / "out.jsonl")
+    assert err.value.record == "r1" and "rtune score --candidates" in err.value.fix
+
+    conflicting = tmp_path / "conflict.jsonl"
+    write_jsonl(conflicting, [{"id": "r1", "candidate": "ori", "scores": {"ifd": 0.9}}])
+    with pytest.raises(InputError, match="scored twice with different results"):
+        select_ifd(reflected, [partial, conflicting], tmp_path / "out.jsonl")
+
+    scores = tmp_path / "s.jsonl"
+    write_jsonl(scores, [])
+    with pytest.raises(InputError, match=r"phase1.winner is None"):
+        select_rifd(
+            reflected, [scores], tmp_path / "o.jsonl", tmp_path / "s2.jsonl", SelectionConfig()
+        )
+
+
+def test_score_candidates_resumes_after_a_crash(
+    tmp_path: Path, reflected: Path, tiny_config: ScoringConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clean = tmp_path / "clean.jsonl"
+    score_candidates(reflected, clean, tiny_config, "ifd", progress=False)
+    real_score = StudentScorer.score
+
+    def crash_after_three(
+        self: StudentScorer, candidates: Any, on_scored: Any = None, progress: bool = True
+    ) -> Any:
+        done: list[str] = []
+
+        def record_then_crash(key: str, scores: Any) -> None:
+            on_scored(key, scores)
+            done.append(key)
+            if len(done) == 3:
+                raise RuntimeError("killed")
+
+        return real_score(self, candidates, record_then_crash, progress)
+
+    monkeypatch.setattr(StudentScorer, "score", crash_after_three)
+    output, checkpoint = tmp_path / "scores.jsonl", tmp_path / "ckpt.jsonl"
+    with pytest.raises(RuntimeError, match="killed"):
+        score_candidates(
+            reflected, output, tiny_config, "ifd", checkpoint_path=checkpoint, progress=False
+        )
+    assert checkpoint.exists() and not output.exists()
+    monkeypatch.setattr(StudentScorer, "score", real_score)
+    summary = score_candidates(
+        reflected, output, tiny_config, "ifd", checkpoint_path=checkpoint, progress=False
+    )
+    assert summary.resumed == 3 and summary.candidates == 2 * len(SEED)
+    assert read_jsonl(output) == read_jsonl(clean)
+    assert not checkpoint.exists()  # removed once the output is written
+
+
+def test_score_file_adds_scores_to_flat_records(tmp_path: Path, tiny_config: ScoringConfig) -> None:
+    source = tmp_path / "alpaca.json"  # a JSON array, as Alpaca ships
+    source.write_text(
+        json.dumps(
+            [{"instruction": i, "input": x, "output": y, "extra": 1} for _, i, x, y in SEED]
+        ),
+        encoding="utf-8",
+    )
+    out = tmp_path / "scored.jsonl"
+    summary = score_file(source, out, tiny_config, progress=False)
+    records = read_jsonl(out)
+    assert len(records) == len(SEED) and all(r["extra"] == 1 for r in records)
+    assert all(isinstance(r["ifd"], float) and r["reason"] is None for r in records if r["output"])
+    assert records[3]["ifd"] is None and records[3]["reason"] == "empty_output"
+    assert (summary.scored, summary.unscorable, summary.records) == (4, 1, len(SEED))
+    assert summary.as_dict()["tokens_per_s"] > 0
+
+
+def test_score_file_rejects_a_record_without_output(
+    tmp_path: Path, tiny_config: ScoringConfig
+) -> None:
+    source = tmp_path / "bad.jsonl"
+    write_jsonl(
+        source, [{"id": "a", "instruction": "x", "output": "y"}, {"id": "b", "instruction": "x"}]
+    )
+    with pytest.raises(InputError, match="missing field 'output'") as err:
+        score_file(source, tmp_path / "out.jsonl", tiny_config)
+    assert err.value.record == "b" and err.value.field == "output"
+
+
+def test_cli_scores_and_selects(
+    tmp_path: Path, reflected: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scores = tmp_path / "scores.jsonl"
+    code = main(
+        [
+            "score",
+            "--input",
+            str(reflected),
+            "--output",
+            str(scores),
+            "--model",
+            str(tiny_model_dir),
+            "--template",
+            "none",
+            "--max-length",
+            "128",
+            "--candidates",
+            "ifd",
+            "--no-progress",
+        ]
+    )
+    assert code == 0 and "score: 5 records, 10 candidates" in capsys.readouterr().out
+    out = tmp_path / "phase1.jsonl"
+    code = main(
+        [
+            "select",
+            "--phase",
+            "ifd",
+            "--records",
+            str(reflected),
+            "--scores",
+            str(scores),
+            "--output",
+            str(out),
+        ]
+    )
+    assert code == 0 and capsys.readouterr().out.startswith("select ifd: 5 records; Q won")
+    assert all("phase1" in r for r in read_jsonl(out))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["score", "--template", "llama"],
+            "valid templates are ['alpaca', 'chat', 'none', 'vicuna', 'wizardlm']",
+        ),
+        (["score", "--candidates", "both"], "unknown --candidates 'both'"),
+        (
+            ["score", "--candidates", "ifd", "--shard-index", "2", "--num-shards", "2"],
+            "does not exist",
+        ),
+        (["score", "--reverse-prompt", "no placeholder"], "must contain {output}"),
+        (["score"], "missing field 'output'"),
+        (["select", "--phase", "both", "--scores", "s"], "unknown --phase 'both'"),
+        (
+            ["select", "--phase", "ifd", "--scores", "s", "--policy", "fallback"],
+            "only apply to --phase rifd",
+        ),
+        (
+            ["select", "--phase", "rifd", "--scores", "s", "--keep-top", "2"],
+            "keep_top must be a fraction",
+        ),
+    ],
+)
+def test_cli_bad_input_exits_2_with_one_message(
+    tmp_path: Path, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.jsonl"
+    write_jsonl(bad, [{"id": "x", "instruction": "Say hi."}])
+    flag = "--input" if argv[0] == "score" else "--records"
+    code = main([*argv, flag, str(bad), "--output", str(tmp_path / "out.jsonl")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
