@@ -140,3 +140,14 @@ def test_config_typos_and_bad_overrides_are_clear_errors(tmp_path: Path) -> None
     assert (
         result.returncode == 2 and "Traceback" not in result.stderr and "template" in result.stderr
     )
+
+
+def test_scoring_gpus_per_shard_come_from_the_cluster_section(tmp_path: Path) -> None:
+    compiled = _compile(tmp_path, "--config", str(CONFIG_DIR / "llama3-70b.yaml"))
+    executors = compiled["spec"]["deploymentSpec"]["executors"]
+    limits = {
+        c["container"]["resources"]["accelerator"]["resourceCount"]
+        for name, c in executors.items()
+        if "score-shard" in name
+    }
+    assert limits == {"4"}

@@ -28,6 +28,7 @@ META_KEYS = {
     "attempts",
     "parse_status",
     "error",
+    "rounds",
 }
 CONFIG = TeacherConfig()
 

@@ -2,9 +2,12 @@
 and writes a new self-contained instruction x1 with its answer y1.
 
 Every record gains ``candidates`` = {"ori": (x0, input, y0), "Q": (x1, "", y1)} and
-``teacher.instruction`` metadata (model, tokens, latency, attempts, parse_status, error). When
-the teacher fails or its reply is unusable, ``Q`` is a copy of ``ori`` and ``parse_status`` says
-why - the student then simply sees no reason to prefer ``Q``.
+``teacher.instruction`` metadata (model, tokens, latency, attempts, parse_status, error, rounds).
+When the teacher fails or its reply is unusable - or was cut at ``max_new_tokens`` before the
+answer was finished - ``Q`` is a copy of ``ori`` and ``parse_status`` says why; the student then
+simply sees no reason to prefer ``Q``. A local teacher that wrote x1 but ended its turn before
+y1 is asked once more with x1 and the ``[New Answer]`` marker prefilled (``rounds`` = 2; the
+runner's module doc has the details).
 """
 
 from __future__ import annotations

@@ -2,8 +2,10 @@
 and writes a better answer y2 to the same instruction.
 
 The new candidate is ``A`` = (x0, input, y2) when ``ori`` won phase 1 and ``QA`` = (x1, "", y2)
-when ``Q`` won; the record also gains ``teacher.response`` metadata. When the teacher fails or
-its reply is unusable, the new candidate copies the winner's answer and ``parse_status`` says why.
+when ``Q`` won; the record also gains ``teacher.response`` metadata. When the teacher fails, its
+reply is unusable, or the reply was cut at ``max_new_tokens`` before the answer was finished
+(``fallback_truncated``), the new candidate copies the winner's answer and ``parse_status`` says
+why.
 """
 
 from __future__ import annotations

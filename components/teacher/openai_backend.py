@@ -133,6 +133,13 @@ def reply_text(response: Any) -> str | None:
     return getattr(message, "content", None) or ""
 
 
+def reply_was_cut(response: Any) -> bool:
+    """Whether ``choices[0].finish_reason`` is ``"length"``: the server stopped the reply at
+    ``max_tokens``, not at the model's end of turn."""
+    choices = getattr(response, "choices", None) or []
+    return bool(choices) and getattr(choices[0], "finish_reason", None) == "length"
+
+
 class OpenAITeacher:
     """The ``openai`` backend: bounded concurrency, per-request deadline, retries with backoff."""
 
@@ -256,6 +263,7 @@ class OpenAITeacher:
             completion_tokens=getattr(usage, "completion_tokens", None),
             latency_s=latency,
             attempts=attempts,
+            truncated=reply_was_cut(response),
         )
 
     async def _with_retries(

@@ -5,7 +5,9 @@ or without a code fence, a reply that continues a prefilled marker, a small mode
 prompt. The parser accepts all of them and never raises: a reply without the fields is
 ``fallback_parse``; a field that is empty, a template placeholder (``...``, ``<new instruction>``,
 ``N/A``), a copy of the original it should improve on, or a copy of a worked example is
-``fallback_placeholder``. The stage then keeps the original text and records the status.
+``fallback_placeholder``. A reply the token budget cut off while it was still writing a field
+(or before it reached one) is ``fallback_truncated``: a cut answer must not become training data.
+The stage then keeps the original text and records the status.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ OK = "ok"
 FALLBACK_PARSE = "fallback_parse"
 FALLBACK_PLACEHOLDER = "fallback_placeholder"
 FALLBACK_ERROR = "fallback_error"
-PARSE_STATUSES = (OK, FALLBACK_PARSE, FALLBACK_PLACEHOLDER, FALLBACK_ERROR)
+FALLBACK_TRUNCATED = "fallback_truncated"
+PARSE_STATUSES = (OK, FALLBACK_PARSE, FALLBACK_PLACEHOLDER, FALLBACK_ERROR, FALLBACK_TRUNCATED)
 
 # Whole-field texts that mean "nothing here" (compared after lower-casing and trimming).
 PLACEHOLDER_WORDS = frozenset(
@@ -112,20 +115,32 @@ def _marker_keys(phase: PhaseSpec) -> dict[str, str]:
     return {_norm_marker(f.marker): f.key for f in phase.outputs}
 
 
+def _sections(text: str, phase: PhaseSpec) -> list[tuple[str | None, str]]:
+    """Every marker-led section in order: (output key or ``None`` for any other marker, content)."""
+    keys = _marker_keys(phase)
+    matches = list(MARKER.finditer(text))
+    ends = [m.start() for m in matches[1:]] + [len(text)]
+    sections: list[tuple[str | None, str]] = []
+    for match, end in zip(matches, ends, strict=False):
+        name = _norm_marker(match.group("b") or match.group("c") or match.group("h") or "")
+        sections.append((keys.get(name), text[match.end() : end].strip().lstrip(":").strip()))
+    return sections
+
+
+def _chosen_sections(sections: list[tuple[str | None, str]]) -> dict[str, int]:
+    """For each output key, the index of its first non-empty section (the one that is used)."""
+    chosen: dict[str, int] = {}
+    for index, (key, content) in enumerate(sections):
+        if key and content and key not in chosen:
+            chosen[key] = index
+    return chosen
+
+
 def extract_markers(text: str, phase: PhaseSpec) -> dict[str, str]:
     """Fields found between markers; for each field the first non-empty section wins (a small
     model that goes on inventing more samples after its answer does not overwrite it)."""
-    keys = _marker_keys(phase)
-    matches = list(MARKER.finditer(text))
-    fields: dict[str, str] = {}
-    ends = [m.start() for m in matches[1:]] + [len(text)]
-    for match, end in zip(matches, ends, strict=False):
-        name = _norm_marker(match.group("b") or match.group("c") or match.group("h") or "")
-        content = text[match.end() : end].strip().lstrip(":").strip()
-        key = keys.get(name)
-        if key and content and key not in fields:
-            fields[key] = content
-    return fields
+    sections = _sections(text, phase)
+    return {key: sections[index][1] for key, index in _chosen_sections(sections).items()}
 
 
 def _json_candidates(text: str) -> list[str]:
@@ -166,10 +181,15 @@ def _normalize(text: str) -> str:
 def placeholder_problem(
     phase: PhaseSpec, fields: Mapping[str, str], sample: Mapping[str, str]
 ) -> str | None:
-    """Why the parsed fields are not a real reflection, or ``None`` when they are."""
+    """Why the parsed fields are not a real reflection, or ``None`` when they are (fields that
+    are absent are not judged). A field with a line that recites a slot of the reply format
+    (``<the answer to the new instruction>``) is a placeholder too: a small model pads with
+    them."""
     meanings = {_normalize(f.meaning) for f in phase.outputs}
     markers = {_normalize(f.marker) for f in phase.outputs}
     for spec in phase.outputs:
+        if spec.key not in fields:  # a partial reply is judged on the fields it has
+            continue
         text = fields[spec.key]
         norm = _normalize(text)
         if (
@@ -180,6 +200,11 @@ def placeholder_problem(
             or TEMPLATE_SLOT.match(text.strip())
         ):
             return f"{spec.key} is a placeholder ({_snippet(text)})"
+        slot = next(
+            (line for line in text.splitlines() if _normalize(line.strip(" <>")) in meanings), None
+        )
+        if slot is not None:
+            return f"{spec.key} recites the reply format's slot ({_snippet(slot)})"
         for other in spec.not_same_as:
             source = fields.get(other, sample.get(other, ""))
             if source.strip() and norm == _normalize(source):
@@ -212,8 +237,7 @@ def parse_reply(
     """
     full = final_answer(prefill + text)
     wanted = [f.key for f in phase.outputs]
-    from_json, from_markers = extract_json(full, phase), extract_markers(full, phase)
-    fields = from_json if len(from_json) >= len(from_markers) else from_markers
+    fields, _ = _reply_fields(phase, full)
     missing = [key for key in wanted if key not in fields]
     if missing:
         markers = ", ".join(f"[{f.marker}]" for f in phase.outputs)
@@ -228,3 +252,55 @@ def parse_reply(
     if problem:
         return ParsedReply(FALLBACK_PLACEHOLDER, None, problem)
     return ParsedReply(OK, {key: fields[key] for key in wanted})
+
+
+def _reply_fields(phase: PhaseSpec, answer: str) -> tuple[dict[str, str], bool]:
+    """The fields of a reply's answer part and whether they came from JSON: JSON and markers are
+    both tried, the one with more of the fields wins (JSON on a tie)."""
+    from_json, from_markers = extract_json(answer, phase), extract_markers(answer, phase)
+    if len(from_json) >= len(from_markers):
+        return from_json, True
+    return from_markers, False
+
+
+def unfinished_field(phase: PhaseSpec, text: str, prefill: str = "") -> str | None:
+    """For a reply the token budget cut off: the output field it had not finished, or ``None``
+    when every field was finished before the cut.
+
+    A missing field is unfinished (the cut came before it). Fields of a parsed JSON object, or of
+    a closed ``<output>`` block, are finished: the closing brace or tag was written. A marker
+    section is finished when anything followed it - another marker, a recital of the prompt, a
+    sample tag; a section that runs to the end of the reply was still being written.
+    """
+    full = prefill + text
+    answer = final_answer(full)
+    fields, from_json = _reply_fields(phase, answer)
+    missing = [f.key for f in phase.outputs if f.key not in fields]
+    if missing:
+        return missing[0]
+    block = FINAL_OUTPUT.search(full)
+    if from_json or (block is not None and block.group(0).lower().endswith("</output>")):
+        return None
+    sections = _sections(answer, phase)
+    last = len(sections) - 1
+    open_keys = [key for key, index in _chosen_sections(sections).items() if index == last]
+    return open_keys[0] if open_keys else None
+
+
+def leading_fields(
+    phase: PhaseSpec, text: str, sample: Mapping[str, str], prefill: str = ""
+) -> dict[str, str]:
+    """The real fields a marker reply wrote before it stopped early: the longest run of the
+    phase's leading output fields that are present and not placeholders ({} when the first is
+    missing or a placeholder). A small model often writes the new instruction and then ends its
+    turn; these are the fields a second request can build on."""
+    found = extract_markers(final_answer(prefill + text), phase)
+    lead: dict[str, str] = {}
+    for spec in phase.outputs:
+        if spec.key not in found:
+            break
+        candidate = {**lead, spec.key: found[spec.key]}
+        if placeholder_problem(phase, candidate, sample) is not None:
+            break
+        lead = candidate
+    return lead

@@ -289,6 +289,23 @@ def render_user(
     )
 
 
+def continuation_prefill(phase: PhaseSpec, written: Mapping[str, str]) -> str:
+    """The assistant turn of a follow-up request for a reply that ended its turn early: the
+    leading fields it wrote (``written``), in the reply format, then the marker of the first field
+    it left out - so the model's next words can only be that field.
+
+    For the instruction phase this is the prefill + the new instruction + ``[New Answer]``.
+    """
+    done = [spec for spec in phase.outputs if spec.key in written]
+    if not done or len(done) == len(phase.outputs) or done != list(phase.outputs[: len(done)]):
+        raise ValueError(
+            f"a continuation needs a leading part of {[f.key for f in phase.outputs]}, "
+            f"got {sorted(written)}"
+        )
+    sections = "\n".join(f"[{spec.marker}]\n{written[spec.key].strip()}" for spec in done)
+    return f"{sections}\n[{phase.outputs[len(done)].marker}]\n"
+
+
 def build_request(
     phase: PhaseSpec, sample: Mapping[str, str], *, few_shot: bool, structured: bool, prefill: bool
 ) -> TeacherRequest:

@@ -41,6 +41,8 @@ class Completion:
     ``text`` is what the model generated after ``prefill`` (the parser puts the prefill back).
     Token counts are ``None`` when the server did not report usage - never a made-up zero.
     ``latency_s`` is the wall time the record waited (for batched backends: its batch's time).
+    ``truncated`` says generation stopped because it spent ``max_new_tokens``, not because the
+    model ended its turn (or hit a stop text): the reply's last words may be mid-sentence.
     """
 
     text: str
@@ -51,6 +53,7 @@ class Completion:
     attempts: int = 1
     error: str | None = None
     prefill: str = field(default="")
+    truncated: bool = False
 
     @property
     def failed(self) -> bool:

@@ -7,6 +7,14 @@ another chance). The checkpoint is keyed by record id and fingerprinted by the i
 phase's prompt wording and the config fields that shape answers; a mismatching checkpoint is set
 aside rather than mixed in. The final file is written atomically, every input id exactly once,
 in input order; then the checkpoint is deleted.
+
+Backends that prefill the assistant turn get a second round for replies that ended their turn
+early: a small model often writes the new instruction and stops without ever writing
+``[New Answer]``. Such a record is asked again with the assistant turn prefilled up to and
+including the missing field's marker, so the model can only go on with that field; its metadata
+then covers both rounds (tokens, latency and attempts summed, ``rounds`` = 2). A first-round
+reply waiting for its second round is checkpointed as *pending* under the record's own key (a
+later line for the key replaces it), so a run killed between the rounds resumes at round two.
 """
 
 from __future__ import annotations
@@ -14,20 +22,30 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from components.common.checkpoint import RecordCheckpoint, fingerprint
 from components.common.records import Record, index_by_id, read_jsonl, write_jsonl
 from components.teacher.config import TeacherConfig
-from components.teacher.parsing import FALLBACK_ERROR, OK, PARSE_STATUSES, parse_reply
-from components.teacher.prompts import PhaseSpec, build_request
-from components.teacher.protocol import Completion, Teacher
+from components.teacher.parsing import (
+    FALLBACK_ERROR,
+    FALLBACK_PARSE,
+    FALLBACK_TRUNCATED,
+    OK,
+    PARSE_STATUSES,
+    leading_fields,
+    parse_reply,
+    unfinished_field,
+)
+from components.teacher.prompts import PhaseSpec, build_request, continuation_prefill
+from components.teacher.protocol import Completion, Teacher, TeacherRequest
 
 log = logging.getLogger(__name__)
 Sample = dict[str, str]
 Result = dict[str, Any]  # {"fields": {key: text} | None, "meta": {...teacher metadata...}}
+PENDING = "pending"  # a checkpointed first-round result's key for its second-round prefill
 
 
 @dataclass(frozen=True)
@@ -47,8 +65,9 @@ class StagePlan:
 class ReflectSummary:
     """What a reflection run did, as numbers (``as_dict`` is ready for ``mlflow.log_metrics``).
 
-    Counts cover every record in the output, resumed ones included; ``records_per_s`` is the
-    teacher throughput of this run: records completed now over the run's wall time.
+    Counts cover every record in the output, resumed ones included; ``continued`` is how many
+    records needed a second round; ``records_per_s`` is the teacher throughput of this run:
+    records completed now over the run's wall time.
     """
 
     records: int
@@ -58,6 +77,8 @@ class ReflectSummary:
     fallback_parse: int
     fallback_placeholder: int
     fallback_error: int
+    fallback_truncated: int
+    continued: int
     prompt_tokens: int
     completion_tokens: int
     usage_unreported: int
@@ -90,7 +111,9 @@ class ReflectSummary:
             f"reflect {phase}: records={self.records} completed_now={self.completed_now} "
             f"resumed={self.resumed_from_checkpoint} parse_ok={self.parse_ok} "
             f"parse_failures={self.parse_failures} ({self.parse_failure_rate:.1%}) "
-            f"fallback_error={self.fallback_error} tokens={self.prompt_tokens}+"
+            f"fallback_error={self.fallback_error} "
+            f"fallback_truncated={self.fallback_truncated} continued={self.continued} "
+            f"tokens={self.prompt_tokens}+"
             f"{self.completion_tokens} seconds={self.seconds:.1f} "
             f"records_per_s={self.records_per_s:.2f}"
         )
@@ -101,13 +124,30 @@ def default_checkpoint_path(output_path: Path) -> Path:
     return output_path.with_name(output_path.name + ".partial.jsonl")
 
 
-def reflection_result(phase: PhaseSpec, completion: Completion, sample: Sample) -> Result:
-    """Parse one completion into the checkpointed result: fields (or None) + metadata."""
+def reflection_result(
+    phase: PhaseSpec, completion: Completion, sample: Sample, max_new_tokens: int
+) -> Result:
+    """Parse one completion into the checkpointed result: fields (or None) + metadata.
+
+    A reply cut at the token budget before it finished a field is ``fallback_truncated`` even
+    when it parses: the parsed answer would end mid-sentence.
+    """
     if completion.failed:
         fields, status, error = None, FALLBACK_ERROR, completion.error
     else:
         parsed = parse_reply(phase, completion.text, sample, completion.prefill)
         fields, status, error = parsed.fields, parsed.status, parsed.reason
+        cut = (
+            unfinished_field(phase, completion.text, completion.prefill)
+            if completion.truncated
+            else None
+        )
+        if cut is not None:
+            fields, status = None, FALLBACK_TRUNCATED
+            error = (
+                f"reply cut at max_new_tokens={max_new_tokens} before {cut} was finished; "
+                "raise teacher.max_new_tokens"
+            )
     meta = {
         "model": completion.model,
         "prompt_tokens": completion.prompt_tokens,
@@ -116,13 +156,58 @@ def reflection_result(phase: PhaseSpec, completion: Completion, sample: Sample) 
         "attempts": completion.attempts,
         "parse_status": status,
         "error": error,
+        "rounds": 1,
     }
     return {"fields": fields, "meta": meta}
 
 
+def continuation(
+    phase: PhaseSpec, completion: Completion, sample: Sample, result: Result
+) -> str | None:
+    """The second-round prefill for a prefilled reply that ended its turn after some real
+    leading fields but before the rest (no markers for them at all), else ``None``.
+
+    Not for a reply the budget cut (its last field may be unfinished: the fix there is a bigger
+    budget), nor for one with placeholders or no usable first field (nothing to build on).
+    """
+    if (
+        not completion.prefill
+        or completion.truncated
+        or result["meta"]["parse_status"] != FALLBACK_PARSE
+    ):
+        return None
+    written = leading_fields(phase, completion.text, sample, completion.prefill)
+    if not written or len(written) == len(phase.outputs):
+        return None
+    return continuation_prefill(phase, written)
+
+
+def _tokens(first: int | None, second: int | None) -> int | None:
+    """Tokens over two rounds; unknown if either round's usage is unknown."""
+    return None if first is None or second is None else first + second
+
+
+def combined_result(first: Mapping[str, Any], second: Result) -> Result:
+    """The second round's fields and status, with the cost of both rounds (``first`` is the
+    first round's metadata)."""
+    meta = second["meta"]
+    return {
+        "fields": second["fields"],
+        "meta": {
+            **meta,
+            "prompt_tokens": _tokens(first["prompt_tokens"], meta["prompt_tokens"]),
+            "completion_tokens": _tokens(first["completion_tokens"], meta["completion_tokens"]),
+            "latency_s": round(first["latency_s"] + meta["latency_s"], 4),
+            "attempts": first["attempts"] + meta["attempts"],
+            "rounds": first.get("rounds", 1) + 1,
+        },
+    }
+
+
 def needs_teacher(result: Result | None) -> bool:
-    """Not done yet, or the teacher failed for good last time (worth another run's try)."""
-    return result is None or result["meta"]["parse_status"] == FALLBACK_ERROR
+    """Not done yet, waiting for its second round, or the teacher failed for good last time
+    (worth another run's try)."""
+    return result is None or PENDING in result or result["meta"]["parse_status"] == FALLBACK_ERROR
 
 
 def reflect_stage(
@@ -197,36 +282,76 @@ def _ask_teacher(
     config: TeacherConfig,
     bar: Any,
 ) -> None:
-    """Send the pending records; checkpoint each result as it lands."""
-    requests = [
-        build_request(
+    """Send the pending records; checkpoint each result as it lands. Records whose first-round
+    reply stopped early (see ``continuation``) go to a second round once the first is over;
+    records resumed while pending start there."""
+    continues = teacher.prefills and not teacher.structured
+    counts = {"fallbacks": 0, "continued": 0}
+
+    def request(rid: str, prefill: str | None = None) -> TeacherRequest:
+        base = build_request(
             phase,
             samples[rid],
             few_shot=config.few_shot,
             structured=teacher.structured,
             prefill=teacher.prefills,
         )
-        for rid in todo
-    ]
-    fallbacks = 0
+        return base if prefill is None else replace(base, prefill=prefill)
 
-    def on_done(index: int, completion: Completion) -> None:
-        nonlocal fallbacks
-        rid = todo[index]
-        result = reflection_result(phase, completion, samples[rid])
+    def finish(rid: str, result: Result) -> None:
         checkpoint.add(rid, result)
-        fallbacks += result["meta"]["parse_status"] != OK
-        bar.set_postfix(fallbacks=fallbacks, refresh=False)
+        counts["fallbacks"] += result["meta"]["parse_status"] != OK
+        counts["continued"] += result["meta"]["rounds"] > 1
+        bar.set_postfix(refresh=False, **counts)
         bar.update(1)
 
+    def first_round(rid: str, completion: Completion) -> None:
+        result = reflection_result(phase, completion, samples[rid], config.max_new_tokens)
+        follow = continuation(phase, completion, samples[rid], result) if continues else None
+        if follow is None:
+            finish(rid, result)
+        else:
+            checkpoint.add(rid, {**result, PENDING: follow})
+
+    def second_round(rid: str, completion: Completion) -> None:
+        result = reflection_result(phase, completion, samples[rid], config.max_new_tokens)
+        finish(rid, combined_result(checkpoint.done[rid]["meta"], result))
+
+    def pending(rid: str) -> bool:
+        return PENDING in (checkpoint.done.get(rid) or {})
+
     with bar:
-        teacher.complete_many(requests, on_done)
-    missing = [rid for rid in todo if rid not in checkpoint.done]
+        fresh = [rid for rid in todo if not pending(rid)]
+        _run(teacher, [(rid, request(rid)) for rid in fresh], first_round)
+        waiting = [rid for rid in todo if pending(rid)]
+        _run(
+            teacher,
+            [(rid, request(rid, checkpoint.done[rid][PENDING])) for rid in waiting],
+            second_round,
+        )
+    missing = [rid for rid in todo if rid not in checkpoint.done or pending(rid)]
     if missing:
         raise RuntimeError(
             f"the teacher returned no result for {len(missing)} record(s), "
             f"e.g. {missing[0]!r}; re-run to resume them"
         )
+
+
+def _run(
+    teacher: Teacher,
+    jobs: list[tuple[str, TeacherRequest]],
+    handle: Callable[[str, Completion], None],
+) -> None:
+    """Ask the teacher for every (record id, request) job and hand each completion, with its
+    request's prefill attached (the parser puts it back), to ``handle``."""
+    if not jobs:
+        return
+
+    def on_done(index: int, completion: Completion) -> None:
+        rid, request = jobs[index]
+        handle(rid, completion.with_prefill(request.prefill))
+
+    teacher.complete_many([request for _, request in jobs], on_done)
 
 
 def summarize(results: Iterable[Result], completed_now: int, seconds: float) -> ReflectSummary:
@@ -242,6 +367,8 @@ def summarize(results: Iterable[Result], completed_now: int, seconds: float) -> 
         fallback_parse=status["fallback_parse"],
         fallback_placeholder=status["fallback_placeholder"],
         fallback_error=status[FALLBACK_ERROR],
+        fallback_truncated=status[FALLBACK_TRUNCATED],
+        continued=sum(m.get("rounds", 1) > 1 for m in metas),
         prompt_tokens=sum(m["prompt_tokens"] or 0 for m in metas),
         completion_tokens=sum(m["completion_tokens"] or 0 for m in metas),
         usage_unreported=sum(m["prompt_tokens"] is None for m in metas),

@@ -45,6 +45,15 @@ def generated_length(row: Sequence[int], eos_ids: set[int]) -> int:
     return len(row)
 
 
+def stop_text_at_end(text: str, before_last_token: str, stop: Sequence[str]) -> bool:
+    """Whether a stop text ends in the row's last token, i.e. the stop criterion ended the row
+    (``StopStringCriteria`` fires on the token that completes a stop text, so the text ends there
+    or within that token's overhang)."""
+    return any(
+        (at := text.rfind(s)) != -1 and at + len(s) > len(before_last_token) for s in stop if s
+    )
+
+
 class TransformersTeacher:
     """The ``transformers`` backend: greedy (or sampled) batched generation on a local model."""
 
@@ -111,11 +120,13 @@ class TransformersTeacher:
         prompt_tokens = encoded.attention_mask.sum(dim=1).tolist()
         log.debug("generated a batch of %d in %.1f s", len(prompts), latency)
         return [
-            self._completion(row, int(used), latency)
-            for row, used in zip(new_tokens, prompt_tokens, strict=True)
+            self._completion(row, int(used), latency, stop, prompt)
+            for row, used, prompt in zip(new_tokens, prompt_tokens, prompts, strict=True)
         ]
 
-    def _completion(self, row: list[int], prompt_tokens: int, latency: float) -> Completion:
+    def _completion(
+        self, row: list[int], prompt_tokens: int, latency: float, stop: Sequence[str], prompt: str
+    ) -> Completion:
         length = generated_length(row, self.eos_ids)
         text = self.tokenizer.decode(row[:length], skip_special_tokens=True)
         return Completion(
@@ -124,4 +135,15 @@ class TransformersTeacher:
             prompt_tokens=prompt_tokens,
             completion_tokens=length,
             latency_s=latency,
+            truncated=self._cut(row[:length], text, stop, prompt),
         )
+
+    def _cut(self, generated: list[int], text: str, stop: Sequence[str], prompt: str) -> bool:
+        """A row was cut by the budget when it spent all ``max_new_tokens`` without an end-of-turn
+        token and without completing a stop text on its last token. The stop criterion reads the
+        prompt too (a stop text may begin in the prefill), so the prompt's tail is checked along."""
+        if len(generated) < self.config.max_new_tokens or generated[-1] in self.eos_ids:
+            return False
+        before = self.tokenizer.decode(generated[:-1], skip_special_tokens=True)
+        tail = prompt[-max((len(s) for s in stop), default=0) :] if stop else ""
+        return not stop_text_at_end(tail + text, tail + before, stop)

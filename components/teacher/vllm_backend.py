@@ -77,4 +77,5 @@ class VLLMTeacher:
             completion_tokens=len(best.token_ids),
             latency_s=latency,
             prefill=prefill,
+            truncated=getattr(best, "finish_reason", None) == "length",
         )

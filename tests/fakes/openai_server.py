@@ -9,8 +9,11 @@ It speaks ``POST /v1/chat/completions`` (with ``usage``) and ``GET /v1/models``.
 takes the next injected ``Fault`` if any (an HTTP error with optional ``Retry-After``, a hang past
 the client's timeout, or a raw reply text), else waits ``delay_s`` and answers with ``reply(body)``.
 The default reply is deterministic and follows the teacher prompt's format: it rewrites the
-sample's instruction inside the markers (or JSON when ``response_format`` asks for it). The
-server logs every request and the most requests it ever had in flight at once.
+sample's instruction inside the markers (or JSON when ``response_format`` asks for it). Like a
+real server it honours ``max_tokens`` - counting a word as a token, as its ``usage`` does - by
+cutting a longer reply there with ``finish_reason: "length"``; a ``Fault`` can also set the
+``finish_reason`` outright. The server logs every request and the most requests it ever had in
+flight at once.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ class _Server(ThreadingHTTPServer):
 class Fault:
     """What to do with one request instead of answering normally: an HTTP error ``status``
     (optionally with ``Retry-After`` and an error ``message``), a ``hang_s`` before answering,
-    a reply ``text`` of the model's, or a ``raw_body`` sent as the whole HTTP 200 response."""
+    a reply ``text`` of the model's (with ``finish_reason`` if given, e.g. ``"length"``), or a
+    ``raw_body`` sent as the whole HTTP 200 response."""
 
     status: int | None = None
     retry_after: float | None = None
@@ -46,6 +50,21 @@ class Fault:
     text: str | None = None
     message: str | None = None
     raw_body: str | None = None
+    finish_reason: str | None = None
+
+
+def within_budget(text: str, max_tokens: Any) -> tuple[str, str]:
+    """(reply, finish_reason): the first ``max_tokens`` words and ``"length"`` when the text is
+    longer than the request's budget, else the text and ``"stop"``."""
+    words = text.split(" ")
+    if isinstance(max_tokens, int) and len(text.split()) > max_tokens:
+        kept: list[str] = []
+        for word in words:
+            kept.append(word)
+            if len(" ".join(kept).split()) >= max_tokens:
+                break
+        return " ".join(kept), "length"
+    return text, "stop"
 
 
 @dataclass
@@ -183,6 +202,9 @@ class FakeOpenAIServer:
         if fault is not None and fault.raw_body is not None:
             return 200, fault.raw_body.encode(), {}
         text = fault.text if fault is not None and fault.text is not None else self.reply(body)
+        text, finish_reason = within_budget(text, body.get("max_tokens"))
+        if fault is not None and fault.finish_reason is not None:
+            finish_reason = fault.finish_reason
         prompt_words = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
         reply: Body = {
             "id": f"chatcmpl-{len(self.log)}",
@@ -192,7 +214,7 @@ class FakeOpenAIServer:
             "choices": [
                 {
                     "index": 0,
-                    "finish_reason": "stop",
+                    "finish_reason": finish_reason,
                     "message": {"role": "assistant", "content": text},
                 }
             ],
