@@ -1,7 +1,7 @@
 """Student scoring speed: the fast scorer vs the per-sample oracle on the embedded model.
 
     .venv/bin/python tests/benchmarks/bench_scoring.py [--records 64] [--template vicuna]
-        [--max-length 2048] [--batch-tokens 1024] [--rounds 4]
+        [--max-length 2048] [--batch-tokens 1024] [--rounds 2]
 
 Both score the same records (IFD and r-IFD: four passes per record) with the same model object in
 one process. To be fair on a shared machine they take turns: the records are split into
@@ -215,7 +215,7 @@ def main() -> int:
     parser.add_argument("--template", default="vicuna")
     parser.add_argument("--max-length", type=int, default=2048)
     parser.add_argument("--batch-tokens", type=int, default=ScoringConfig().batch_tokens)
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
 
     records, source = load_records(args.records)
