@@ -33,7 +33,7 @@ def test_split_s3_and_errors() -> None:
 
 
 def test_resolve_model_rejects_a_folder_without_config(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no config.json"):
+    with pytest.raises(FileNotFoundError, match=r"no config\.json"):
         models.resolve_model(str(tmp_path))
 
 
@@ -41,8 +41,13 @@ def test_embedded_default_is_a_cached_fp32_folder(embedded_model_dir: Path) -> N
     assert models.resolve_model("default") == embedded_model_dir
     assert (embedded_model_dir / "config.json").exists()
     assert "quantization_config" not in (embedded_model_dir / "config.json").read_text()
-    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "models", "path", "default"],
-                            cwd=ROOT, capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "models", "path", "default"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert Path(result.stdout.strip()) == embedded_model_dir
 
 
@@ -52,14 +57,20 @@ def test_model_from_s3_prefix_is_downloaded_once_and_loads(
     storage.upload_dir(tiny_model_dir, "s3://models/tiny/v1")
     local = models.resolve_model("s3://models/tiny/v1")
     assert local.is_relative_to(rtune_cache)
-    assert sorted(p.name for p in local.iterdir()) == sorted(p.name for p in tiny_model_dir.iterdir())
+    assert sorted(p.name for p in local.iterdir()) == sorted(
+        p.name for p in tiny_model_dir.iterdir()
+    )
     model = models.load_causal_lm(local)
     assert model.config.num_hidden_layers == 2
-    boto3.client("s3", endpoint_url=s3_endpoint).delete_object(Bucket="models", Key="tiny/v1/config.json")
+    boto3.client("s3", endpoint_url=s3_endpoint).delete_object(
+        Bucket="models", Key="tiny/v1/config.json"
+    )
     assert models.resolve_model("s3://models/tiny/v1") == local  # cached: no second download
 
 
-def test_localize_fetches_objects_and_prefixes(s3_endpoint: str, tmp_path: Path, rtune_cache: Path) -> None:
+def test_localize_fetches_objects_and_prefixes(
+    s3_endpoint: str, tmp_path: Path, rtune_cache: Path
+) -> None:
     client = boto3.client("s3", endpoint_url=s3_endpoint)
     client.put_object(Bucket="models", Key="data/seed.jsonl", Body=b'{"a": 1}\n')
     client.put_object(Bucket="models", Key="data/hf/part-0.arrow", Body=b"x")

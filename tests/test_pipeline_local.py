@@ -51,7 +51,10 @@ def test_every_seed_record_ends_with_a_decision_and_reason(local_run) -> None:
         assert {"ori", "Q"} <= set(record["candidates"])
         assert set(record["candidates"]) & {"A", "QA"}
         assert record["teacher"]["instruction"]["parse_status"]
-        assert record["candidates"]["ori"]["scores"]["reason"] or record["candidates"]["ori"]["scores"]["ifd"] > 0
+        assert (
+            record["candidates"]["ori"]["scores"]["reason"]
+            or record["candidates"]["ori"]["scores"]["ifd"] > 0
+        )
 
 
 def test_selected_dataset_is_the_kept_records(local_run) -> None:
@@ -72,10 +75,17 @@ def test_mlflow_has_one_parent_and_a_nested_run_per_stage(local_run) -> None:
     parent = client.get_run(local_run.mlflow_run_id)
     assert parent.data.tags["rtune.role"] == "pipeline" and parent.info.status == "FINISHED"
     children = client.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+        [parent.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
     )
     names = Counter(r.info.run_name for r in children)
-    assert {"prepare", "reflect_instruction", "select_ifd", "reflect_response", "select_rifd"} <= set(names)
+    assert {
+        "prepare",
+        "reflect_instruction",
+        "select_ifd",
+        "reflect_response",
+        "select_rifd",
+    } <= set(names)
     assert names["score_ifd-shard-0"] == 1 and names["score_ifd-shard-1"] == 1
     contexts = {
         tag.value

@@ -113,9 +113,10 @@ class StageRun:
             return
         import mlflow
         import pandas as pd
+        from mlflow.data.pandas_dataset import from_pandas
 
         frame = pd.DataFrame([_flat_row(row) for row in rows])
-        dataset = mlflow.data.from_pandas(frame, source=source, name=name)
+        dataset = from_pandas(frame, source=source, name=name)
         mlflow.log_input(dataset, context=context)
 
     def log_table(self, rows: Sequence[Mapping[str, Any]], artifact_file: str) -> None:

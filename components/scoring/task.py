@@ -6,12 +6,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from components.scoring.config import ScoringConfig
-
 from components.common.checkpoint import fingerprint
 from components.common.config import from_dict
 from components.common.stage import MetricsSink, publish_metrics, tracked_stage
 from components.common.storage import cache_root
+from components.scoring.config import ScoringConfig
 
 PIPELINE_ONLY_KEYS = ("num_shards",)
 

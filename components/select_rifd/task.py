@@ -6,13 +6,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from components.select_rifd.rules import SelectionConfig
-
 from components.common import reports
 from components.common.config import from_dict
 from components.common.records import read_jsonl
 from components.common.stage import MetricsSink, publish_metrics, tracked_stage
 from components.select_ifd.task import score_rows
+from components.select_rifd.rules import SelectionConfig
 
 
 def run_select_rifd(
