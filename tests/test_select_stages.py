@@ -355,7 +355,7 @@ def test_cli_scores_and_selects(
             str(out),
         ]
     )
-    assert code == 0 and capsys.readouterr().out.startswith("select ifd: 5 records; Q won")
+    assert code == 0 and capsys.readouterr().out.lstrip().startswith("select ifd: 5 records; Q won")
     assert all("phase1" in r for r in read_jsonl(out))
 
 

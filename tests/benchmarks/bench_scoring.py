@@ -126,6 +126,7 @@ def run_rounds(
     for begin in range(0, len(records), size):
         chunk = records[begin : begin + size]
         candidates = [ScoringCandidate(str(begin + i), **r) for i, r in enumerate(chunk)]
+        began = (fast.wall, oracle.wall)
         wall, cpu = time.perf_counter(), time.process_time()
         results, stats = scorer.score(candidates, progress=False)
         fast.wall += time.perf_counter() - wall
@@ -148,9 +149,11 @@ def run_rounds(
         work = oracle_work(scorer, chunk)
         oracle.decoder_tokens += work
         oracle.head_rows += work
+        quick, slow = fast.wall - began[0], oracle.wall - began[1]
         print(
-            f"  round {begin // size + 1}: {len(chunk)} records  fast {fast.wall:7.1f} s  "
-            f"oracle {oracle.wall:7.1f} s (cumulative)",
+            f"  round {begin // size + 1}: {len(chunk)} records  fast {quick:6.1f} s  "
+            f"oracle {slow:6.1f} s  speed-up {slow / quick:.2f}x  "
+            f"(load average {os.getloadavg()[0]:.2f})",
             flush=True,
         )
     return fast, oracle
