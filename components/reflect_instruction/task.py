@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,36 @@ def teacher_metrics(records: list[Record], phase: str) -> dict[str, float]:
     }
 
 
+def run_reflect_phase(
+    phase: str,
+    reflect: Callable[..., Any],
+    candidates: tuple[str, ...],
+    records_path: Path,
+    teacher: Mapping[str, Any] | None,
+    tracking: Mapping[str, Any] | None,
+    kfp_run_id: str,
+    output_path: Path,
+    checkpoint_root: str = "",
+    metrics: MetricsSink | None = None,
+) -> dict[str, float]:
+    """One teacher phase (``instruction`` or ``response``) with its checkpoint, run and metrics."""
+    stage = f"reflect_{phase}"
+    config = from_dict(TeacherConfig, teacher, "teacher")
+    checkpoint = checkpoint_for(stage, Path(records_path), config, checkpoint_root)
+    with tracked_stage(stage, kfp_run_id, tracking, config) as run:
+        summary = reflect(Path(records_path), Path(output_path), config, checkpoint_path=checkpoint)
+        records = read_jsonl(output_path)
+        run.log_dataset(
+            candidate_rows(records, candidates),
+            source=str(output_path),
+            name=f"candidates-{phase}",
+            context="candidates",
+        )
+        values = {**summary.as_dict(), **teacher_metrics(records, phase)}
+        publish_metrics(run, metrics, values)
+    return values
+
+
 def run_reflect_instruction(
     records_path: Path,
     teacher: Mapping[str, Any] | None,
@@ -52,19 +82,15 @@ def run_reflect_instruction(
 ) -> dict[str, float]:
     from components.reflect_instruction.reflect import reflect_instructions
 
-    config = from_dict(TeacherConfig, teacher, "teacher")
-    checkpoint = checkpoint_for("reflect_instruction", Path(records_path), config, checkpoint_root)
-    with tracked_stage("reflect_instruction", kfp_run_id, tracking, config) as run:
-        summary = reflect_instructions(
-            Path(records_path), Path(output_path), config, checkpoint_path=checkpoint
-        )
-        records = read_jsonl(output_path)
-        run.log_dataset(
-            candidate_rows(records, ("ori", "Q")),
-            source=str(output_path),
-            name="candidates-instruction",
-            context="candidates",
-        )
-        values = {**summary.as_dict(), **teacher_metrics(records, "instruction")}
-        publish_metrics(run, metrics, values)
-    return values
+    return run_reflect_phase(
+        "instruction",
+        reflect_instructions,
+        ("ori", "Q"),
+        records_path,
+        teacher,
+        tracking,
+        kfp_run_id,
+        output_path,
+        checkpoint_root,
+        metrics,
+    )

@@ -17,7 +17,10 @@ these lengths they are a few percent):
 * output layer: 2 x vocab x hidden per projected row — every position for the oracle (HF computes
   full-vocabulary logits everywhere), only target-predicting rows for the fast scorer.
 
-Target: speed-up >= 2x with max |delta| <= 1e-4 on ifd and rifd. Exits 1 when either fails.
+Target: speed-up >= 2x (median of the rounds) with max |delta| <= 1e-4 on ifd and rifd; exits 1
+when either fails. Run it on a quiet machine: other processes competing for the 2 cores slow the
+oracle (bs 1, 49k-wide fp32 logits at every position) far more than the fast scorer, which
+inflates the ratio.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -58,6 +62,7 @@ class Side:
 
     wall: float = 0.0
     cpu: float = 0.0
+    round_walls: list[float] = field(default_factory=list)
     decoder_tokens: int = 0
     head_rows: int = 0
     scores: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -150,6 +155,8 @@ def run_rounds(
         oracle.decoder_tokens += work
         oracle.head_rows += work
         quick, slow = fast.wall - began[0], oracle.wall - began[1]
+        fast.round_walls.append(quick)
+        oracle.round_walls.append(slow)
         print(
             f"  round {begin // size + 1}: {len(chunk)} records  fast {quick:6.1f} s  "
             f"oracle {slow:6.1f} s  speed-up {slow / quick:.2f}x  "

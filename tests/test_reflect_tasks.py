@@ -1,0 +1,61 @@
+"""The two teacher phases as pipeline tasks (tracking off): outputs, checkpoints and metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from components.common.records import read_jsonl, write_jsonl
+from components.reflect_instruction.task import run_reflect_instruction
+from components.reflect_response.task import run_reflect_response
+from tests.fakes.openai_server import FakeOpenAIServer
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.values: dict[str, float] = {}
+
+    def log_metric(self, metric: str, value: float) -> None:
+        self.values[metric] = value
+
+
+def test_both_phases_run_as_tasks_against_a_served_teacher(tmp_path: Path) -> None:
+    prepared = tmp_path / "prepared.jsonl"
+    write_jsonl(
+        prepared,
+        [
+            {
+                "id": f"r{i}",
+                "instruction": f"Add {i} and 2.",
+                "input": "",
+                "output": f"{i + 2}",
+                "flags": [],
+            }
+            for i in range(3)
+        ],
+    )
+    tracking = {"enabled": False}
+    with FakeOpenAIServer() as server:
+        teacher = {"backend": "openai", "url": server.url, "model": "m", "concurrency": 2}
+        sink = _Sink()
+        phase1 = run_reflect_instruction(
+            prepared, teacher, tracking, "k1", tmp_path / "q.jsonl", str(tmp_path / "ck"), sink
+        )
+        records = read_jsonl(tmp_path / "q.jsonl")
+        assert [r["id"] for r in records] == ["r0", "r1", "r2"]
+        assert sink.values["records"] == 3 and phase1["records"] == 3
+        assert (tmp_path / "ck" / "reflect_instruction").is_dir()
+        write_jsonl(
+            tmp_path / "w.jsonl",
+            [{**r, "phase1": {"winner": "ori", "reason": "t"}} for r in records],
+        )
+        phase2 = run_reflect_response(
+            tmp_path / "w.jsonl",
+            teacher,
+            tracking,
+            "k1",
+            tmp_path / "a.jsonl",
+            str(tmp_path / "ck"),
+        )
+    answered = read_jsonl(tmp_path / "a.jsonl")
+    assert phase2["records"] == 3 and all("A" in r["candidates"] for r in answered)
+    assert all(r["teacher"]["response"]["parse_status"] for r in answered)
