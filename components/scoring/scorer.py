@@ -22,7 +22,7 @@ A conditioned pass whose target is cut away entirely gives no score and the reas
   response shared by several candidates, or a teacher fallback identical to ``ori``;
 * the fixed text every prompt starts with (system sentence, reverse-prompt preamble) is run once
   per run; its keys and values are reused from a cache by every pass that starts with it;
-* passes are sorted by length and batched under a token budget (minimal padding);
+* passes are sorted by length and batched under a token budget, at most 10 % padding per row;
 * the decoder runs once per batch and the vocabulary projection ``W`` (49k x 576 for the
   embedded model) is applied only at the hidden states that predict target tokens, in chunks,
   with the cross-entropy in fp32; everything runs under ``torch.inference_mode``.
@@ -70,6 +70,7 @@ MIN_GEMM_ROWS = 16
 # the per-sample ones by up to ~5e-6, so a candidate with IFD or r-IFD above this has its passes
 # re-run one at a time, unpadded, exactly like the per-sample pass (rare: the ratio is ~1).
 PRECISE_ABOVE = 4.0
+MAX_PADDING = 0.1  # a shorter pass starts a new batch: cheaper than running its padding
 SENTINEL = "\u2063"  # marks where the variable text starts when finding a template's fixed prefix
 
 
@@ -221,15 +222,18 @@ def plan_candidate(
     return plan
 
 
-def batch_by_budget(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
-    """Indices grouped longest-first so that rows x longest row <= ``batch_tokens``.
-
-    Sorting by length keeps padding minimal; a pass longer than the budget runs alone.
-    """
+def batch_by_budget(
+    lengths: Sequence[int], batch_tokens: int, max_padding: float = MAX_PADDING
+) -> list[list[int]]:
+    """Indices grouped longest-first so that rows x longest row <= ``batch_tokens`` and no row is
+    padded by more than ``max_padding`` of the longest (padding is decoder work thrown away;
+    a pass longer than the budget runs alone)."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: list[list[int]] = []
     for index in order:
-        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= batch_tokens:
+        longest = lengths[batches[-1][0]] if batches else 0
+        fits = batches and (len(batches[-1]) + 1) * longest <= batch_tokens
+        if fits and lengths[index] >= (1 - max_padding) * longest:
             batches[-1].append(index)
         else:
             batches.append([index])
