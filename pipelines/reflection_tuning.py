@@ -79,22 +79,28 @@ def build_reflection_tuning(scoring_gpus: int = 1) -> Any:
             )
         )
         shards = plan_shards(scoring=scoring)
-        with dsl.ParallelFor(shards.output, name="ifd-shards") as shard:
-            ifd_scores = _scoring_task(
-                score_shard(
-                    records=phase1.outputs["candidates"],
-                    scoring=scoring,
-                    tracking=tracking,
-                    kfp_run_id=run_id,
-                    phase="ifd",
-                    shard_index=shard,
-                    checkpoint_root=checkpoint_root,
-                ),
-                scoring_gpus,
-            )
+
+        def score_in_shards(candidates: Any, phase: str) -> Any:
+            """One scoring task per shard (``dsl.ParallelFor``); returns the tasks' collected scores."""
+            with dsl.ParallelFor(shards.output, name=f"{phase}-shards") as shard:
+                scores = _scoring_task(
+                    score_shard(
+                        records=candidates,
+                        scoring=scoring,
+                        tracking=tracking,
+                        kfp_run_id=run_id,
+                        phase=phase,
+                        shard_index=shard,
+                        checkpoint_root=checkpoint_root,
+                    ),
+                    scoring_gpus,
+                )
+            return dsl.Collected(scores.outputs["scores"])
+
+        ifd_scores = score_in_shards(phase1.outputs["candidates"], "ifd")
         chosen = select_ifd(
             candidates=phase1.outputs["candidates"],
-            scores=dsl.Collected(ifd_scores.outputs["scores"]),
+            scores=ifd_scores,
             tracking=tracking,
             kfp_run_id=run_id,
         )
@@ -108,22 +114,10 @@ def build_reflection_tuning(scoring_gpus: int = 1) -> Any:
                 checkpoint_root=checkpoint_root,
             )
         )
-        with dsl.ParallelFor(shards.output, name="rifd-shards") as shard:
-            rifd_scores = _scoring_task(
-                score_shard(
-                    records=phase2.outputs["candidates"],
-                    scoring=scoring,
-                    tracking=tracking,
-                    kfp_run_id=run_id,
-                    phase="rifd",
-                    shard_index=shard,
-                    checkpoint_root=checkpoint_root,
-                ),
-                scoring_gpus,
-            )
+        rifd_scores = score_in_shards(phase2.outputs["candidates"], "rifd")
         select_rifd(
             candidates=phase2.outputs["candidates"],
-            scores=dsl.Collected(rifd_scores.outputs["scores"]),
+            scores=rifd_scores,
             selection=selection,
             tracking=tracking,
             kfp_run_id=run_id,
