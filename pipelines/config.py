@@ -7,6 +7,7 @@ A config groups parameters per stage, exactly as the pipeline takes them::
     teacher:   {...}                # components.teacher.config.TeacherConfig
     scoring:   {..., num_shards: 1} # components.scoring.config.ScoringConfig + shard count
     selection: {...}                # components.select_rifd.rules.SelectionConfig
+    finetune:  {...}                # components.finetune.config.FinetuneConfig
     tracking:  {...}                # components.common.tracking.TrackingConfig
     checkpoint_root: ""             # durable checkpoints (default $RTUNE_CACHE/checkpoints)
     cluster:   {scoring_gpus: 1}    # cluster-only resources (ignored by kfp.local)
@@ -28,7 +29,7 @@ from components.common.records import InputError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "local.yaml"
-STAGE_SECTIONS = ("prepare", "teacher", "scoring", "selection", "tracking")
+STAGE_SECTIONS = ("prepare", "teacher", "scoring", "selection", "finetune", "tracking")
 
 
 @dataclass
@@ -38,6 +39,7 @@ class PipelineConfig:
     teacher: dict[str, Any] = field(default_factory=dict)
     scoring: dict[str, Any] = field(default_factory=dict)
     selection: dict[str, Any] = field(default_factory=dict)
+    finetune: dict[str, Any] = field(default_factory=dict)
     tracking: dict[str, Any] = field(default_factory=dict)
     checkpoint_root: str = ""
     cluster: dict[str, Any] = field(default_factory=dict)
@@ -52,6 +54,7 @@ class PipelineConfig:
             "teacher": self.teacher,
             "scoring": self.scoring,
             "selection": self.selection,
+            "finetune": self.finetune,
             "tracking": self.tracking,
             "checkpoint_root": self.checkpoint_root,
         }
@@ -59,6 +62,12 @@ class PipelineConfig:
     def scoring_gpus(self) -> int:
         """GPUs per scoring shard: a compile-time resource of the cluster pipeline."""
         return int(self.cluster.get("scoring_gpus", 1))
+
+    def finetune_gpus(self) -> int:
+        """GPUs of the fine-tune task's own pod: none when a TrainJob does the training."""
+        if self.finetune.get("launcher", "local") in ("trainjob", "pytorchjob"):
+            return 0
+        return int(self.finetune.get("gpus_per_node", 0))
 
 
 def load_pipeline_config(
@@ -120,6 +129,7 @@ def validate(config: PipelineConfig) -> None:
     """Build every stage's typed config once (raises InputError naming the section and key)."""
     from components.common.config import from_dict
     from components.common.tracking import TrackingConfig
+    from components.finetune.config import FinetuneConfig
     from components.prepare.config import PrepareConfig
     from components.scoring.task import split_scoring_config
     from components.select_rifd.rules import SelectionConfig
@@ -133,6 +143,7 @@ def validate(config: PipelineConfig) -> None:
     except ValueError as err:
         raise InputError(f"{source}: scoring", str(err), "fix the scoring section") from None
     from_dict(SelectionConfig, config.selection, f"{source}: selection")
+    from_dict(FinetuneConfig, config.finetune, f"{source}: finetune")
     from_dict(TrackingConfig, config.tracking, f"{source}: tracking")
     unknown = sorted(set(config.cluster) - {"scoring_gpus"})
     if unknown:

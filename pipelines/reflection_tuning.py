@@ -3,10 +3,10 @@
 (No `from __future__ import annotations` here: KFP reads the parameter annotations as types.)
 
     prepare -> reflect_instruction -> [score_ifd shards] -> select_ifd
-            -> reflect_response -> [score_rifd shards] -> select_rifd
+            -> reflect_response -> [score_rifd shards] -> select_rifd -> finetune
 
 Parameters are grouped per stage as dicts (``prepare``, ``teacher``, ``scoring``, ``selection``,
-``tracking``); ``pipelines/configs/*.yaml`` hold them. Cluster-only settings (the teacher key from a
+``finetune``, ``tracking``); ``pipelines/configs/*.yaml`` hold them. Cluster-only settings (the teacher key from a
 Kubernetes Secret, GPUs for scoring, retries for the teacher) are ignored by ``kfp.local``.
 """
 
@@ -14,6 +14,7 @@ from typing import Any
 
 from kfp import dsl, kubernetes
 
+from components.finetune.component import finetune as finetune_component
 from components.prepare.component import prepare
 from components.reflect_instruction.component import reflect_instruction
 from components.reflect_response.component import reflect_response
@@ -25,6 +26,11 @@ PIPELINE_NAME = "reflection-tuning"
 TEACHER_SECRET = "rtune-teacher"
 TEACHER_SECRET_KEYS = {"api_key": "OPENAI_API_KEY"}
 GPU_RESOURCE = "nvidia.com/gpu"
+S3_SECRET = "rtune-s3"
+S3_SECRET_KEYS = {
+    "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
+}
 
 
 def _teacher_task(task: Any) -> Any:
@@ -44,7 +50,19 @@ def _scoring_task(task: Any, gpus: int) -> Any:
     return task
 
 
-def build_reflection_tuning(scoring_gpus: int = 1) -> Any:
+def _finetune_task(task: Any, gpus: int) -> Any:
+    """In-pod training (one process or torchrun) gets the GPUs; a TrainJob launcher needs none."""
+    task.set_caching_options(False)
+    if gpus:
+        task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
+        task.set_memory_request("64Gi").set_cpu_request("8")
+    kubernetes.use_secret_as_env(
+        task, secret_name=S3_SECRET, secret_key_to_env=S3_SECRET_KEYS, optional=True
+    )
+    return task
+
+
+def build_reflection_tuning(scoring_gpus: int = 1, finetune_gpus: int = 0) -> Any:
     """The pipeline with cluster resources fixed at compile time.
 
     Resource sizes are compile-time constants (``rtune compile`` reads ``cluster.scoring_gpus``):
@@ -61,6 +79,7 @@ def build_reflection_tuning(scoring_gpus: int = 1) -> Any:
         teacher: dict = {},  # noqa: B006
         scoring: dict = {},  # noqa: B006
         selection: dict = {},  # noqa: B006
+        finetune: dict = {},  # noqa: B006
         tracking: dict = {},  # noqa: B006
         checkpoint_root: str = "",
     ) -> None:
@@ -115,12 +134,22 @@ def build_reflection_tuning(scoring_gpus: int = 1) -> Any:
             )
         )
         rifd_scores = score_in_shards(phase2.outputs["candidates"], "rifd")
-        select_rifd(
+        final = select_rifd(
             candidates=phase2.outputs["candidates"],
             scores=rifd_scores,
             selection=selection,
             tracking=tracking,
             kfp_run_id=run_id,
+        )
+        _finetune_task(
+            finetune_component(
+                selected=final.outputs["selected"],
+                finetune=finetune,
+                tracking=tracking,
+                kfp_run_id=run_id,
+                checkpoint_root=checkpoint_root,
+            ),
+            finetune_gpus,
         )
 
     return reflection_tuning

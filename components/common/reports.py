@@ -111,6 +111,24 @@ def figure_decisions(records: Iterable[Record]) -> Any:
     return fig
 
 
+def figure_training_loss(history: Sequence[Mapping[str, Any]]) -> Any:
+    """Training loss (and learning rate) per optimizer step: did the student learn?"""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6, 3.6))
+    steps = [entry["step"] for entry in history]
+    axis.plot(steps, [entry["loss"] for entry in history], marker="o", color="#1f77b4")
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("training loss (response tokens)")
+    rates = [entry.get("lr") for entry in history]
+    if any(rate is not None for rate in rates):
+        twin = axis.twinx()
+        twin.plot(steps, [r or 0.0 for r in rates], color="#ff7f0e", alpha=0.6, linestyle="--")
+        twin.set_ylabel("learning rate", color="#ff7f0e")
+    axis.set_title("Fine-tuning loss")
+    figure.tight_layout()
+    return figure
+
+
 def figure_png_base64(figure: Any) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)

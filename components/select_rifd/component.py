@@ -33,4 +33,5 @@ def select_rifd(
         Path(selected.path),
         Path(report.path),
         metrics,
+        last_stage=False,
     )

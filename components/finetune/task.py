@@ -1,0 +1,214 @@
+"""The fine-tune stage as a pipeline task: selected records in, adapter + merged model out.
+
+    selected.jsonl -> examples (template, response-only labels, truncation count)
+                   -> packed rows -> launch (local | torchrun | TrainJob) -> adapter/, model/
+                   -> MLflow: curves (Trainer callback), params, training dataset, loss figure,
+                      registered model version with alias ``candidate``; HTML report; KFP metrics
+
+The work folder ``<checkpoint_root>/finetune/<fingerprint>`` is keyed by config, data and base
+model: a retried or re-run task resumes from its last checkpoint, and a finished one is not
+trained again.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from components.common import reports
+from components.common.checkpoint import fingerprint
+from components.common.config import from_dict, to_dict
+from components.common.records import InputError, read_jsonl
+from components.common.stage import MetricsSink, publish_metrics, tracked_stage
+from components.common.storage import cache_root
+from components.finetune.config import FinetuneConfig
+from components.finetune.data import ExampleStats, build_examples, pack_examples, rows_digest
+
+
+@dataclass
+class FinetuneOutputs:
+    adapter_dir: Path
+    model_dir: Path
+    report_path: Path | None = None
+
+
+def work_dir_for(config: FinetuneConfig, digest: str, model_path: Path, root: str) -> Path:
+    """Same config + same rows + same base model -> same folder (resume, never mix runs)."""
+    identity = {k: v for k, v in to_dict(config).items() if k not in _NOT_IDENTITY}
+    key = fingerprint("finetune", identity, digest, str(model_path), _model_signature(model_path))
+    return Path(root or cache_root() / "checkpoints") / "finetune" / key
+
+
+_NOT_IDENTITY = {"registered_model", "model_store", "namespace", "job_timeout_s", "launcher"}
+
+
+def _model_signature(model_path: Path) -> str:
+    config = model_path / "config.json"
+    return config.read_text(encoding="utf-8") if config.exists() else ""
+
+
+def prepare_rows(
+    selected_path: Path, config: FinetuneConfig, model_path: Path
+) -> tuple[list[Any], ExampleStats]:
+    from components.common.models import load_tokenizer
+
+    records = read_jsonl(selected_path)
+    tokenizer = load_tokenizer(model_path)
+    examples, stats = build_examples(
+        records, tokenizer, config.template, config.max_length, source=str(selected_path)
+    )
+    if not examples:
+        raise InputError(
+            str(selected_path),
+            f"no trainable record: {stats.records} selected, {stats.dropped_truncated} cut to an "
+            "empty response by max_length",
+            "select more records or raise finetune.max_length",
+        )
+    return pack_examples(examples, config.row_tokens), stats
+
+
+def run_finetune(
+    selected_path: Path,
+    finetune: Mapping[str, Any] | None,
+    tracking: Mapping[str, Any] | None,
+    kfp_run_id: str,
+    outputs: FinetuneOutputs,
+    checkpoint_root: str = "",
+    metrics: MetricsSink | None = None,
+    last_stage: bool = True,
+) -> dict[str, Any]:
+    """Train the student on the selected records; returns the stage summary."""
+    from components.common.models import resolve_model
+    from components.finetune.data import save_rows
+    from components.finetune.launch import launch
+    from components.finetune.worker import TrainingJob
+
+    config = from_dict(FinetuneConfig, finetune, "finetune")
+    model_path = resolve_model(config.model)
+    rows, stats = prepare_rows(Path(selected_path), config, model_path)
+    work = work_dir_for(config, rows_digest(rows), model_path, checkpoint_root)
+    with tracked_stage("finetune", kfp_run_id, tracking, config) as run:
+        selected = read_jsonl(Path(selected_path))
+        run.log_dataset(selected, source=str(selected_path), name="training", context="training")
+        save_rows(rows, work / "rows.jsonl")
+        job = TrainingJob(
+            config=to_dict(config),
+            rows=str(work / "rows.jsonl"),
+            model=str(model_path),
+            checkpoint_dir=str(work / "checkpoints"),
+            output_dir=str(work / "output"),
+            report_to=["mlflow"] if run.active else ["none"],
+        )
+        summary = finished_summary(work / "output") or launch(config, job, work, _child_env(run))
+        copy_outputs(work / "output", outputs, config)
+        values = stage_metrics(summary, stats)
+        publish_metrics(run, metrics, values, to_parent=True)
+        run.log_json({k: v for k, v in summary.items()}, "finetune/train_summary.json")
+        figure = reports.figure_training_loss(summary["loss_history"])
+        run.log_figure(figure, "figures/training_loss.png")
+        registered = _register(run, config, outputs, selected_path, selected, values)
+        if outputs.report_path is not None:
+            page = reports.html_report(
+                "Fine-tune: the student on the selected records",
+                {**values, **registered},
+                {"training loss": figure},
+                summary["loss_history"],
+                "Loss per logged step",
+            )
+            Path(outputs.report_path).write_text(page, encoding="utf-8")
+            run.log_text(page, "reports/finetune.html")
+        if last_stage:
+            run.finish_pipeline()
+    return {**values, **registered}
+
+
+def finished_summary(output_dir: Path) -> dict[str, Any] | None:
+    """The summary of a training that already finished in this work folder (nothing to redo)."""
+    path = output_dir / "train_summary.json"
+    if path.exists() and (output_dir / "model").is_dir():
+        summary: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return summary
+    return None
+
+
+def _child_env(run: Any) -> dict[str, str]:
+    """MLflow run for rank 0 of other processes (the Trainer callback resumes it by id)."""
+    if not run.active:
+        return {}
+    import mlflow
+
+    return {"MLFLOW_RUN_ID": run.run_id, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
+
+
+def copy_outputs(output_dir: Path, outputs: FinetuneOutputs, config: FinetuneConfig) -> None:
+    """Worker outputs -> the task's Model artifacts (the adapter is empty for method ``full``)."""
+    for name, dest in (("adapter", outputs.adapter_dir), ("model", outputs.model_dir)):
+        source = output_dir / name
+        if dest.exists():
+            shutil.rmtree(dest)
+        if source.is_dir():
+            shutil.copytree(source, dest)
+        else:
+            dest.mkdir(parents=True)
+            (dest / "README.txt").write_text(
+                f"method {config.method}: no {name} (see the other model output)\n",
+                encoding="utf-8",
+            )
+
+
+def stage_metrics(summary: Mapping[str, Any], stats: ExampleStats) -> dict[str, Any]:
+    return {
+        "train_loss": summary["train_loss"],
+        "first_loss": summary["first_loss"],
+        "final_loss": summary["final_loss"],
+        "global_step": summary["global_step"],
+        "tokens_per_second": summary["tokens_per_second"],
+        "peak_rss_mib": summary["peak_rss_mib"],
+        "resumed_from_step": summary["resumed_from_step"],
+        "training_records": stats.examples,
+        "dropped_truncated": stats.dropped_truncated,
+        "truncated_responses": stats.truncated,
+        "training_tokens": stats.tokens,
+        "training_target_tokens": stats.target_tokens,
+    }
+
+
+def _register(
+    run: Any,
+    config: FinetuneConfig,
+    outputs: FinetuneOutputs,
+    selected_path: Path,
+    selected: list[Any],
+    values: Mapping[str, Any],
+) -> dict[str, str]:
+    """Register the model (+ optional upload to the model store) when tracking is on."""
+    store_uri = ""
+    if config.model_store:
+        from components.common.model_store import upload_model
+
+        store_uri = upload_model(outputs.model_dir, config.model_store.rstrip("/") + "/model").uri
+    if not run.active:
+        return {"model_store_uri": store_uri} if store_uri else {}
+    from components.common.checkpoint import fingerprint as digest_of
+    from components.finetune.registry import register_student
+
+    dataset = {
+        "name": "training",
+        "source": str(selected_path),
+        "digest": digest_of([r.get("id") for r in selected]),
+    }
+    numbers = {k: float(v) for k, v in values.items() if isinstance(v, int | float)}
+    registered = register_student(
+        None if store_uri else outputs.model_dir, store_uri, config.registered_model, dataset, numbers
+    )
+    run.set_tags({"rtune.model_version": registered.version, "rtune.model_uri": registered.model_uri})
+    return {
+        "registered_model": registered.name,
+        "model_version": registered.version,
+        "model_uri": registered.model_uri,
+        **({"model_store_uri": store_uri} if store_uri else {}),
+    }

@@ -1,0 +1,227 @@
+"""The training entrypoint every rank runs: one process, torchrun, or each node of a TrainJob.
+
+    python -m components.finetune.worker --job job.json                       # one process
+    torchrun --nproc-per-node 2 -m components.finetune.worker --job job.json  # ZeRO-3 over 2 ranks
+
+The job file (``TrainingJob``) names the packed rows, the base model, the checkpoint folder and
+the output folder (local, or ``s3://`` for cluster jobs). A re-run with the same job resumes from
+the newest checkpoint in ``checkpoint_dir`` and ends at the same final step. Rank 0 writes:
+
+    <output>/adapter/            LoRA adapter (lora/qlora)
+    <output>/model/              full model: base + adapter merged, or the ZeRO-3-consolidated weights
+    <output>/train_summary.json  steps, losses, tokens/s, peak RSS, where it resumed from
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("rtune.finetune")
+
+
+@dataclass
+class TrainingJob:
+    """Everything a rank needs; JSON-serialisable so it can travel to a TrainJob pod."""
+
+    config: dict[str, Any]
+    rows: str
+    model: str
+    checkpoint_dir: str
+    output_dir: str
+    report_to: list[str] = field(default_factory=lambda: ["mlflow"])
+
+    def save(self, path: Path) -> Path:
+        path.write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, uri: str) -> TrainingJob:
+        from components.common.storage import localize
+
+        return cls(**json.loads(localize(uri, "jobs").read_text(encoding="utf-8")))
+
+
+@dataclass
+class Trained:
+    trainer: Any
+    summary: dict[str, Any]
+
+
+def configure_runtime() -> None:
+    """CPU runs: DeepSpeed's CPU accelerator (gloo when oneCCL is absent), single-rank defaults.
+
+    DeepSpeed in a plain ``python`` process looks for MPI unless the torch.distributed variables
+    are set, so a one-process run gets them here (torchrun/TrainJob set their own).
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    for key, value in {
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(29500 + os.getpid() % 1000),
+    }.items():
+        os.environ.setdefault(key, value)
+    # The stage logs its own config; the HF callback's params would collide with it.
+    os.environ.setdefault("MLFLOW_MAX_LOG_PARAMS", "0")
+
+
+def is_main_rank() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def train(job: TrainingJob) -> Trained:
+    """Build model and Trainer, resume from the last checkpoint if any, train, save outputs."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from components.common.config import from_dict
+    from components.common.models import load_tokenizer, resolve_model
+    from components.common.storage import localize
+    from components.finetune.config import FinetuneConfig
+    from components.finetune.data import load_rows
+    from components.finetune.trainer import (
+        PackedRowDataset,
+        PackedSFTTrainer,
+        collate_packed,
+        gradient_accumulation,
+        load_student,
+        training_arguments,
+    )
+
+    configure_runtime()
+    config = from_dict(FinetuneConfig, job.config, "finetune")
+    rows = load_rows(localize(job.rows, "inputs"))
+    model_path = resolve_model(job.model)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    accumulation = gradient_accumulation(config, rows, world)
+    args = training_arguments(config, job.checkpoint_dir, accumulation, job.report_to or ["none"])
+    model = load_student(config, str(model_path))
+    tokenizer = load_tokenizer(model_path)
+    trainer = PackedSFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=PackedRowDataset(rows),
+        data_collator=collate_packed,
+        processing_class=tokenizer,
+    )
+    checkpoint_dir = Path(job.checkpoint_dir)
+    last = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+    if last:
+        log.info("resuming from %s", last)
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=last)
+    seconds = time.perf_counter() - started
+    summary = train_summary(trainer, result, rows, accumulation, world, last, seconds)
+    save_outputs(trainer, config, model_path, Path(job.output_dir), summary)
+    return Trained(trainer, summary)
+
+
+def train_summary(
+    trainer: Any,
+    result: Any,
+    rows: list[Any],
+    accumulation: int,
+    world: int,
+    resumed_from: str | None,
+    seconds: float,
+) -> dict[str, Any]:
+    """What the stage reports: final step, losses, this run's throughput and peak memory."""
+    history = [entry for entry in trainer.state.log_history if "loss" in entry]
+    return {
+        "global_step": trainer.state.global_step,
+        "max_steps": trainer.state.max_steps,
+        "train_loss": float(result.training_loss),
+        "first_loss": history[0]["loss"] if history else None,
+        "final_loss": history[-1]["loss"] if history else None,
+        "rows": len(rows),
+        "records": sum(len(row.example_ids) for row in rows),
+        "gradient_accumulation_steps": accumulation,
+        "world_size": world,
+        "tokens_this_run": trainer.tokens_seen * world,
+        "target_tokens_this_run": trainer.target_tokens_seen * world,
+        "seconds": round(seconds, 2),
+        "tokens_per_second": round(trainer.tokens_seen * world / max(seconds, 1e-9), 2),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "resumed_from_step": _step_of(resumed_from),
+        "loss_history": [
+            {"step": entry["step"], "loss": entry["loss"], "lr": entry.get("learning_rate")}
+            for entry in history
+        ],
+    }
+
+
+def _step_of(checkpoint: str | None) -> int:
+    return int(checkpoint.rsplit("-", 1)[-1]) if checkpoint else 0
+
+
+def save_outputs(
+    trainer: Any, config: Any, model_path: Path, output: Path, summary: dict[str, Any]
+) -> None:
+    """Adapter and/or full model. ``save_model`` gathers ZeRO-3 partitions on every rank."""
+    from components.common.storage import is_s3
+
+    local = _staging_dir(output) if is_s3(str(output)) else output
+    if config.method in ("lora", "qlora"):
+        trainer.save_model(str(local / "adapter"))
+    else:
+        trainer.save_model(str(local / "model"))
+    if not is_main_rank():
+        return
+    if config.method in ("lora", "qlora") and config.merge:
+        merge_adapter(model_path, local / "adapter", local / "model")
+    (local / "train_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    if is_s3(str(output)):
+        from components.common.model_store import upload_model
+
+        upload_model(local, str(output))
+
+
+def _staging_dir(output: Path) -> Path:
+    from components.common.storage import uri_cache_dir
+
+    return uri_cache_dir(str(output), "outputs")
+
+
+def merge_adapter(base_path: Path, adapter_dir: Path, merged_dir: Path) -> Path:
+    """Base + LoRA folded into plain weights (what quantize and vLLM load), with the tokenizer."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from components.common.models import load_tokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype="auto")
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    merged.save_pretrained(merged_dir, safe_serialization=True)
+    load_tokenizer(base_path).save_pretrained(merged_dir)
+    return merged_dir
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="rtune fine-tune worker (one rank)")
+    parser.add_argument("--job", required=True, help="job JSON (path or s3://)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    trained = train(TrainingJob.load(args.job))
+    if is_main_rank():
+        print(json.dumps({k: v for k, v in trained.summary.items() if k != "loss_history"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
