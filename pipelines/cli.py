@@ -2,11 +2,14 @@
 
     rtune run [--config pipelines/configs/local.yaml] [--set key=value ...]   # whole DAG, kfp.local
     rtune compile -o pipeline.yaml                                           # KFP IR YAML
+    rtune compile -o k8s.yaml --kubernetes-manifest --image-tag 0.1.0        # Pipeline(Version) CRs
+    rtune submit --host URL --config F [--wait]                              # run on Kubeflow
     rtune prepare --input F --output F                                       # one stage at a time
     rtune reflect --stage instruction|response --input F --output F --teacher transformers
     rtune score --input F --output F --model default --template vicuna
     rtune select --phase ifd|rifd --records F --scores F --output F
     rtune models pull | rtune models path default
+    rtune plan --model-size 70B --gpus-per-node 8 --nodes 2 --method full    # memory per GPU
 
 Each subcommand lives in ``pipelines/commands/<name>.py`` as ``register(subparsers)`` that sets
 ``func`` (heavy imports happen inside ``func``). Bad input exits with code 2 and one message.
@@ -19,7 +22,7 @@ import importlib
 import logging
 import sys
 
-COMMANDS = ("prepare", "reflect", "score", "select", "run", "compile", "models")
+COMMANDS = ("prepare", "reflect", "score", "select", "run", "compile", "submit", "models", "plan")
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -30,24 +30,40 @@ def zero3_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     from components.common.models import load_tokenizer
 
     work = tmp_path_factory.mktemp("zero3")
-    examples, _ = build_examples(training_records(16), load_tokenizer(tiny_model_dir), "vicuna", 256)
+    examples, _ = build_examples(
+        training_records(16), load_tokenizer(tiny_model_dir), "vicuna", 256
+    )
     save_rows(pack_examples(examples, 256), work / "rows.jsonl")
     config = FinetuneConfig(
-        method="full", deepspeed="zero3", max_steps=2, learning_rate=1e-3, global_batch_size=8,
-        max_length=256, save_steps=100, nproc_per_node=2,
+        method="full",
+        deepspeed="zero3",
+        max_steps=2,
+        learning_rate=1e-3,
+        global_batch_size=8,
+        max_length=256,
+        save_steps=100,
+        nproc_per_node=2,
     )
     job = TrainingJob(
-        config=config.__dict__, rows=str(work / "rows.jsonl"), model=str(tiny_model_dir),
-        checkpoint_dir=str(work / "checkpoints"), output_dir=str(work / "output"),
+        config=config.__dict__,
+        rows=str(work / "rows.jsonl"),
+        model=str(tiny_model_dir),
+        checkpoint_dir=str(work / "checkpoints"),
+        output_dir=str(work / "output"),
         report_to=["none"],
     )
     job.save(work / "job.json")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(DS_ACCELERATOR="cpu", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
-        f"--master-port={free_port()}", "tests/finetune_helpers/zero3_rank.py",
-        str(work / "job.json"), str(work),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node=2",
+        f"--master-port={free_port()}",
+        "tests/finetune_helpers/zero3_rank.py",
+        str(work / "job.json"),
+        str(work),
     ]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

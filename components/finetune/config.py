@@ -46,7 +46,15 @@ class FinetuneConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ]
     )
     precision: str = field(default="auto", metadata={"help": "auto = bf16 on GPU, fp32 on CPU"})
     gradient_checkpointing: bool = False
@@ -87,7 +95,11 @@ class FinetuneConfig:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.epochs <= 0 and self.max_steps <= 0:
             raise ValueError("set epochs > 0 or max_steps > 0")
-        if self.deepspeed and self.deepspeed not in SHIPPED_DEEPSPEED and not self.deepspeed.endswith(".json"):
+        if (
+            self.deepspeed
+            and self.deepspeed not in SHIPPED_DEEPSPEED
+            and not self.deepspeed.endswith(".json")
+        ):
             raise ValueError(
                 f"deepspeed must be '' , one of {sorted(SHIPPED_DEEPSPEED)} or a path to a .json config"
             )

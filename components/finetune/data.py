@@ -180,7 +180,9 @@ def _row(members: Sequence[TrainingExample]) -> PackedRow:
         input_ids.extend(example.input_ids)
         positions.extend(range(len(example.input_ids)))
         labels.extend(shifted(example.labels))
-    return PackedRow(tuple(input_ids), tuple(positions), tuple(labels), tuple(e.id for e in members))
+    return PackedRow(
+        tuple(input_ids), tuple(positions), tuple(labels), tuple(e.id for e in members)
+    )
 
 
 def single_rows(examples: Sequence[TrainingExample]) -> list[PackedRow]:

@@ -14,6 +14,7 @@ input, the logged model's metrics recorded against that dataset (MLflow 3 lineag
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,9 @@ class StudentChatModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
             text = prompt
             if getattr(self.tokenizer, "chat_template", None):
                 text = self.tokenizer.apply_chat_template(
-                    [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+                    [{"role": "user", "content": prompt}],
+                    tokenize=False,
+                    add_generation_prompt=True,
                 )
             ids = self.tokenizer(text, return_tensors="pt")
             with torch.inference_mode():
@@ -114,10 +117,8 @@ def register_student(
 def _register_store_copy(client: Any, name: str, store_uri: str, run_id: str) -> Any:
     from mlflow.exceptions import MlflowException
 
-    try:
+    with contextlib.suppress(MlflowException):  # already registered: add a version
         client.create_registered_model(name)
-    except MlflowException:
-        pass  # already registered: add a version
     return client.create_model_version(name, source=store_uri, run_id=run_id)
 
 

@@ -203,9 +203,15 @@ def _register(
     }
     numbers = {k: float(v) for k, v in values.items() if isinstance(v, int | float)}
     registered = register_student(
-        None if store_uri else outputs.model_dir, store_uri, config.registered_model, dataset, numbers
+        None if store_uri else outputs.model_dir,
+        store_uri,
+        config.registered_model,
+        dataset,
+        numbers,
     )
-    run.set_tags({"rtune.model_version": registered.version, "rtune.model_uri": registered.model_uri})
+    run.set_tags(
+        {"rtune.model_version": registered.version, "rtune.model_uri": registered.model_uri}
+    )
     return {
         "registered_model": registered.name,
         "model_version": registered.version,

@@ -81,6 +81,7 @@ class PackedSFTTrainer(Trainer):
     ) -> Any:
         shift_labels = inputs["shift_labels"]
         keep = shift_labels != IGNORE
+        # use_cache=False matters: with a KV cache transformers skips the packed-sequence mask
         outputs = model(
             input_ids=inputs["input_ids"],
             position_ids=inputs["position_ids"],

@@ -216,7 +216,9 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     trained = train(TrainingJob.load(args.job))
     if is_main_rank():
         print(json.dumps({k: v for k, v in trained.summary.items() if k != "loss_history"}))

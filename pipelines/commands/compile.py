@@ -1,7 +1,11 @@
-"""``rtune compile -o pipeline.yaml [--config F] [--set k=v]``: the KFP IR YAML for a cluster.
+"""``rtune compile -o F [--config F] [--set k=v] [--image-registry R] [--image-tag T]
+[--kubernetes-manifest [--namespace NS] [--pipeline-version NAME]]``.
 
-The config's values become the compiled parameter defaults, so the Kubeflow UI's run form starts
-from them. Compiling never imports torch.
+Writes the KFP IR YAML for a cluster; the config's values become the compiled parameter defaults,
+so the Kubeflow UI's run form starts from them. ``--kubernetes-manifest`` writes the same pipeline
+as ``Pipeline`` + ``PipelineVersion`` resources for KFP's Kubernetes-native pipeline store (Argo CD
+syncs them); the version name defaults to ``reflection-tuning-v<version>-<content hash>``.
+Compiling never imports torch. The work is in ``pipelines/packaging.py``.
 """
 
 from __future__ import annotations
@@ -17,28 +21,60 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--config", default=None, help="run config whose values become the defaults"
     )
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_image_arguments(parser)
+    parser.add_argument(
+        "--kubernetes-manifest",
+        action="store_true",
+        help="emit Pipeline + PipelineVersion resources (KFP's Kubernetes-native store)",
+    )
+    parser.add_argument("--namespace", default=None, help="metadata.namespace of the resources")
+    parser.add_argument(
+        "--pipeline-version",
+        default=None,
+        metavar="NAME",
+        help="PipelineVersion name (default: reflection-tuning-v<version>-<content hash>)",
+    )
     parser.set_defaults(func=run)
 
 
-def compile_pipeline(
-    output: Path, config_path: str | None = None, overrides: list[str] | None = None
-) -> Path:
-    from kfp import compiler
-
-    from pipelines.config import load_pipeline_config
-    from pipelines.reflection_tuning import build_reflection_tuning
-
-    config = load_pipeline_config(config_path, overrides)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(
-        build_reflection_tuning(config.scoring_gpus()),
-        package_path=str(output),
-        pipeline_parameters=config.pipeline_arguments(),
+def add_image_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--image-registry",
+        default=None,
+        metavar="R",
+        help="registry of the rtune images (default $RTUNE_IMAGE_REGISTRY or ghcr.io/rtune)",
     )
-    return output
+    parser.add_argument(
+        "--image-tag",
+        default=None,
+        metavar="T",
+        help="tag of the rtune images (default $RTUNE_IMAGE_TAG or the package version)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    path = compile_pipeline(Path(args.output), args.config, args.overrides)
-    print(f"compiled reflection-tuning -> {path}")
+    from components.common.records import InputError
+    from pipelines.config import load_pipeline_config
+    from pipelines.packaging import Images, compile_ir, compile_kubernetes_manifest
+
+    manifest_only = [
+        f"--{n}" for n in ("namespace", "pipeline-version") if vars(args)[n.replace("-", "_")]
+    ]
+    if manifest_only and not args.kubernetes_manifest:
+        raise InputError(
+            "rtune compile",
+            f"{manifest_only[0]} only applies to the Kubernetes form",
+            "add --kubernetes-manifest",
+        )
+    config = load_pipeline_config(args.config, args.overrides)
+    images = Images(registry=args.image_registry, tag=args.image_tag)
+    output = Path(args.output)
+    if args.kubernetes_manifest:
+        name = compile_kubernetes_manifest(
+            config, output, images, namespace=args.namespace, version_name=args.pipeline_version
+        )
+        print(f"compiled reflection-tuning (Pipeline + PipelineVersion {name}) -> {output}")
+    else:
+        compile_ir(config, output, images)
+        print(f"compiled reflection-tuning -> {output}")
     return 0

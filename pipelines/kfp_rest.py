@@ -1,0 +1,228 @@
+"""A small typed client for the Kubeflow Pipelines v2beta1 REST API (what ``rtune submit`` needs).
+
+    client = KfpClient("https://kubeflow.example.org/pipeline", token=resolve_token().value)
+    pipeline = client.find_pipeline("reflection-tuning") or client.create_pipeline(...)
+    version = client.upload_pipeline_version(pipeline.id, "v1", Path("pipeline.yaml"))
+    run = client.create_run("my run", experiment.id, version, parameters={...})
+    client.get_run(run.id).state   # PENDING, RUNNING, SUCCEEDED, FAILED, CANCELED, ...
+
+Why not ``kfp.Client`` (kfp 2.17)? It was tried against the loopback fake (tests/fakes/
+kfp_server.py) and works for the happy path, but: its constructor calls ``/healthz`` and on a 401
+retries five times with 5 s sleeps before raising ``TimeoutError`` (25 s to learn the token is
+wrong, and the message does not say so); ``wait_for_run_completion`` does not treat ``CANCELED`` as
+final and waits out its timeout; errors arrive as ``ApiException`` dumps with response headers; and
+it prints its own links to stdout. Over ``requests`` the endpoints are a few lines each, every
+failure becomes one ``KfpError`` a person can act on, and the token is only ever a header.
+
+Auth: a bearer token from ``KF_PIPELINES_TOKEN``, else the projected service-account token file
+(``KF_PIPELINES_SA_TOKEN_PATH``, default ``/var/run/secrets/kubeflow/pipelines/token``, the same
+variable and path kfp uses), else none (e.g. a port-forward to a single-user install).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from components.common.records import InputError
+
+API = "/apis/v2beta1"
+TOKEN_ENV = "KF_PIPELINES_TOKEN"
+TOKEN_PATH_ENV = "KF_PIPELINES_SA_TOKEN_PATH"
+DEFAULT_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"
+TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELED", "SKIPPED"})
+AUTH_FIX = (
+    f"set {TOKEN_ENV} to a token the Kubeflow Pipelines API accepts (in a pod: mount the "
+    f"projected token at {DEFAULT_TOKEN_PATH}); check --namespace for multi-user installs"
+)
+Json = dict[str, Any]
+
+
+class KfpError(InputError):
+    """The KFP API refused or could not be reached; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Token:
+    value: str = field(repr=False)
+    source: str  # where it came from, safe to print
+
+
+def resolve_token(env: dict[str, str] | None = None) -> Token | None:
+    """``KF_PIPELINES_TOKEN``, else the token file if it exists, else ``None``."""
+    env = dict(os.environ) if env is None else env
+    if env.get(TOKEN_ENV, "").strip():
+        return Token(env[TOKEN_ENV].strip(), f"${TOKEN_ENV}")
+    path = Path(env.get(TOKEN_PATH_ENV) or DEFAULT_TOKEN_PATH)
+    value = path.read_text(encoding="utf-8").strip() if path.is_file() else ""
+    return Token(value, str(path)) if value else None
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class PipelineVersion:
+    id: str
+    pipeline_id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Experiment:
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Run:
+    id: str
+    state: str
+    error: str = ""
+    failed_tasks: tuple[str, ...] = ()
+
+    @property
+    def finished(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @classmethod
+    def from_json(cls, data: Json) -> Run:
+        tasks = (data.get("run_details") or {}).get("task_details") or []
+        return cls(
+            id=data["run_id"],
+            state=data.get("state") or "RUNTIME_STATE_UNSPECIFIED",
+            error=(data.get("error") or {}).get("message", ""),
+            failed_tasks=tuple(
+                t.get("display_name", "?") for t in tasks if t.get("state") == "FAILED"
+            ),
+        )
+
+
+def equals_filter(key: str, value: str) -> str:
+    """A JSON ``Filter`` proto: ``key == value``. Pipelines and versions are looked up by ``name``
+    (the unique key an upload collides on), experiments by ``display_name`` as kfp.Client does."""
+    return json.dumps({"predicates": [{"key": key, "operation": "EQUALS", "string_value": value}]})
+
+
+class KfpClient:
+    """The v2beta1 endpoints ``rtune submit`` uses; each raises ``KfpError`` on failure."""
+
+    def __init__(self, host: str, token: str | None = None, timeout_s: float = 60.0) -> None:
+        self.host = host.rstrip("/")
+        self.timeout_s = timeout_s
+        self._session = requests.Session()
+        self._token = token
+        if token:
+            self._session.headers["Authorization"] = f"Bearer {token}"
+
+    def __repr__(self) -> str:
+        return f"KfpClient({self.host!r}, token={'***' if self._token else None})"
+
+    def find_pipeline(self, name: str, namespace: str = "") -> Pipeline | None:
+        params = {"filter": equals_filter("name", name), "namespace": namespace}
+        found = self._call("GET", "/pipelines", params=params).get("pipelines") or []
+        return Pipeline(found[0]["pipeline_id"], name) if found else None
+
+    def create_pipeline(self, name: str, description: str = "", namespace: str = "") -> Pipeline:
+        body = {"name": name, "display_name": name, "description": description}
+        if namespace:
+            body["namespace"] = namespace
+        created = self._call("POST", "/pipelines", json=body)
+        return Pipeline(created["pipeline_id"], name)
+
+    def find_pipeline_version(self, pipeline_id: str, name: str) -> PipelineVersion | None:
+        params = {"filter": equals_filter("name", name)}
+        reply = self._call("GET", f"/pipelines/{pipeline_id}/versions", params=params)
+        found = reply.get("pipeline_versions") or []
+        return (
+            PipelineVersion(found[0]["pipeline_version_id"], pipeline_id, name) if found else None
+        )
+
+    def upload_pipeline_version(
+        self, pipeline_id: str, name: str, package: Path, description: str = ""
+    ) -> PipelineVersion:
+        params = {"name": name, "display_name": name, "pipelineid": pipeline_id}
+        if description:
+            params["description"] = description
+        with package.open("rb") as handle:
+            files = {"uploadfile": (package.name, handle, "application/x-yaml")}
+            created = self._call("POST", "/pipelines/upload_version", params=params, files=files)
+        return PipelineVersion(created["pipeline_version_id"], pipeline_id, name)
+
+    def find_experiment(self, name: str, namespace: str = "") -> Experiment | None:
+        params = {"filter": equals_filter("display_name", name), "namespace": namespace}
+        found = self._call("GET", "/experiments", params=params).get("experiments") or []
+        return Experiment(found[0]["experiment_id"], name) if found else None
+
+    def create_experiment(self, name: str, namespace: str = "") -> Experiment:
+        body = {"display_name": name}
+        if namespace:
+            body["namespace"] = namespace
+        return Experiment(self._call("POST", "/experiments", json=body)["experiment_id"], name)
+
+    def create_run(
+        self,
+        display_name: str,
+        experiment_id: str,
+        version: PipelineVersion,
+        parameters: dict[str, Any],
+        service_account: str = "",
+    ) -> Run:
+        body: Json = {
+            "display_name": display_name,
+            "experiment_id": experiment_id,
+            "pipeline_version_reference": {
+                "pipeline_id": version.pipeline_id,
+                "pipeline_version_id": version.id,
+            },
+            "runtime_config": {"parameters": parameters},
+        }
+        if service_account:
+            body["service_account"] = service_account
+        return Run.from_json(self._call("POST", "/runs", json=body))
+
+    def get_run(self, run_id: str) -> Run:
+        return Run.from_json(self._call("GET", f"/runs/{run_id}"))
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Json:
+        url = f"{self.host}{API}{path}"
+        try:
+            reply = self._session.request(method, url, timeout=self.timeout_s, **kwargs)
+        except requests.RequestException as err:
+            raise KfpError(
+                self.host,
+                f"cannot reach the Kubeflow Pipelines API ({type(err).__name__})",
+                "check --host (the Kubeflow Pipelines UI/API address, e.g. "
+                "`kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80` and "
+                "--host http://localhost:8080)",
+            ) from None
+        if reply.ok:
+            return reply.json() if reply.content else {}
+        raise self._error(method, path, reply)
+
+    def _error(self, method: str, path: str, reply: requests.Response) -> KfpError:
+        message = self._server_message(reply)
+        problem = f"{method} {API}{path} -> {reply.status_code} {reply.reason}: {message}"
+        if reply.status_code in (401, 403):
+            return KfpError(self.host, problem, AUTH_FIX)
+        if reply.status_code == 404 and path in ("/pipelines", "/experiments"):
+            fix = "point --host at the Kubeflow Pipelines 2.x UI/API (it serves /apis/v2beta1)"
+            return KfpError(self.host, problem, fix)
+        return KfpError(self.host, problem, "see the server's message; retry when it is fixed")
+
+    def _server_message(self, reply: requests.Response) -> str:
+        try:
+            data = reply.json()
+            text = str(data.get("message") or data.get("error") or data)
+        except (ValueError, AttributeError):
+            text = reply.text
+        text = " ".join(text.split())[:300] or "(empty body)"
+        return text.replace(self._token, "***") if self._token else text

