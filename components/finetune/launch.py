@@ -95,7 +95,11 @@ def free_port() -> int:
 
 
 def launch(
-    config: FinetuneConfig, job: TrainingJob, work_dir: Path, env: Mapping[str, str]
+    config: FinetuneConfig,
+    job: TrainingJob,
+    work_dir: Path,
+    env: Mapping[str, str],
+    kfp_run_id: str = "",
 ) -> dict[str, Any]:
     """Dispatch on ``config.launcher``; returns the worker's ``train_summary``.
 
@@ -108,4 +112,4 @@ def launch(
         return run_torchrun(job, work_dir / "job.json", config.nproc_per_node, env)
     from components.finetune.cluster import run_cluster_job
 
-    return run_cluster_job(config, job, work_dir, env)
+    return run_cluster_job(config, job, work_dir, env, kfp_run_id)

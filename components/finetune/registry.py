@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
+from mlflow.pyfunc import PythonModel
 
 CANDIDATE_ALIAS = "candidate"
 
 
-class StudentChatModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+class StudentChatModel(PythonModel):
     """Generates a reply per prompt with the merged student (chat template when it has one)."""
 
     def load_context(self, context: Any) -> None:
@@ -42,7 +42,7 @@ class StudentChatModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
         max_new_tokens = int((params or {}).get("max_new_tokens", 64))
         replies = []
         for prompt in prompts:
-            text = prompt
+            text: Any = prompt
             if getattr(self.tokenizer, "chat_template", None):
                 text = self.tokenizer.apply_chat_template(
                     [{"role": "user", "content": prompt}],
@@ -136,8 +136,8 @@ def _training_dataset() -> Any:
 
     run = mlflow.active_run()
     assert run is not None
-    inputs = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
-    for item in inputs:
+    inputs = mlflow.get_run(run.info.run_id).inputs
+    for item in inputs.dataset_inputs if inputs else []:
         if any(tag.key == "mlflow.data.context" and tag.value == "training" for tag in item.tags):
             return item.dataset
     return None

@@ -103,14 +103,20 @@ def run_finetune(
             output_dir=str(work / "output"),
             report_to=["mlflow"] if run.active else ["none"],
         )
-        summary = finished_summary(work / "output") or launch(config, job, work, _child_env(run))
-        copy_outputs(work / "output", outputs, config)
+        summary = finished_summary(work / "output") or launch(
+            config, job, work, _child_env(run), kfp_run_id
+        )
+        remote = summary.get("output_uri", "")
+        if remote:
+            point_outputs_at(remote, outputs)
+        else:
+            copy_outputs(work / "output", outputs, config)
         values = stage_metrics(summary, stats)
         publish_metrics(run, metrics, values, to_parent=True)
         run.log_json({k: v for k, v in summary.items()}, "finetune/train_summary.json")
         figure = reports.figure_training_loss(summary["loss_history"])
         run.log_figure(figure, "figures/training_loss.png")
-        registered = _register(run, config, outputs, selected_path, selected, values)
+        registered = _register(run, config, outputs, selected_path, selected, values, remote)
         if outputs.report_path is not None:
             page = reports.html_report(
                 "Fine-tune: the student on the selected records",
@@ -160,6 +166,13 @@ def copy_outputs(output_dir: Path, outputs: FinetuneOutputs, config: FinetuneCon
             )
 
 
+def point_outputs_at(output_uri: str, outputs: FinetuneOutputs) -> None:
+    """Cluster jobs leave the model in the store; the Model artifacts say where."""
+    for name, dest in (("adapter", outputs.adapter_dir), ("model", outputs.model_dir)):
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / "MODEL_URI.txt").write_text(f"{output_uri}/{name}\n", encoding="utf-8")
+
+
 def stage_metrics(summary: Mapping[str, Any], stats: ExampleStats) -> dict[str, Any]:
     return {
         "train_loss": summary["train_loss"],
@@ -184,10 +197,11 @@ def _register(
     selected_path: Path,
     selected: list[Any],
     values: Mapping[str, Any],
+    remote_output: str = "",
 ) -> dict[str, str]:
     """Register the model (+ optional upload to the model store) when tracking is on."""
-    store_uri = ""
-    if config.model_store:
+    store_uri = f"{remote_output}/model" if remote_output else ""
+    if config.model_store and not store_uri:
         from components.common.model_store import upload_model
 
         store_uri = upload_model(outputs.model_dir, config.model_store.rstrip("/") + "/model").uri

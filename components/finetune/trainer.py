@@ -32,7 +32,7 @@ from components.finetune.data import IGNORE, PackedRow
 log = logging.getLogger(__name__)
 
 
-class PackedRowDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
+class PackedRowDataset(torch.utils.data.Dataset):
     """Packed rows as the dicts the collator concatenates."""
 
     def __init__(self, rows: Sequence[PackedRow]) -> None:

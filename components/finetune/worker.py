@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import resource
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -84,8 +85,6 @@ def is_main_rank() -> bool:
 
 def train(job: TrainingJob) -> Trained:
     """Build model and Trainer, resume from the last checkpoint if any, train, save outputs."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     from components.common.config import from_dict
     from components.common.models import load_tokenizer, resolve_model
     from components.common.storage import localize
@@ -116,8 +115,7 @@ def train(job: TrainingJob) -> Trained:
         data_collator=collate_packed,
         processing_class=tokenizer,
     )
-    checkpoint_dir = Path(job.checkpoint_dir)
-    last = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+    last = last_complete_checkpoint(Path(job.checkpoint_dir))
     if last:
         log.info("resuming from %s", last)
     started = time.perf_counter()
@@ -126,6 +124,30 @@ def train(job: TrainingJob) -> Trained:
     summary = train_summary(trainer, result, rows, accumulation, world, last, seconds)
     save_outputs(trainer, config, model_path, Path(job.output_dir), summary)
     return Trained(trainer, summary)
+
+
+def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
+    """The newest ``checkpoint-N`` whose ``trainer_state.json`` (written last) is whole.
+
+    A kill while a checkpoint was being written leaves a folder without (or with a torn) trainer
+    state: it is removed, and training resumes from the one before.
+    """
+    if not checkpoint_dir.is_dir():
+        return None
+    found = sorted(
+        (p for p in checkpoint_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+        reverse=True,
+    )
+    for folder in found:
+        try:
+            json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+            return str(folder)
+        except (OSError, ValueError):
+            if is_main_rank():
+                log.warning("removing incomplete checkpoint %s", folder)
+                shutil.rmtree(folder, ignore_errors=True)
+    return None
 
 
 def train_summary(

@@ -1,0 +1,101 @@
+"""Training on N nodes: the worker in a Kubeflow Trainer ``TrainJob`` (or a ``PyTorchJob``).
+
+The task pod only orchestrates. The packed rows and the job file go to the model store
+(``finetune.model_store``, an ``s3://`` prefix), the job runs ``torchrun -m
+components.finetune.worker`` in the train image on every node (the Trainer's torch runtime sets
+``PET_NNODES``/``PET_NODE_RANK``/... which torchrun reads), rank 0 uploads its outputs next to the
+job, and the task reads back the training summary. The model itself stays in the store (a 70B
+model is not copied into a KFP artifact): the task's Model artifacts point at it.
+
+``checkpoint_dir`` must be a path every node sees (a ReadWriteMany volume mounted by the
+training runtime at the same path as ``checkpoint_root``), so that a retried job resumes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from components.common.images import image
+from components.common.storage import download_file, is_s3, upload_file
+from components.finetune.config import FinetuneConfig
+from components.finetune.worker import TrainingJob
+
+WORKER_COMMAND = ["torchrun"]
+WORKER_ARGS = ["-m", "components.finetune.worker", "--job"]
+
+
+def cluster_prefix(config: FinetuneConfig, work_dir: Path) -> str:
+    """Where this training's job, rows and outputs live in the model store."""
+    if not is_s3(config.model_store):
+        raise ValueError(
+            f"launcher {config.launcher} needs finetune.model_store = s3://bucket/prefix: the "
+            "training pods read the rows and write the model there"
+        )
+    return f"{config.model_store.rstrip('/')}/runs/{work_dir.name}"
+
+
+def stage_job(config: FinetuneConfig, job: TrainingJob, work_dir: Path) -> tuple[TrainingJob, str]:
+    """Upload rows + job file; returns the remote job and the job file's URI."""
+    prefix = cluster_prefix(config, work_dir)
+    rows_uri = upload_file(Path(job.rows), f"{prefix}/rows.jsonl")
+    remote = replace(job, rows=rows_uri, output_dir=f"{prefix}/output")
+    local_job = remote.save(work_dir / "cluster-job.json")
+    return remote, upload_file(local_job, f"{prefix}/job.json")
+
+
+def job_spec(
+    config: FinetuneConfig, job_uri: str, kfp_run_id: str, env: Mapping[str, str]
+) -> Any:
+    from components.finetune.distributed_job import (
+        DistributedJobSpec,
+        job_name,
+        pod_namespace,
+        s3_secret_env,
+    )
+
+    return DistributedJobSpec(
+        name=job_name(kfp_run_id or "local", "finetune"),
+        namespace=config.namespace or pod_namespace(),
+        image=image("train"),
+        command=list(WORKER_COMMAND),
+        args=[*WORKER_ARGS, job_uri],
+        nodes=config.nodes,
+        procs_per_node=config.nproc_per_node,
+        gpus_per_node=config.gpus_per_node,
+        env=dict(env),
+        secret_env=s3_secret_env(),
+        kind="PyTorchJob" if config.launcher == "pytorchjob" else "TrainJob",
+        kfp_run_id=kfp_run_id,
+    )
+
+
+def run_cluster_job(
+    config: FinetuneConfig,
+    job: TrainingJob,
+    work_dir: Path,
+    env: Mapping[str, str],
+    kfp_run_id: str = "",
+    api_client: Any = None,
+    poll_interval_s: float = 10.0,
+) -> dict[str, Any]:
+    """Create (or adopt) the job, follow it to the end, return rank 0's training summary."""
+    from components.finetune.distributed_job import load_api_client, run_distributed_job
+
+    remote, job_uri = stage_job(config, job, work_dir)
+    spec = job_spec(config, job_uri, kfp_run_id, env)
+    run_distributed_job(
+        spec,
+        api_client or load_api_client(),
+        poll_interval_s=poll_interval_s,
+        timeout_s=config.job_timeout_s,
+    )
+    summary_path = download_file(
+        f"{remote.output_dir}/train_summary.json", work_dir / "cluster-summary.json"
+    )
+    summary: dict[str, Any] = json.loads(summary_path.read_text(encoding="utf-8"))
+    summary["output_uri"] = remote.output_dir
+    return summary
