@@ -8,6 +8,7 @@
     rtune reflect --stage instruction|response --input F --output F --teacher transformers
     rtune score --input F --output F --model default --template vicuna
     rtune select --phase ifd|rifd --records F --scores F --output F
+    rtune finetune --selected F --output-dir D [--set finetune.method=full]    # SFT (LoRA/full)
     rtune models pull | rtune models path default
     rtune plan --model-size 70B --gpus-per-node 8 --nodes 2 --method full    # memory per GPU
 
@@ -22,7 +23,18 @@ import importlib
 import logging
 import sys
 
-COMMANDS = ("prepare", "reflect", "score", "select", "run", "compile", "submit", "models", "plan")
+COMMANDS = (
+    "prepare",
+    "reflect",
+    "score",
+    "select",
+    "finetune",
+    "run",
+    "compile",
+    "submit",
+    "models",
+    "plan",
+)
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -51,12 +51,21 @@ def _setup(tmp_path: Path) -> tuple[FinetuneConfig, TrainingJob, Path]:
     work.mkdir()
     (work / "rows.jsonl").write_text('{"input_ids": [1, 2]}\n')
     config = FinetuneConfig(
-        method="full", deepspeed="zero3_offload", launcher="trainjob", nodes=2,
-        nproc_per_node=8, gpus_per_node=8, namespace=NS, model_store=f"s3://{BUCKET}/finetuned",
+        method="full",
+        deepspeed="zero3_offload",
+        launcher="trainjob",
+        nodes=2,
+        nproc_per_node=8,
+        gpus_per_node=8,
+        namespace=NS,
+        model_store=f"s3://{BUCKET}/finetuned",
     )
     job = TrainingJob(
-        config=config.__dict__, rows=str(work / "rows.jsonl"), model="s3://rtune-models/base",
-        checkpoint_dir="/mnt/rtune-checkpoints/finetune/abc", output_dir=str(work / "output"),
+        config=config.__dict__,
+        rows=str(work / "rows.jsonl"),
+        model="s3://rtune-models/base",
+        checkpoint_dir="/mnt/rtune-checkpoints/finetune/abc",
+        output_dir=str(work / "output"),
     )
     return config, job, work
 
@@ -71,7 +80,9 @@ def test_trainjob_runs_the_worker_from_s3_and_returns_rank0_summary(
     def controller(reads: int) -> dict[str, Any] | None:
         if reads < 2:
             return None
-        s3.put_object(Bucket=BUCKET, Key=f"{prefix}/output/train_summary.json", Body=json.dumps(summary))
+        s3.put_object(
+            Bucket=BUCKET, Key=f"{prefix}/output/train_summary.json", Body=json.dumps(summary)
+        )
         return {"status": {"conditions": [kube_fixtures.condition("Complete")]}}
 
     from components.finetune.distributed_job import job_name
@@ -115,7 +126,9 @@ def test_a_failed_trainjob_fails_the_stage_with_its_own_message(
     config, job, work = _setup(tmp_path)
     failed = kube_fixtures.condition("Failed", reason="JobFailed", message="node-1 OOMKilled")
     kube.on_fetch(
-        TRAINJOBS, NS, job_name("run-8", "finetune"),
+        TRAINJOBS,
+        NS,
+        job_name("run-8", "finetune"),
         lambda reads: {"status": {"conditions": [failed]}} if reads >= 2 else None,
     )
     with pytest.raises(DistributedJobFailed, match="node-1 OOMKilled"):

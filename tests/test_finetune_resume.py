@@ -25,15 +25,24 @@ MAX_STEPS = 30
 def _job(tiny_model_dir: Path, work: Path) -> Path:
     from components.common.models import load_tokenizer
 
-    examples, _ = build_examples(training_records(24), load_tokenizer(tiny_model_dir), "vicuna", 256)
+    examples, _ = build_examples(
+        training_records(24), load_tokenizer(tiny_model_dir), "vicuna", 256
+    )
     save_rows(pack_examples(examples, 256), work / "rows.jsonl")
     config = FinetuneConfig(
-        max_steps=MAX_STEPS, save_steps=1, save_total_limit=3, learning_rate=1e-3,
-        global_batch_size=1, max_length=256,
+        max_steps=MAX_STEPS,
+        save_steps=1,
+        save_total_limit=3,
+        learning_rate=1e-3,
+        global_batch_size=1,
+        max_length=256,
     )
     job = TrainingJob(
-        config=config.__dict__, rows=str(work / "rows.jsonl"), model=str(tiny_model_dir),
-        checkpoint_dir=str(work / "checkpoints"), output_dir=str(work / "output"),
+        config=config.__dict__,
+        rows=str(work / "rows.jsonl"),
+        model=str(tiny_model_dir),
+        checkpoint_dir=str(work / "checkpoints"),
+        output_dir=str(work / "output"),
         report_to=["none"],
     )
     return job.save(work / "job.json")
@@ -43,12 +52,17 @@ def _worker(job: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
         [sys.executable, "-m", "components.finetune.worker", "--job", str(job)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
 @pytest.mark.slow
-def test_killed_training_resumes_from_its_last_checkpoint(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_killed_training_resumes_from_its_last_checkpoint(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
     job = _job(tiny_model_dir, tmp_path)
     first = _worker(job)
     deadline = time.time() + 300
@@ -65,7 +79,10 @@ def test_killed_training_resumes_from_its_last_checkpoint(tiny_model_dir: Path, 
 
     second = subprocess.run(
         [sys.executable, "-m", "components.finetune.worker", "--job", str(job)],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
         timeout=600,
     )
     assert second.returncode == 0, second.stderr[-3000:]
@@ -75,7 +92,9 @@ def test_killed_training_resumes_from_its_last_checkpoint(tiny_model_dir: Path, 
     steps = [entry["step"] for entry in summary["loss_history"]]
     assert steps == list(range(1, MAX_STEPS + 1)), "each step logged exactly once"
     # the resumed run did only the remaining steps
-    assert summary["tokens_this_run"] < summary["rows"] * 256 * (MAX_STEPS - summary["resumed_from_step"] + 1)
+    assert summary["tokens_this_run"] < summary["rows"] * 256 * (
+        MAX_STEPS - summary["resumed_from_step"] + 1
+    )
     assert (tmp_path / "output" / "model" / "model.safetensors").exists()
 
 

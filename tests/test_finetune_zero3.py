@@ -108,3 +108,38 @@ def test_consolidated_model_equals_the_gathered_parameters_and_generates(zero3_r
     ids = tokenizer("Hello", return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=4, do_sample=False)
     assert out.shape[1] == ids["input_ids"].shape[1] + 4
+
+
+def test_stage_with_torchrun_launcher_trains_zero3_and_logs_curves_to_its_run(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The task launches 2 ranks with torchrun; rank 0's Trainer logs into the stage's MLflow run."""
+    import mlflow
+
+    from components.finetune.task import FinetuneOutputs, run_finetune
+
+    selected = tmp_path / "selected.jsonl"
+    selected.write_text("".join(json.dumps(r) + "\n" for r in training_records(12)))
+    tracking = {"experiment": "ft-torchrun", "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    finetune = {
+        "model": str(tiny_model_dir),
+        "method": "lora",
+        "deepspeed": "zero3",
+        "launcher": "torchrun",
+        "nproc_per_node": 2,
+        "max_steps": 2,
+        "global_batch_size": 2,
+        "max_length": 256,
+        "registered_model": "student-zero3",
+    }
+    outputs = FinetuneOutputs(tmp_path / "adapter", tmp_path / "model")
+    summary = run_finetune(selected, finetune, tracking, "kfp-z3", outputs, str(tmp_path / "ck"))
+    assert summary["global_step"] == 2
+    assert (outputs.adapter_dir / "adapter_model.safetensors").exists()
+    assert (outputs.model_dir / "model.safetensors").exists()
+    mlflow.set_tracking_uri(tracking["tracking_uri"])
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("ft-torchrun")
+    (run,) = client.search_runs([experiment.experiment_id], "tags.`rtune.stage` = 'finetune'")
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 2
+    assert client.get_model_version_by_alias("student-zero3", "candidate")

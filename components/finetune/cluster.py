@@ -47,9 +47,7 @@ def stage_job(config: FinetuneConfig, job: TrainingJob, work_dir: Path) -> tuple
     return remote, upload_file(local_job, f"{prefix}/job.json")
 
 
-def job_spec(
-    config: FinetuneConfig, job_uri: str, kfp_run_id: str, env: Mapping[str, str]
-) -> Any:
+def job_spec(config: FinetuneConfig, job_uri: str, kfp_run_id: str, env: Mapping[str, str]) -> Any:
     from components.finetune.distributed_job import (
         DistributedJobSpec,
         job_name,

@@ -106,6 +106,7 @@ def register_student(
         )
         _link_dataset(info.model_id, metrics)
         version = client.get_model_version(name, str(info.registered_model_version))
+        client.set_model_version_tag(name, version.version, "rtune.logged_model_id", info.model_id)
         model_uri = info.model_uri
     for key, value in dataset.items():
         client.set_model_version_tag(name, version.version, f"rtune.training_dataset.{key}", value)

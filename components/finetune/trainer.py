@@ -224,8 +224,8 @@ def training_arguments(
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
         bf16=use_bf16(config),
-        gradient_checkpointing=config.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        activation_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
         deepspeed=str(deepspeed) if deepspeed else None,
         logging_steps=config.logging_steps,
         logging_first_step=True,
@@ -237,5 +237,6 @@ def training_arguments(
         report_to=report_to,
         remove_unused_columns=False,
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=False,
     )

@@ -217,12 +217,18 @@ def _staging_dir(output: Path) -> Path:
 
 
 def merge_adapter(base_path: Path, adapter_dir: Path, merged_dir: Path) -> Path:
-    """Base + LoRA folded into plain weights (what quantize and vLLM load), with the tokenizer."""
+    """Base + LoRA folded into plain weights (what quantize and vLLM load), with the tokenizer.
+
+    Rank 0 does this alone after training, so ZeRO-3's partitioned loading (a collective) is
+    switched off first.
+    """
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     from components.common.models import load_tokenizer
 
+    unset_hf_deepspeed_config()
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype="auto")
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     merged.save_pretrained(merged_dir, safe_serialization=True)
