@@ -51,6 +51,7 @@ def test_compiled_pipeline_has_every_stage_and_cluster_settings(tmp_path: Path) 
         "select-ifd",
         "reflect-response",
         "select-rifd",
+        "finetune",
     }
     assert stages <= set(tasks)
     assert (
@@ -61,19 +62,27 @@ def test_compiled_pipeline_has_every_stage_and_cluster_settings(tmp_path: Path) 
     assert defaults["teacher"]["defaultValue"]["backend"] == "openai"
     assert defaults["scoring"]["defaultValue"]["num_shards"] == 8
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    secret_envs = [e for e in executors.values() if "secretAsEnv" in e]
-    assert len(secret_envs) == 2  # both teacher stages
-    for executor in secret_envs:
-        mapping = executor["secretAsEnv"][0]
-        assert mapping["secretName"] == "rtune-teacher"
+    secrets = {
+        name: e["secretAsEnv"][0] for name, e in executors.items() if "secretAsEnv" in e
+    }
+    teacher = [m for m in secrets.values() if m["secretName"] == "rtune-teacher"]
+    assert len(teacher) == 2  # both teacher stages
+    for mapping in teacher:
         assert mapping["keyToEnv"] == [{"secretKey": "api_key", "envVar": "OPENAI_API_KEY"}]
+    (s3,) = [m for m in secrets.values() if m["secretName"] == "rtune-s3"]  # finetune
+    assert {k["envVar"] for k in s3["keyToEnv"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
     containers = spec["deploymentSpec"]["executors"]
     scoring = [c["container"] for name, c in containers.items() if "score-shard" in name]
     assert scoring and all(
         c["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu" for c in scoring
     )
+    (train,) = [c["container"] for name, c in containers.items() if "finetune" in name]
+    assert train["image"].startswith("ghcr.io/rtune/rtune-train:")
+    assert train["resources"]["accelerator"]["count"] == "8"  # torchrun over the pod's 8 GPUs
     assert all(
-        c["container"]["image"].startswith("ghcr.io/rtune/rtune-base:") for c in containers.values()
+        c["container"]["image"].startswith("ghcr.io/rtune/rtune-base:")
+        for name, c in containers.items()
+        if "finetune" not in name
     )
 
 
@@ -96,7 +105,10 @@ def test_image_registry_and_tag_are_overridable(
     images = {
         c["container"]["image"] for c in compiled["spec"]["deploymentSpec"]["executors"].values()
     }
-    assert images == {"registry.example.org/ml/rtune-base:1.2.3"}
+    assert images == {
+        "registry.example.org/ml/rtune-base:1.2.3",
+        "registry.example.org/ml/rtune-train:1.2.3",
+    }
 
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
@@ -109,6 +121,7 @@ def test_every_shipped_config_loads_and_validates(path: Path) -> None:
         "teacher",
         "scoring",
         "selection",
+        "finetune",
         "tracking",
         "checkpoint_root",
     }

@@ -32,6 +32,9 @@ def local_run(tmp_path_factory: pytest.TempPathFactory, embedded_model_dir: Path
         "teacher.batch_size=8",
         "scoring.num_shards=2",
         "selection.policy=fallback",
+        "finetune.max_steps=2",
+        "finetune.max_length=512",
+        "finetune.registered_model=local-student",
         f"local.pipeline_root={work / 'runs'}",
         f"checkpoint_root={work / 'checkpoints'}",
     ]
@@ -85,6 +88,7 @@ def test_mlflow_has_one_parent_and_a_nested_run_per_stage(local_run) -> None:
         "select_ifd",
         "reflect_response",
         "select_rifd",
+        "finetune",
     } <= set(names)
     assert names["score_ifd-shard-0"] == 1 and names["score_ifd-shard-1"] == 1
     contexts = {
@@ -99,3 +103,18 @@ def test_mlflow_has_one_parent_and_a_nested_run_per_stage(local_run) -> None:
     artifacts = {a.path for a in client.list_artifacts(select.info.run_id, "figures")}
     assert {"figures/decisions.png", "figures/rifd_old_vs_new.png"} <= artifacts
     assert any(key.startswith("decision_") for key in parent.data.metrics)
+
+
+def test_finetune_trains_on_the_selected_records_and_registers_the_candidate(local_run) -> None:
+    import mlflow
+
+    from pipelines.commands.run import summary_lines
+
+    assert (local_run.model / "model.safetensors").exists()
+    assert (local_run.adapter / "adapter_config.json").exists()
+    assert "training loss" in local_run.training_report.read_text()
+    client = mlflow.MlflowClient(local_run.tracking_uri)
+    version = client.get_model_version_by_alias("local-student", "candidate")
+    assert version.tags["rtune.training_dataset.source"].endswith("selected")
+    printed = "\n".join(summary_lines(local_run))
+    assert "training loss:" in printed and "over 2 steps" in printed

@@ -224,7 +224,8 @@ def _register(
         numbers,
     )
     run.set_tags(
-        {"rtune.model_version": registered.version, "rtune.model_uri": registered.model_uri}
+        {"rtune.model_version": registered.version, "rtune.model_uri": registered.model_uri},
+        to_parent=True,
     )
     return {
         "registered_model": registered.name,

@@ -37,6 +37,9 @@ class LocalRunResult:
     decisions: Path
     selected: Path
     report: Path
+    model: Path
+    adapter: Path
+    training_report: Path
     mlflow_run_id: str | None
     tracking_uri: str
     seconds: float
@@ -70,6 +73,9 @@ def run_locally(
         decisions=run_dir / "select-rifd" / "decisions",
         selected=run_dir / "select-rifd" / "selected",
         report=run_dir / "select-rifd" / "report",
+        model=run_dir / "finetune" / "model",
+        adapter=run_dir / "finetune" / "adapter",
+        training_report=run_dir / "finetune" / "report",
         mlflow_run_id=_parent_run_id(tracking_uri, tracking.experiment, started)
         if tracking.enabled
         else None,
@@ -119,11 +125,36 @@ def summary_lines(result: LocalRunResult) -> list[str]:
         f"  selected dataset: {result.selected}",
         f"  all decisions:    {result.decisions}",
         f"  HTML report:      {result.report}",
+        *training_lines(result),
         f"  pipeline outputs: {result.run_dir}",
     ]
     if result.mlflow_run_id:
         ui = f"mlflow ui --backend-store-uri {store}" if store.startswith("sqlite") else store
         lines.append(f"  MLflow run:       {result.mlflow_run_id} (open with: {ui})")
+    return lines
+
+
+def training_lines(result: LocalRunResult) -> list[str]:
+    """Loss, throughput and the registered model, from the pipeline's MLflow run."""
+    if not result.model.exists():
+        return []
+    lines = [f"  fine-tuned model: {result.model} (adapter: {result.adapter})"]
+    if result.mlflow_run_id:
+        import mlflow
+
+        run = mlflow.MlflowClient(result.tracking_uri).get_run(result.mlflow_run_id)
+        m, tags = run.data.metrics, run.data.tags
+        lines.append(
+            f"  training loss:    {m.get('first_loss', float('nan')):.3f} -> "
+            f"{m.get('final_loss', float('nan')):.3f} over {m.get('global_step', 0):.0f} steps, "
+            f"{m.get('tokens_per_second', 0):.0f} tokens/s"
+        )
+        if "rtune.model_version" in tags:
+            lines.append(
+                f"  registered model: version {tags['rtune.model_version']} "
+                f"(alias candidate) {tags.get('rtune.model_uri', '')}"
+            )
+    lines.append(f"  training report:  {result.training_report}")
     return lines
 
 
