@@ -35,6 +35,7 @@ test: setup
 bench: setup
 	$(BIN)/python tests/benchmarks/bench_scoring.py
 	$(BIN)/python tests/benchmarks/bench_teacher.py
+	$(BIN)/python tests/benchmarks/bench_training.py
 
 lint: setup
 	$(BIN)/ruff check .

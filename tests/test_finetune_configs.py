@@ -86,7 +86,7 @@ def test_deepspeed_configs_resolve_and_validate(name: str, tmp_path: Path) -> No
         ({"method": "dora"}, "method"),
         ({"launcher": "slurm"}, "launcher"),
         ({"deepspeed": "zero9"}, "deepspeed"),
-        ({"max_tokens_per_batch": 100, "max_length": 512}, "max_tokens_per_batch"),
+        ({"max_tokens_per_batch": -1}, "max_tokens_per_batch"),
         ({"warmup_ratio": 1.5}, "warmup_ratio"),
         ({"template": "llama"}, "template"),
     ],

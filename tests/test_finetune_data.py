@@ -92,6 +92,15 @@ def test_packing_keeps_records_whole_and_restarts_positions(tokenizer) -> None:
     )
 
 
+def test_a_record_longer_than_the_row_budget_gets_its_own_row(tokenizer) -> None:
+    examples, _ = build_examples(training_records(12), tokenizer, "vicuna", 512)
+    budget = sorted(len(e.input_ids) for e in examples)[len(examples) // 2]
+    rows = pack_examples(examples, budget)
+    for row in rows:
+        assert len(row.input_ids) <= budget or len(row.example_ids) == 1
+    assert sorted(i for row in rows for i in row.example_ids) == sorted(e.id for e in examples)
+
+
 def test_rows_round_trip(tokenizer, tmp_path: Path) -> None:
     examples, _ = build_examples(training_records(6), tokenizer, "alpaca", 256)
     rows = pack_examples(examples, 512)

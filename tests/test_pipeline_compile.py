@@ -62,9 +62,7 @@ def test_compiled_pipeline_has_every_stage_and_cluster_settings(tmp_path: Path) 
     assert defaults["teacher"]["defaultValue"]["backend"] == "openai"
     assert defaults["scoring"]["defaultValue"]["num_shards"] == 8
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    secrets = {
-        name: e["secretAsEnv"][0] for name, e in executors.items() if "secretAsEnv" in e
-    }
+    secrets = {name: e["secretAsEnv"][0] for name, e in executors.items() if "secretAsEnv" in e}
     teacher = [m for m in secrets.values() if m["secretName"] == "rtune-teacher"]
     assert len(teacher) == 2  # both teacher stages
     for mapping in teacher:

@@ -26,7 +26,8 @@ class FinetuneConfig:
 
     Batches are counted in *records*: ``global_batch_size`` records per optimizer step over all
     ranks; each device step packs whole records into one row of at most ``max_tokens_per_batch``
-    tokens (padding-free; position ids restart per record so no record attends to another).
+    tokens (padding-free; position ids restart per record so no record attends to another; a
+    longer record gets a row of its own).
     """
 
     model: str = field(default="default", metadata={"help": "student: default | folder | s3://"})
@@ -37,7 +38,10 @@ class FinetuneConfig:
     max_steps: int = field(default=-1, metadata={"help": "> 0 overrides epochs"})
     learning_rate: float = 2e-5
     global_batch_size: int = 128
-    max_tokens_per_batch: int = field(default=0, metadata={"help": "0 = max_length"})
+    max_tokens_per_batch: int = field(
+        default=0,
+        metadata={"help": "packed row budget; 0 = max_length; longer records get their own row"},
+    )
     warmup_ratio: float = 0.03
     lr_scheduler: str = "cosine"
     weight_decay: float = 0.0
@@ -86,11 +90,8 @@ class FinetuneConfig:
         for name in ("max_length", "global_batch_size", "nproc_per_node", "nodes", "save_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_tokens_per_batch and self.max_tokens_per_batch < self.max_length:
-            raise ValueError(
-                f"max_tokens_per_batch ({self.max_tokens_per_batch}) must be 0 or >= max_length "
-                f"({self.max_length}) so that every record fits one packed row"
-            )
+        if self.max_tokens_per_batch < 0:
+            raise ValueError("max_tokens_per_batch must be 0 (= max_length) or a token count")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.epochs <= 0 and self.max_steps <= 0:

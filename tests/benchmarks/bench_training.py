@@ -46,7 +46,7 @@ def _examples(records: int, max_length: int) -> tuple[list, object, Path]:
     return examples, tokenizer, model_dir
 
 
-def run_ours(records: int, batch: int, epochs: float, max_length: int, out: Path) -> dict:
+def run_ours(args: argparse.Namespace, out: Path) -> dict:
     from components.finetune.config import FinetuneConfig
     from components.finetune.data import pack_examples
     from components.finetune.trainer import (
@@ -58,53 +58,76 @@ def run_ours(records: int, batch: int, epochs: float, max_length: int, out: Path
         training_arguments,
     )
 
-    examples, _, model_dir = _examples(records, max_length)
+    examples, _, model_dir = _examples(args.records, args.max_length)
     config = FinetuneConfig(
-        epochs=epochs, global_batch_size=batch, max_length=max_length, save_steps=10**6,
-        learning_rate=2e-4, **LORA,
+        epochs=args.epochs,
+        global_batch_size=args.batch,
+        max_length=args.max_length,
+        max_tokens_per_batch=args.row_tokens,
+        save_steps=10**6,
+        learning_rate=2e-4,
+        **LORA,
     )
     rows = pack_examples(examples, config.row_tokens)
     accumulation = gradient_accumulation(config, rows, 1)
-    args = training_arguments(config, str(out), accumulation, ["none"])
-    args.disable_tqdm = True
+    hf_args = training_arguments(config, str(out), accumulation, ["none"])
+    hf_args.disable_tqdm = True
     model = load_student(config, str(model_dir))
     trainer = PackedSFTTrainer(
-        model=model, args=args, train_dataset=PackedRowDataset(rows), data_collator=collate_packed
+        model=model,
+        args=hf_args,
+        train_dataset=PackedRowDataset(rows),
+        data_collator=collate_packed,
     )
-    return _timed(trainer, sum(len(e.input_ids) for e in examples) * epochs, {
-        "rows": len(rows), "accumulation": accumulation,
-        "computed_tokens": sum(len(r.input_ids) for r in rows) * epochs,
-    })
+    return _timed(
+        trainer,
+        sum(len(e.input_ids) for e in examples) * args.epochs,
+        {
+            "rows": len(rows),
+            "accumulation": accumulation,
+            "computed_tokens": sum(len(r.input_ids) for r in rows) * args.epochs,
+        },
+    )
 
 
-def run_baseline(records: int, batch: int, epochs: float, max_length: int, out: Path) -> dict:
-    import torch
+def run_baseline(args: argparse.Namespace, out: Path) -> dict:
     from datasets import Dataset
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     from components.finetune.config import FinetuneConfig
     from components.finetune.trainer import load_student
 
-    examples, tokenizer, model_dir = _examples(records, max_length)
+    records, batch, epochs = args.records, args.batch, args.epochs
+    examples, tokenizer, model_dir = _examples(records, args.max_length)
     dataset = Dataset.from_list(
         [{"input_ids": list(e.input_ids), "labels": list(e.labels)} for e in examples]
     )
     model = load_student(FinetuneConfig(**LORA), str(model_dir))
-    args = TrainingArguments(
-        output_dir=str(out), per_device_train_batch_size=batch, num_train_epochs=epochs,
-        learning_rate=2e-4, save_strategy="no", report_to=[], disable_tqdm=True, seed=42,
-        dataloader_pin_memory=False, logging_steps=1,
+    hf_args = TrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=batch,
+        num_train_epochs=epochs,
+        learning_rate=2e-4,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        seed=42,
+        dataloader_pin_memory=False,
+        logging_steps=1,
     )
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
+    trainer = Trainer(model=model, args=hf_args, train_dataset=dataset, data_collator=collator)
     padded = 0
     for start in range(0, len(examples), batch):
         ids = [e.input_ids for e in examples[start : start + batch]]
         padded += max(map(len, ids)) * len(ids)
-    del torch
-    return _timed(trainer, sum(len(e.input_ids) for e in examples) * epochs, {
-        "computed_tokens": padded * epochs,
-    })
+    return _timed(
+        trainer,
+        sum(len(e.input_ids) for e in examples) * epochs,
+        {
+            "computed_tokens": padded * epochs,
+        },
+    )
 
 
 def _timed(trainer: object, real_tokens: float, extra: dict) -> dict:
@@ -123,16 +146,28 @@ def _timed(trainer: object, real_tokens: float, extra: dict) -> dict:
     }
 
 
-def child(kind: str, records: int, batch: int, epochs: float, max_length: int) -> None:
+def child(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as out:
-        runner = run_ours if kind == "ours" else run_baseline
-        print("RESULT " + json.dumps(runner(records, batch, epochs, max_length, Path(out))))
+        runner = run_ours if args.child == "ours" else run_baseline
+        print("RESULT " + json.dumps(runner(args, Path(out))))
 
 
 def measure(kind: str, args: argparse.Namespace) -> dict:
     command = [
-        sys.executable, __file__, "--child", kind, "--records", str(args.records),
-        "--batch", str(args.batch), "--epochs", str(args.epochs), "--max-length", str(args.max_length),
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        "--records",
+        str(args.records),
+        "--batch",
+        str(args.batch),
+        "--epochs",
+        str(args.epochs),
+        "--max-length",
+        str(args.max_length),
+        "--row-tokens",
+        str(args.row_tokens),
     ]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
@@ -148,25 +183,33 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=8, help="records per optimizer step")
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--max-length", type=int, default=1024)
+    parser.add_argument("--row-tokens", type=int, default=512, help="ours: packed row budget")
     parser.add_argument("--child", choices=["ours", "baseline"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.records, args.batch, args.epochs, args.max_length)
+        child(args)
         return 0
     load = os.getloadavg()[0]
     baseline = measure("baseline", args)
     ours = measure("ours", args)
     speedup = ours["tokens_per_second"] / baseline["tokens_per_second"]
     memory = ours["peak_rss_mib"] / baseline["peak_rss_mib"]
-    print(f"training bench: {args.records} seed records, LoRA r=16, fp32, {args.batch} records/step, "
-          f"{args.epochs:g} epoch(s), load average at start {load:.2f}")
-    print(f"{'':>10} {'tokens/s':>9} {'seconds':>8} {'steps':>6} {'computed tok':>13} {'peak RSS MiB':>13} {'final loss':>11}")
+    print(
+        f"training bench: {args.records} seed records, LoRA r=16, fp32, {args.batch} records/step, "
+        f"{args.epochs:g} epoch(s), max_length {args.max_length}, our packed rows <= {args.row_tokens} "
+        f"tokens, load average at start {load:.2f}"
+    )
+    print(
+        f"{'':>10} {'tokens/s':>9} {'seconds':>8} {'steps':>6} {'computed tok':>13} {'peak RSS MiB':>13} {'final loss':>11}"
+    )
     for name, result in (("baseline", baseline), ("ours", ours)):
         print(
             f"{name:>10} {result['tokens_per_second']:>9.1f} {result['seconds']:>8.1f} {result['steps']:>6} "
             f"{result['computed_tokens']:>13.0f} {result['peak_rss_mib']:>13.1f} {result['final_loss'] or 0:>11.3f}"
         )
-    print(f"speed-up {speedup:.2f}x (target >= {TARGET_SPEEDUP}x), peak memory ratio {memory:.2f} (target <= 1.00)")
+    print(
+        f"speed-up {speedup:.2f}x (target >= {TARGET_SPEEDUP}x), peak memory ratio {memory:.2f} (target <= 1.00)"
+    )
     return 0 if speedup >= TARGET_SPEEDUP and memory <= 1.0 else 1
 
 
