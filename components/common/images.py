@@ -21,6 +21,6 @@ def package_version() -> str:
 
 def image(name: str) -> str:
     """``<registry>/rtune-<name>:<tag>`` for the images in ``images/`` (base, train, serve)."""
-    registry = os.environ.get("RTUNE_IMAGE_REGISTRY", DEFAULT_REGISTRY).rstrip("/")
+    registry = (os.environ.get("RTUNE_IMAGE_REGISTRY") or DEFAULT_REGISTRY).rstrip("/")
     tag = os.environ.get("RTUNE_IMAGE_TAG") or package_version()
     return f"{registry}/rtune-{name}:{tag}"
