@@ -57,24 +57,27 @@ class Trained:
     summary: dict[str, Any]
 
 
-def configure_runtime() -> None:
+def configure_runtime(uses_deepspeed: bool) -> None:
     """CPU runs: DeepSpeed's CPU accelerator (gloo when oneCCL is absent), single-rank defaults.
 
     DeepSpeed in a plain ``python`` process looks for MPI unless the torch.distributed variables
-    are set, so a one-process run gets them here (torchrun/TrainJob set their own).
+    are set, so a one-process DeepSpeed run gets them here, with a free port (torchrun and
+    TrainJobs set their own). Runs without DeepSpeed get none: they must not start a process group.
     """
     import torch
 
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    for key, value in {
-        "RANK": "0",
-        "LOCAL_RANK": "0",
-        "WORLD_SIZE": "1",
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(29500 + os.getpid() % 1000),
-    }.items():
-        os.environ.setdefault(key, value)
+    if uses_deepspeed and "WORLD_SIZE" not in os.environ:
+        from components.finetune.launch import free_port
+
+        os.environ.update(
+            RANK="0",
+            LOCAL_RANK="0",
+            WORLD_SIZE="1",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(free_port()),
+        )
     # The stage logs its own config; the HF callback's params would collide with it.
     os.environ.setdefault("MLFLOW_MAX_LOG_PARAMS", "0")
 
@@ -99,8 +102,8 @@ def train(job: TrainingJob) -> Trained:
         training_arguments,
     )
 
-    configure_runtime()
     config = from_dict(FinetuneConfig, job.config, "finetune")
+    configure_runtime(bool(config.deepspeed))
     rows = load_rows(localize(job.rows, "inputs"))
     model_path = resolve_model(job.model)
     world = int(os.environ.get("WORLD_SIZE", "1"))
