@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 S3_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -38,6 +39,21 @@ def moto_s3() -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
+
+
+def use_s3(monkeypatch: Any, endpoint: str, cache: Path, bucket: str) -> Any:
+    """Point boto3 at ``endpoint`` (fake credentials, AWS_ENDPOINT_URL), a private RTUNE_CACHE,
+    and make sure ``bucket`` exists; returns a boto3 S3 client."""
+    import boto3
+
+    for key, value in S3_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("RTUNE_CACHE", str(cache))
+    client = boto3.client("s3", endpoint_url=endpoint)
+    if bucket not in [b["Name"] for b in client.list_buckets()["Buckets"]]:
+        client.create_bucket(Bucket=bucket)
+    return client
 
 
 @dataclass

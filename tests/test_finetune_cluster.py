@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from components.common.images import image
@@ -19,7 +18,7 @@ from components.finetune.distributed_job import DistributedJobFailed
 from components.finetune.worker import TrainingJob
 from tests import kube as kube_fixtures
 from tests.crd_schemas import validate_custom_resource
-from tests.servers import S3_ENV, moto_s3
+from tests.servers import S3_ENV, moto_s3, use_s3
 
 kube = kube_fixtures.kube
 kube_api = kube_fixtures.kube_api
@@ -36,14 +35,7 @@ def s3_server() -> Iterator[str]:
 
 @pytest.fixture()
 def s3(s3_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
-    for key, value in S3_ENV.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
-    monkeypatch.setenv("RTUNE_CACHE", str(tmp_path / "cache"))
-    client = boto3.client("s3", endpoint_url=s3_server)
-    if BUCKET not in [b["Name"] for b in client.list_buckets()["Buckets"]]:
-        client.create_bucket(Bucket=BUCKET)
-    return client
+    return use_s3(monkeypatch, s3_server, tmp_path / "cache", BUCKET)
 
 
 def _setup(tmp_path: Path) -> tuple[FinetuneConfig, TrainingJob, Path]:

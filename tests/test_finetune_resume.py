@@ -13,39 +13,24 @@ from pathlib import Path
 
 import pytest
 
-from components.finetune.config import FinetuneConfig
-from components.finetune.data import build_examples, pack_examples, save_rows
-from components.finetune.worker import TrainingJob, last_complete_checkpoint
-from tests.finetune_helpers.records import training_records
+from components.finetune.worker import last_complete_checkpoint
+from tests.finetune_helpers.records import worker_job
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_STEPS = 30
 
 
 def _job(tiny_model_dir: Path, work: Path) -> Path:
-    from components.common.models import load_tokenizer
-
-    examples, _ = build_examples(
-        training_records(24), load_tokenizer(tiny_model_dir), "vicuna", 256
-    )
-    save_rows(pack_examples(examples, 256), work / "rows.jsonl")
-    config = FinetuneConfig(
+    return worker_job(
+        tiny_model_dir,
+        work,
+        24,
         max_steps=MAX_STEPS,
         save_steps=1,
         save_total_limit=3,
         learning_rate=1e-3,
         global_batch_size=1,
-        max_length=256,
     )
-    job = TrainingJob(
-        config=config.__dict__,
-        rows=str(work / "rows.jsonl"),
-        model=str(tiny_model_dir),
-        checkpoint_dir=str(work / "checkpoints"),
-        output_dir=str(work / "output"),
-        report_to=["none"],
-    )
-    return job.save(work / "job.json")
 
 
 def _worker(job: Path) -> subprocess.Popen[bytes]:

@@ -15,11 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from components.finetune.config import FinetuneConfig
-from components.finetune.data import build_examples, pack_examples, save_rows
 from components.finetune.launch import free_port
-from components.finetune.worker import TrainingJob
-from tests.finetune_helpers.records import training_records
+from tests.finetune_helpers.records import training_records, worker_job
 
 pytestmark = [pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,32 +24,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def zero3_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from components.common.models import load_tokenizer
-
     work = tmp_path_factory.mktemp("zero3")
-    examples, _ = build_examples(
-        training_records(16), load_tokenizer(tiny_model_dir), "vicuna", 256
-    )
-    save_rows(pack_examples(examples, 256), work / "rows.jsonl")
-    config = FinetuneConfig(
+    worker_job(
+        tiny_model_dir,
+        work,
+        16,
         method="full",
         deepspeed="zero3",
         max_steps=2,
         learning_rate=1e-3,
         global_batch_size=8,
-        max_length=256,
         save_steps=100,
         nproc_per_node=2,
     )
-    job = TrainingJob(
-        config=config.__dict__,
-        rows=str(work / "rows.jsonl"),
-        model=str(tiny_model_dir),
-        checkpoint_dir=str(work / "checkpoints"),
-        output_dir=str(work / "output"),
-        report_to=["none"],
-    )
-    job.save(work / "job.json")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(DS_ACCELERATOR="cpu", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     command = [

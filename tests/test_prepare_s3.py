@@ -15,7 +15,7 @@ from components.common.records import InputError, read_jsonl
 from components.common.storage import upload_dir
 from components.prepare.config import PrepareConfig
 from components.prepare.prepare import prepare_records
-from tests.servers import S3_ENV, moto_s3
+from tests.servers import moto_s3, use_s3
 
 pytestmark = pytest.mark.integration
 
@@ -37,13 +37,7 @@ def s3_server() -> Iterator[str]:
 @pytest.fixture()
 def s3_endpoint(s3_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
     """Fake credentials, the endpoint in AWS_ENDPOINT_URL, a private download cache, a bucket."""
-    for key, value in S3_ENV.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
-    monkeypatch.setenv("RTUNE_CACHE", str(tmp_path / "cache"))
-    client = boto3.client("s3", endpoint_url=s3_server)
-    if BUCKET not in [b["Name"] for b in client.list_buckets()["Buckets"]]:
-        client.create_bucket(Bucket=BUCKET)
+    use_s3(monkeypatch, s3_server, tmp_path / "cache", BUCKET)
     return s3_server
 
 

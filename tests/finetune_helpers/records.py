@@ -12,3 +12,24 @@ SEED = Path(__file__).resolve().parents[2] / "components" / "prepare" / "data" /
 
 def training_records(count: int) -> list[dict[str, Any]]:
     return [dict(r) for r in read_jsonl(SEED)[:count]]
+
+
+def worker_job(model_dir: Path, work: Path, records: int, **config: Any) -> Path:
+    """Pack ``records`` seed records (vicuna, 256 tokens) and write a worker job file in ``work``."""
+    from components.common.models import load_tokenizer
+    from components.finetune.config import FinetuneConfig
+    from components.finetune.data import build_examples, pack_examples, save_rows
+    from components.finetune.worker import TrainingJob
+
+    tokenizer = load_tokenizer(model_dir)
+    examples, _ = build_examples(training_records(records), tokenizer, "vicuna", 256)
+    save_rows(pack_examples(examples, 256), work / "rows.jsonl")
+    job = TrainingJob(
+        config=FinetuneConfig(max_length=256, **config).__dict__,
+        rows=str(work / "rows.jsonl"),
+        model=str(model_dir),
+        checkpoint_dir=str(work / "checkpoints"),
+        output_dir=str(work / "output"),
+        report_to=["none"],
+    )
+    return job.save(work / "job.json")
