@@ -31,20 +31,18 @@ import uuid
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
+from tests.fakes.loopback import LoopbackHTTPServer
+
 Body = dict[str, Any]
 API = "/apis/v2beta1"
 EQUALS = ("EQUALS", 1)
 GRPC_CODES = {400: 3, 401: 16, 403: 7, 404: 5, 405: 12, 409: 6}  # what grpc-gateway puts in "code"
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
 
 
 class ApiError(Exception):
@@ -92,7 +90,7 @@ def matches(item: Body, filter_json: str | None) -> bool:
     return True
 
 
-class FakeKfpServer:
+class FakeKfpServer(LoopbackHTTPServer):
     """Context manager running the API in a thread; ``url`` is the ``--host`` to pass."""
 
     def __init__(self, token: str | None = None, multi_user: bool = False) -> None:
@@ -106,24 +104,11 @@ class FakeKfpServer:
         self._scripts: dict[str, RunScript] = {}
         self._next_script = RunScript()
         self._lock = threading.Lock()
-        self._httpd = _Server(("127.0.0.1", 0), self._handler_class())
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        super().__init__(self._handler_class())
 
     @property
     def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def __enter__(self) -> FakeKfpServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
+        return self.base_url
 
     # -- what tests set and read --
 

@@ -25,16 +25,13 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.fakes.loopback import LoopbackHTTPServer
 
 Body = dict[str, Any]
 INSTRUCTION = re.compile(r"<instruction>\n(.*?)\n</instruction>", re.DOTALL)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 256  # the default backlog of 5 drops bursts of new connections
 
 
 @dataclass(frozen=True)
@@ -116,7 +113,7 @@ def markerless_reply(body: Body) -> str:
     return "This sample looks fine to me and needs no changes."
 
 
-class FakeOpenAIServer:
+class FakeOpenAIServer(LoopbackHTTPServer):
     """Context manager running the server in a thread; ``url`` is the OpenAI ``base_url``."""
 
     def __init__(
@@ -136,28 +133,15 @@ class FakeOpenAIServer:
         self._faults: deque[Fault] = deque()
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._httpd = _Server(("127.0.0.1", 0), self._handler_class())
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        super().__init__(self._handler_class())
 
     @property
     def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}/v1"
-
-    def __enter__(self) -> FakeOpenAIServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return f"{self.base_url}/v1"
 
     def close(self) -> None:
         self._stop.set()
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
+        super().close()
 
     def inject(self, *faults: Fault) -> None:
         """Queue faults; each of the next requests takes one, in arrival order."""
