@@ -52,11 +52,10 @@ def _model_signature(model_path: Path) -> str:
 
 
 def prepare_rows(
-    selected_path: Path, config: FinetuneConfig, model_path: Path
+    records: list[Any], selected_path: Path, config: FinetuneConfig, model_path: Path
 ) -> tuple[list[Any], ExampleStats]:
     from components.common.models import load_tokenizer
 
-    records = read_jsonl(selected_path)
     tokenizer = load_tokenizer(model_path)
     examples, stats = build_examples(
         records, tokenizer, config.template, config.max_length, source=str(selected_path)
@@ -89,10 +88,10 @@ def run_finetune(
 
     config = from_dict(FinetuneConfig, finetune, "finetune")
     model_path = resolve_model(config.model)
-    rows, stats = prepare_rows(Path(selected_path), config, model_path)
+    selected = read_jsonl(Path(selected_path))
+    rows, stats = prepare_rows(selected, Path(selected_path), config, model_path)
     work = work_dir_for(config, rows_digest(rows), model_path, checkpoint_root)
     with tracked_stage("finetune", kfp_run_id, tracking, config) as run:
-        selected = read_jsonl(Path(selected_path))
         run.log_dataset(selected, source=str(selected_path), name="training", context="training")
         save_rows(rows, work / "rows.jsonl")
         job = TrainingJob(
@@ -113,7 +112,7 @@ def run_finetune(
             copy_outputs(work / "output", outputs, config)
         values = stage_metrics(summary, stats)
         publish_metrics(run, metrics, values, to_parent=True)
-        run.log_json({k: v for k, v in summary.items()}, "finetune/train_summary.json")
+        run.log_json(summary, "finetune/train_summary.json")
         figure = reports.figure_training_loss(summary["loss_history"])
         run.log_figure(figure, "figures/training_loss.png")
         registered = _register(run, config, outputs, selected_path, selected, values, remote)
@@ -207,13 +206,12 @@ def _register(
         store_uri = upload_model(outputs.model_dir, config.model_store.rstrip("/") + "/model").uri
     if not run.active:
         return {"model_store_uri": store_uri} if store_uri else {}
-    from components.common.checkpoint import fingerprint as digest_of
     from components.finetune.registry import register_student
 
     dataset = {
         "name": "training",
         "source": str(selected_path),
-        "digest": digest_of([r.get("id") for r in selected]),
+        "digest": fingerprint([r.get("id") for r in selected]),
     }
     numbers = {k: float(v) for k, v in values.items() if isinstance(v, int | float)}
     registered = register_student(
