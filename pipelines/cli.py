@@ -9,6 +9,9 @@
     rtune score --input F --output F --model default --template vicuna
     rtune select --phase ifd|rifd --records F --scores F --output F
     rtune finetune --selected F --output-dir D [--set finetune.method=full]    # SFT (LoRA/full)
+    rtune quantize --model D --selected F --output-dir D [--set quantize.method=w8a8]
+    rtune serve --model D [--port 8000] [--reasoning-format reflection]      # OpenAI API on loopback
+    rtune evaluate --model-path D --output-dir D                             # vs the base student
     rtune models pull | rtune models path default
     rtune plan --model-size 70B --gpus-per-node 8 --nodes 2 --method full    # memory per GPU
 
@@ -29,6 +32,9 @@ COMMANDS = (
     "score",
     "select",
     "finetune",
+    "quantize",
+    "serve",
+    "evaluate",
     "run",
     "compile",
     "submit",

@@ -8,9 +8,12 @@ A config groups parameters per stage, exactly as the pipeline takes them::
     scoring:   {..., num_shards: 1} # components.scoring.config.ScoringConfig + shard count
     selection: {...}                # components.select_rifd.rules.SelectionConfig
     finetune:  {...}                # components.finetune.config.FinetuneConfig
+    quantize:  {...}                # components.quantize.config.QuantizeConfig
+    serve:     {...}                # components.serve.config.ServeConfig
+    evaluate:  {...}                # components.evaluate.config.EvaluateConfig
     tracking:  {...}                # components.common.tracking.TrackingConfig
     checkpoint_root: ""             # durable checkpoints (default $RTUNE_CACHE/checkpoints)
-    cluster:   {scoring_gpus: 1}    # cluster-only resources (ignored by kfp.local)
+    cluster:   {scoring_gpus: 1, quantize_gpus: 1}   # cluster-only resources (ignored by kfp.local)
     local:     {pipeline_root: rtune-runs}   # kfp.local only
 
 Every section is validated against its typed config when loaded, so a typo fails before any work.
@@ -29,7 +32,18 @@ from components.common.records import InputError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "local.yaml"
-STAGE_SECTIONS = ("prepare", "teacher", "scoring", "selection", "finetune", "tracking")
+STAGE_SECTIONS = (
+    "prepare",
+    "teacher",
+    "scoring",
+    "selection",
+    "finetune",
+    "quantize",
+    "serve",
+    "evaluate",
+    "tracking",
+)
+CLUSTER_KEYS = ("scoring_gpus", "quantize_gpus")
 
 
 @dataclass
@@ -40,6 +54,9 @@ class PipelineConfig:
     scoring: dict[str, Any] = field(default_factory=dict)
     selection: dict[str, Any] = field(default_factory=dict)
     finetune: dict[str, Any] = field(default_factory=dict)
+    quantize: dict[str, Any] = field(default_factory=dict)
+    serve: dict[str, Any] = field(default_factory=dict)
+    evaluate: dict[str, Any] = field(default_factory=dict)
     tracking: dict[str, Any] = field(default_factory=dict)
     checkpoint_root: str = ""
     cluster: dict[str, Any] = field(default_factory=dict)
@@ -55,6 +72,9 @@ class PipelineConfig:
             "scoring": self.scoring,
             "selection": self.selection,
             "finetune": self.finetune,
+            "quantize": self.quantize,
+            "serve": self.serve,
+            "evaluate": self.evaluate,
             "tracking": self.tracking,
             "checkpoint_root": self.checkpoint_root,
         }
@@ -62,6 +82,12 @@ class PipelineConfig:
     def scoring_gpus(self) -> int:
         """GPUs per scoring shard: a compile-time resource of the cluster pipeline."""
         return int(self.cluster.get("scoring_gpus", 1))
+
+    def quantize_gpus(self) -> int:
+        """GPUs of the quantize task (GPTQ calibration runs the model layer by layer)."""
+        if self.quantize.get("method", "w4a16") == "none":
+            return 0
+        return int(self.cluster.get("quantize_gpus", 1))
 
     def finetune_gpus(self) -> int:
         """GPUs of the fine-tune task's own pod: none when a TrainJob does the training."""
@@ -129,10 +155,13 @@ def validate(config: PipelineConfig) -> None:
     """Build every stage's typed config once (raises InputError naming the section and key)."""
     from components.common.config import from_dict
     from components.common.tracking import TrackingConfig
+    from components.evaluate.config import EvaluateConfig
     from components.finetune.config import FinetuneConfig
     from components.prepare.config import PrepareConfig
+    from components.quantize.config import QuantizeConfig
     from components.scoring.task import split_scoring_config
     from components.select_rifd.rules import SelectionConfig
+    from components.serve.config import ServeConfig
     from components.teacher.config import TeacherConfig
 
     source = config.source
@@ -144,9 +173,12 @@ def validate(config: PipelineConfig) -> None:
         raise InputError(f"{source}: scoring", str(err), "fix the scoring section") from None
     from_dict(SelectionConfig, config.selection, f"{source}: selection")
     from_dict(FinetuneConfig, config.finetune, f"{source}: finetune")
+    from_dict(QuantizeConfig, config.quantize, f"{source}: quantize")
+    from_dict(ServeConfig, config.serve, f"{source}: serve")
+    from_dict(EvaluateConfig, config.evaluate, f"{source}: evaluate")
     from_dict(TrackingConfig, config.tracking, f"{source}: tracking")
-    unknown = sorted(set(config.cluster) - {"scoring_gpus"})
+    unknown = sorted(set(config.cluster) - set(CLUSTER_KEYS))
     if unknown:
         raise InputError(
-            f"{source}: cluster", f"unknown key(s) {unknown}", "valid keys: ['scoring_gpus']"
+            f"{source}: cluster", f"unknown key(s) {unknown}", f"valid keys: {list(CLUSTER_KEYS)}"
         )

@@ -135,7 +135,11 @@ def _compile(module: ModuleType, config: PipelineConfig, output: Path, options: 
 
     output.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(
-        module.build_reflection_tuning(config.scoring_gpus(), config.finetune_gpus()),
+        module.build_reflection_tuning(
+            scoring_gpus=config.scoring_gpus(),
+            finetune_gpus=config.finetune_gpus(),
+            quantize_gpus=config.quantize_gpus(),
+        ),
         package_path=str(output),
         pipeline_parameters=config.pipeline_arguments(),
         kubernetes_manifest_format=options is not None,

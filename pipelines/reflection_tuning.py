@@ -3,24 +3,29 @@
 (No `from __future__ import annotations` here: KFP reads the parameter annotations as types.)
 
     prepare -> reflect_instruction -> [score_ifd shards] -> select_ifd
-            -> reflect_response -> [score_rifd shards] -> select_rifd -> finetune
+            -> reflect_response -> [score_rifd shards] -> select_rifd
+            -> finetune -> quantize -> serve -> evaluate
 
 Parameters are grouped per stage as dicts (``prepare``, ``teacher``, ``scoring``, ``selection``,
-``finetune``, ``tracking``); ``pipelines/configs/*.yaml`` hold them. Cluster-only settings (the teacher key from a
-Kubernetes Secret, GPUs for scoring, retries for the teacher) are ignored by ``kfp.local``.
+``finetune``, ``quantize``, ``serve``, ``evaluate``, ``tracking``); ``pipelines/configs/*.yaml``
+hold them. Cluster-only settings (keys from Kubernetes Secrets, GPUs, retries for remote calls)
+are ignored by ``kfp.local``.
 """
 
 from typing import Any
 
 from kfp import dsl, kubernetes
 
+from components.evaluate.component import evaluate as evaluate_component
 from components.finetune.component import finetune as finetune_component
 from components.prepare.component import prepare
+from components.quantize.component import quantize as quantize_component
 from components.reflect_instruction.component import reflect_instruction
 from components.reflect_response.component import reflect_response
 from components.scoring.component import plan_shards, score_shard
 from components.select_ifd.component import select_ifd
 from components.select_rifd.component import select_rifd
+from components.serve.component import serve as serve_component
 
 PIPELINE_NAME = "reflection-tuning"
 TEACHER_SECRET = "rtune-teacher"
@@ -62,7 +67,36 @@ def _finetune_task(task: Any, gpus: int) -> Any:
     return task
 
 
-def build_reflection_tuning(scoring_gpus: int = 1, finetune_gpus: int = 0) -> Any:
+def _quantize_task(task: Any, gpus: int) -> Any:
+    """GPTQ calibration runs the model layer by layer: one GPU; the model store needs S3."""
+    if gpus:
+        task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
+        task.set_memory_request("64Gi").set_cpu_request("8")
+    kubernetes.use_secret_as_env(
+        task, secret_name=S3_SECRET, secret_key_to_env=S3_SECRET_KEYS, optional=True
+    )
+    return task
+
+
+def _serve_task(task: Any) -> Any:
+    """Creates/updates the InferenceService and waits for it: never cached (the cluster changes)."""
+    task.set_caching_options(False)
+    return task
+
+
+def _evaluate_task(task: Any) -> Any:
+    """The judge is the teacher: same Secret; endpoint calls are remote, so retry the task."""
+    task.set_caching_options(False)
+    task.set_retry(num_retries=2, backoff_duration="60s", backoff_factor=2.0)
+    kubernetes.use_secret_as_env(
+        task, secret_name=TEACHER_SECRET, secret_key_to_env=TEACHER_SECRET_KEYS, optional=True
+    )
+    return task
+
+
+def build_reflection_tuning(
+    scoring_gpus: int = 1, finetune_gpus: int = 0, quantize_gpus: int = 0
+) -> Any:
     """The pipeline with cluster resources fixed at compile time.
 
     Resource sizes are compile-time constants (``rtune compile`` reads ``cluster.scoring_gpus``):
@@ -80,6 +114,9 @@ def build_reflection_tuning(scoring_gpus: int = 1, finetune_gpus: int = 0) -> An
         scoring: dict = {},  # noqa: B006
         selection: dict = {},  # noqa: B006
         finetune: dict = {},  # noqa: B006
+        quantize: dict = {},  # noqa: B006
+        serve: dict = {},  # noqa: B006
+        evaluate: dict = {},  # noqa: B006
         tracking: dict = {},  # noqa: B006
         checkpoint_root: str = "",
     ) -> None:
@@ -141,7 +178,7 @@ def build_reflection_tuning(scoring_gpus: int = 1, finetune_gpus: int = 0) -> An
             tracking=tracking,
             kfp_run_id=run_id,
         )
-        _finetune_task(
+        trained = _finetune_task(
             finetune_component(
                 selected=final.outputs["selected"],
                 finetune=finetune,
@@ -150,6 +187,34 @@ def build_reflection_tuning(scoring_gpus: int = 1, finetune_gpus: int = 0) -> An
                 checkpoint_root=checkpoint_root,
             ),
             finetune_gpus,
+        )
+        compressed = _quantize_task(
+            quantize_component(
+                model=trained.outputs["model"],
+                selected=final.outputs["selected"],
+                quantize=quantize,
+                tracking=tracking,
+                kfp_run_id=run_id,
+                checkpoint_root=checkpoint_root,
+            ),
+            quantize_gpus,
+        )
+        served = _serve_task(
+            serve_component(
+                model=compressed.outputs["quantized"],
+                serve=serve,
+                tracking=tracking,
+                kfp_run_id=run_id,
+            )
+        )
+        _evaluate_task(
+            evaluate_component(
+                endpoint=served.outputs["endpoint"],
+                evaluate=evaluate,
+                tracking=tracking,
+                kfp_run_id=run_id,
+                checkpoint_root=checkpoint_root,
+            )
         )
 
     return reflection_tuning

@@ -92,7 +92,7 @@ def test_every_image_a_component_names_has_a_dockerfile() -> None:
         named |= set(re.findall(r"""\bimage\(\s*["'](\w+)["']\s*\)""", path.read_text()))
     assert "base" in named, "no component names an image through components/common/images.py"
     assert named <= set(IMAGE_NAMES), f"components name images without a Dockerfile: {named}"
-    assert {"base", "train", "serve"} <= set(IMAGE_NAMES)
+    assert {"base", "train", "serve", "quantize"} <= set(IMAGE_NAMES)
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=IMAGE_NAMES)
@@ -182,6 +182,21 @@ def test_train_image_keeps_nvcc_for_deepspeed_just_in_time_ops() -> None:
     assert re.search(r"\bDS_BUILD_OPS=0\b", env)
 
 
+def test_quantize_image_runs_llm_compressor_pinned_beside_the_train_images_torch() -> None:
+    text = (ROOT / "images" / "quantize" / "Dockerfile").read_text()
+    final = parse_stages(text)[-1]
+    train = parse_stages((ROOT / "images" / "train" / "Dockerfile").read_text())[-1]
+    # same PyTorch + CUDA release as the training image (only the runtime/devel flavour differs)
+    assert final.base.rsplit("-", 1)[0] == train.base.rsplit("-", 1)[0], (final.base, train.base)
+    pins = (ROOT / "constraints-quantize.txt").read_text()
+    assert f"llmcompressor=={_pin(pins, 'llmcompressor')}" in text
+    assert "-c /src/constraints-quantize.txt" in text
+    env = " ".join(args for keyword, args in final.instructions if keyword == "ENV")
+    venv = re.search(r"\bRTUNE_QUANTIZE_PYTHON=(\S+)/bin/python\b", env)
+    assert venv, "the stage finds llm-compressor's interpreter through RTUNE_QUANTIZE_PYTHON"
+    assert f"python -m venv --system-site-packages {venv.group(1)}" in text
+
+
 def test_serve_image_uses_the_vllm_version_of_the_serving_runtime() -> None:
     base = parse_stages((ROOT / "images" / "serve" / "Dockerfile").read_text())[-1].base
     assert base.startswith("vllm/vllm-openai:v"), base
@@ -206,9 +221,25 @@ def test_dockerignore_drops_local_state_and_keeps_what_the_images_copy() -> None
         for line in (ROOT / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    for local in (".venv", ".git", "tests", "mlruns", "mlflow.db", "rtune-runs", ".pytest_cache"):
+    for local in (
+        ".venv",
+        ".venv-quantize",
+        ".git",
+        "tests",
+        "mlruns",
+        "mlflow.db",
+        "rtune-runs",
+        ".pytest_cache",
+    ):
         assert _ignored(local, patterns), f".dockerignore should exclude {local}"
-    copied = {"pyproject.toml", "README.md", "constraints-cpu.txt", "components", "pipelines"}
+    copied = {
+        "pyproject.toml",
+        "README.md",
+        "constraints-cpu.txt",
+        "constraints-quantize.txt",
+        "components",
+        "pipelines",
+    }
     for dockerfile in DOCKERFILES:
         for stage in parse_stages(dockerfile.read_text()):
             for keyword, args in stage.instructions:

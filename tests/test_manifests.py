@@ -470,12 +470,16 @@ def test_prod_mlflow_reads_postgres_from_the_secret_and_survives_disruption() ->
 
 @pytest.mark.parametrize("kustomization", PLATFORM)
 def test_vllm_runtime_serves_mnt_models_on_8080_with_a_gpu(kustomization: str) -> None:
+    from components.common.images import DEFAULT_REGISTRY, package_version
+
     runtime = find(render(kustomization), "ServingRuntime", "rtune-vllm")
     [container] = runtime["spec"]["containers"]
     dockerfile = (ROOT / "images" / "serve" / "Dockerfile").read_text()
-    serve_base = re.search(r"^FROM (vllm/vllm-openai:v[\w.]+)", dockerfile, re.MULTILINE)
-    assert serve_base, "images/serve/Dockerfile no longer starts from vllm/vllm-openai:<tag>"
-    assert container["image"] == serve_base.group(1), "one vLLM release for runtime and image"
+    assert re.search(r"^FROM vllm/vllm-openai:v[\w.]+", dockerfile, re.MULTILINE), (
+        "images/serve/Dockerfile no longer starts from vllm/vllm-openai:<tag>"
+    )
+    # the rtune-serve image (vLLM + the project's reasoning-parser plugin) of this release
+    assert container["image"] == f"{DEFAULT_REGISTRY}/rtune-serve:{package_version()}"
     assert {"--model=/mnt/models", "--port=8080"} <= set(container["args"])
     assert [p["containerPort"] for p in container["ports"]] == [8080]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"

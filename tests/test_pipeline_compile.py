@@ -52,8 +52,24 @@ def test_compiled_pipeline_has_every_stage_and_cluster_settings(tmp_path: Path) 
         "reflect-response",
         "select-rifd",
         "finetune",
+        "quantize",
+        "serve",
+        "evaluate",
     }
     assert stages <= set(tasks)
+    # the DESIGN.md §2 tail: finetune -> quantize -> serve -> evaluate
+    assert tasks["quantize"]["inputs"]["artifacts"]["model"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "model",
+        "producerTask": "finetune",
+    }
+    assert tasks["serve"]["inputs"]["artifacts"]["model"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "quantized",
+        "producerTask": "quantize",
+    }
+    assert tasks["evaluate"]["inputs"]["artifacts"]["endpoint"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "endpoint",
+        "producerTask": "serve",
+    }
     assert (
         sum(1 for name in tasks if name.startswith("for-loop")) == 2
     )  # two ParallelFor over shards
@@ -64,11 +80,16 @@ def test_compiled_pipeline_has_every_stage_and_cluster_settings(tmp_path: Path) 
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     secrets = {name: e["secretAsEnv"][0] for name, e in executors.items() if "secretAsEnv" in e}
     teacher = [m for m in secrets.values() if m["secretName"] == "rtune-teacher"]
-    assert len(teacher) == 2  # both teacher stages
+    assert len(teacher) == 3  # both teacher stages and the judge (evaluate)
     for mapping in teacher:
         assert mapping["keyToEnv"] == [{"secretKey": "api_key", "envVar": "OPENAI_API_KEY"}]
-    (s3,) = [m for m in secrets.values() if m["secretName"] == "rtune-s3"]  # finetune
-    assert {k["envVar"] for k in s3["keyToEnv"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    s3 = [m for m in secrets.values() if m["secretName"] == "rtune-s3"]
+    assert len(s3) == 2  # finetune and quantize (the model store)
+    for mapping in s3:
+        assert {k["envVar"] for k in mapping["keyToEnv"]} == {
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+        }
     containers = spec["deploymentSpec"]["executors"]
     scoring = [c["container"] for name, c in containers.items() if "score-shard" in name]
     assert scoring and all(
@@ -77,10 +98,13 @@ def test_compiled_pipeline_has_every_stage_and_cluster_settings(tmp_path: Path) 
     (train,) = [c["container"] for name, c in containers.items() if "finetune" in name]
     assert train["image"].startswith("ghcr.io/rtune/rtune-train:")
     assert train["resources"]["accelerator"]["count"] == "8"  # torchrun over the pod's 8 GPUs
+    (squeeze,) = [c["container"] for name, c in containers.items() if "quantize" in name]
+    assert squeeze["image"].startswith("ghcr.io/rtune/rtune-quantize:")
+    assert squeeze["resources"]["accelerator"]["count"] == "1"  # cluster.quantize_gpus
     assert all(
         c["container"]["image"].startswith("ghcr.io/rtune/rtune-base:")
         for name, c in containers.items()
-        if "finetune" not in name
+        if "finetune" not in name and "quantize" not in name
     )
 
 
@@ -106,6 +130,7 @@ def test_image_registry_and_tag_are_overridable(
     assert images == {
         "registry.example.org/ml/rtune-base:1.2.3",
         "registry.example.org/ml/rtune-train:1.2.3",
+        "registry.example.org/ml/rtune-quantize:1.2.3",
     }
 
 
@@ -120,6 +145,9 @@ def test_every_shipped_config_loads_and_validates(path: Path) -> None:
         "scoring",
         "selection",
         "finetune",
+        "quantize",
+        "serve",
+        "evaluate",
         "tracking",
         "checkpoint_root",
     }

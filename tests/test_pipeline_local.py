@@ -1,4 +1,4 @@
-"""The selection half end to end through kfp.local on 8 seed records with the embedded model.
+"""The whole DAG end to end through kfp.local on 8 seed records with the embedded model.
 
 Student and teacher are both the real embedded default (SmolLM2-135M-Instruct); MLflow is a sqlite
 store. This is the test a newcomer's `make demo` mirrors, on a smaller slice.
@@ -35,6 +35,13 @@ def local_run(tmp_path_factory: pytest.TempPathFactory, embedded_model_dir: Path
         "finetune.max_steps=2",
         "finetune.max_length=512",
         "finetune.registered_model=local-student",
+        "quantize.calibration_records=8",
+        "quantize.max_seq_length=128",
+        "quantize.heldout_records=2",
+        "quantize.max_perplexity_increase=10",
+        "evaluate.suite_limit=3",
+        "evaluate.judge_limit=1",
+        "evaluate.max_new_tokens=24",
         f"local.pipeline_root={work / 'runs'}",
         f"checkpoint_root={work / 'checkpoints'}",
     ]
@@ -89,6 +96,9 @@ def test_mlflow_has_one_parent_and_a_nested_run_per_stage(local_run) -> None:
         "reflect_response",
         "select_rifd",
         "finetune",
+        "quantize",
+        "serve",
+        "evaluate",
     } <= set(names)
     assert names["score_ifd-shard-0"] == 1 and names["score_ifd-shard-1"] == 1
     contexts = {
@@ -118,3 +128,30 @@ def test_finetune_trains_on_the_selected_records_and_registers_the_candidate(loc
     assert version.tags["rtune.training_dataset.source"].endswith("selected")
     printed = "\n".join(summary_lines(local_run))
     assert "training loss:" in printed and "over 2 steps" in printed
+
+
+def test_quantize_serve_evaluate_finish_the_dag(local_run) -> None:
+    import json
+
+    import mlflow
+
+    from pipelines.commands.run import summary_lines
+
+    client = mlflow.MlflowClient(local_run.tracking_uri)
+    parent = client.get_run(local_run.mlflow_run_id)
+    metrics = parent.data.metrics
+    # a real int4 model: well under half the fp32 size, perplexity measured on both
+    assert 0 < metrics["size_ratio"] < 0.5
+    assert metrics["perplexity_quantized"] > 0 and metrics["perplexity_unquantized"] > 0
+    assert (local_run.quantized / "config.json").exists()
+    spec = json.loads(local_run.endpoint.read_text())
+    assert spec["kind"] == "local" and spec["base_url"].startswith("http://127.0.0.1:")
+    assert metrics["smoke_ok"] == 1 and parent.data.tags["rtune.endpoint"]
+    results = json.loads(local_run.evaluation.read_text())
+    summary = results.get("summary", results)
+    assert 0 <= summary["suite_accuracy_candidate"] <= 1
+    assert summary["judge_wins"] + summary["judge_ties"] + summary["judge_losses"] == 1
+    assert "<img" in local_run.evaluation_report.read_text()
+    printed = "\n".join(summary_lines(local_run))
+    for line in ("quantized model:", "served endpoint:", "smoke test ok", "evaluation:"):
+        assert line in printed

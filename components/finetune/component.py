@@ -18,7 +18,10 @@ def finetune(
     metrics: Output[Metrics],
     report: Output[HTML],
 ) -> None:
-    """LoRA / QLoRA / full fine-tuning (ZeRO-3 when configured); registers the model as `candidate`."""
+    """LoRA / QLoRA / full fine-tuning (ZeRO-3 when configured); registers the model as `candidate`.
+
+    Not the last stage: quantize, serve and evaluate follow (evaluate closes the MLflow parent run).
+    """
     from pathlib import Path
 
     from components.finetune.task import FinetuneOutputs, run_finetune
@@ -31,6 +34,7 @@ def finetune(
         FinetuneOutputs(Path(adapter.path), Path(model.path), Path(report.path)),
         checkpoint_root,
         metrics,
+        last_stage=False,
     )
     for artifact in (adapter, model):
         artifact.metadata.update(

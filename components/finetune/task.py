@@ -222,7 +222,11 @@ def _register(
         numbers,
     )
     run.set_tags(
-        {"rtune.model_version": registered.version, "rtune.model_uri": registered.model_uri},
+        {
+            "rtune.registered_model": registered.name,
+            "rtune.model_version": registered.version,
+            "rtune.model_uri": registered.model_uri,
+        },
         to_parent=True,
     )
     return {

@@ -40,6 +40,10 @@ class LocalRunResult:
     model: Path
     adapter: Path
     training_report: Path
+    quantized: Path
+    endpoint: Path
+    evaluation: Path
+    evaluation_report: Path
     mlflow_run_id: str | None
     tracking_uri: str
     seconds: float
@@ -76,6 +80,10 @@ def run_locally(
         model=run_dir / "finetune" / "model",
         adapter=run_dir / "finetune" / "adapter",
         training_report=run_dir / "finetune" / "report",
+        quantized=run_dir / "quantize" / "quantized",
+        endpoint=run_dir / "serve" / "endpoint",
+        evaluation=run_dir / "evaluate" / "results",
+        evaluation_report=run_dir / "evaluate" / "report",
         mlflow_run_id=_parent_run_id(tracking_uri, tracking.experiment, started)
         if tracking.enabled
         else None,
@@ -126,6 +134,8 @@ def summary_lines(result: LocalRunResult) -> list[str]:
         f"  all decisions:    {result.decisions}",
         f"  HTML report:      {result.report}",
         *training_lines(result),
+        *serving_lines(result),
+        *evaluation_lines(result),
         f"  pipeline outputs: {result.run_dir}",
     ]
     if result.mlflow_run_id:
@@ -155,6 +165,80 @@ def training_lines(result: LocalRunResult) -> list[str]:
                 f"(alias candidate) {tags.get('rtune.model_uri', '')}"
             )
     lines.append(f"  training report:  {result.training_report}")
+    return lines
+
+
+def _parent_values(result: LocalRunResult) -> tuple[dict[str, float], dict[str, str]]:
+    if not result.mlflow_run_id:
+        return {}, {}
+    import mlflow
+
+    run = mlflow.MlflowClient(result.tracking_uri).get_run(result.mlflow_run_id)
+    return dict(run.data.metrics), dict(run.data.tags)
+
+
+def serving_lines(result: LocalRunResult) -> list[str]:
+    """Quantized size and quality, and the served endpoint's smoke test."""
+    import json
+
+    lines = []
+    metrics, tags = _parent_values(result)
+    if result.quantized.exists():
+        size = metrics.get("size_mb_quantized")
+        before = metrics.get("size_mb_unquantized")
+        detail = ""
+        if size is not None and before is not None:
+            detail = (
+                f" {size:.0f} MB (was {before:.0f} MB, x{metrics.get('size_ratio', 0):.2f}), "
+                f"response perplexity {metrics.get('perplexity_unquantized', float('nan')):.2f} -> "
+                f"{metrics.get('perplexity_quantized', float('nan')):.2f}"
+            )
+        method = tags.get("rtune.quantization", "")
+        lines.append(f"  quantized model:  {method}{detail}")
+        lines.append(f"                    {result.quantized}")
+    if result.endpoint.exists():
+        spec = json.loads(result.endpoint.read_text(encoding="utf-8"))
+        smoke = spec.get("smoke", {})
+        status = "ok" if metrics.get("smoke_ok", 0) >= 1 or smoke.get("ok") else "FAILED"
+        latency = metrics.get("smoke_latency_s", smoke.get("latency_s"))
+        timing = f" in {latency:.1f} s" if isinstance(latency, int | float) else ""
+        lines.append(
+            f"  served endpoint:  {spec.get('server', '')} {spec.get('kind', '')} "
+            f"{spec.get('base_url', '')} (stopped after the run) smoke test {status}{timing}"
+        )
+        reply = smoke.get("reply") or tags.get("rtune.smoke_reply", "")
+        if reply:
+            lines.append(f"                    reply: {reply[:70]!r}")
+    return lines
+
+
+def evaluation_lines(result: LocalRunResult) -> list[str]:
+    """Fine-tuned vs base on the verifiable suite and the pairwise judge; the champion alias."""
+    import json
+
+    if not result.evaluation.exists():
+        return []
+    values = json.loads(result.evaluation.read_text(encoding="utf-8"))
+    summary = values.get("summary", values)
+    lines = []
+    if "suite_accuracy_candidate" in summary:
+        lines.append(
+            f"  evaluation:       suite accuracy fine-tuned {summary['suite_accuracy_candidate']:.2f}"
+            f" vs base {summary.get('suite_accuracy_base', float('nan')):.2f}"
+        )
+    if "judge_wins" in summary:
+        lines.append(
+            f"                    judge (both orders) wins/ties/losses "
+            f"{summary['judge_wins']}/{summary.get('judge_ties', 0)}/{summary.get('judge_losses', 0)}"
+            f", win rate {summary.get('judge_win_rate', float('nan')):.2f}"
+        )
+    verdict = "beats" if summary.get("candidate_beats_base") else "does not beat"
+    promoted = summary.get("champion_version") or ""
+    lines.append(
+        f"                    fine-tuned {verdict} base on {summary.get('primary_metric', '?')}"
+        + (f" -> alias champion on version {promoted}" if promoted else "")
+    )
+    lines.append(f"  evaluation report: {result.evaluation_report}")
     return lines
 
 

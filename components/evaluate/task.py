@@ -1,0 +1,391 @@
+"""The evaluate stage as a pipeline task: the served candidate against the base student.
+
+    endpoint.json -> candidate answers (served endpoint) ─┐
+    base_model / base_url -> base answers (served too) ───┼─> verifiable suite (accuracy by category)
+                                                          ├─> pairwise judge (teacher, both orders)
+    benchmarks -> lm-evaluation-harness on both endpoints ┘
+                  -> MLflow: metrics, per-item tables, comparison figure, HTML report, results
+                     JSON; alias ``champion`` on the registered version when the candidate wins
+
+Every answer and verdict is checkpointed as it arrives (``<checkpoint_root>/evaluate/<models
+fingerprint>/evaluation.partial.jsonl``), keyed by a digest of what produced it; a killed or
+re-run evaluation asks only what it does not have, and does not even start a model server when
+it has everything.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any
+
+from components.common.checkpoint import RecordCheckpoint, fingerprint
+from components.common.config import from_dict
+from components.common.stage import MetricsSink, publish_metrics, tracked_stage
+from components.common.storage import cache_root
+from components.evaluate.answers import ChatModel, Question, SharedCheckpoint, ask_all, pending
+from components.evaluate.config import EvaluateConfig
+from components.evaluate.evaluation import (
+    ROLES,
+    Evaluation,
+    answer_texts,
+    assemble,
+    decide,
+    mean_latency,
+    questions,
+)
+from components.evaluate.judge import HeldoutItem, load_heldout, pending_jobs, run_judge
+from components.evaluate.suite import SuiteItem, load_suite
+
+CHECKPOINT_HEADER = "rtune-evaluate-v1"  # identity lives in each key's digest
+
+
+def run_evaluate(
+    endpoint_path: Path,
+    evaluate: Mapping[str, Any] | None,
+    tracking: Mapping[str, Any] | None,
+    kfp_run_id: str,
+    report_path: Path | None,
+    results_path: Path | None,
+    metrics: MetricsSink | None = None,
+    last_stage: bool = True,
+    checkpoint_root: str = "",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate the served candidate against the base; returns the stage summary."""
+    from components.evaluate.champion import promote
+    from components.evaluate.lm_eval import NOT_INSTALLED, lm_eval_installed
+    from components.serve.endpoint import EndpointSpec
+
+    config = from_dict(EvaluateConfig, evaluate, "evaluate")
+    if config.lm_eval_tasks and not lm_eval_installed():
+        raise RuntimeError(NOT_INSTALLED.format(tasks=config.lm_eval_tasks))
+    spec = EndpointSpec.load(endpoint_path)
+    suite = load_suite(config.suite, config.suite_limit) if config.suite_limit != 0 else []
+    heldout = load_heldout(config.heldout, config.judge_limit) if config.judge_limit != 0 else []
+    started = time.perf_counter()
+    with tracked_stage("evaluate", kfp_run_id, tracking, config) as run:
+        _log_inputs(run, config, suite, heldout)
+        evaluation, latency = _evaluate(spec, config, suite, heldout, checkpoint_root, progress)
+        decision = decide(config, evaluation.metrics)
+        evidence = {decision.metric: decision.candidate}
+        promotion = promote(run, decision.beats, config.champion_alias, evidence)
+        summary = {
+            **evaluation.metrics,
+            **latency,
+            "primary_metric": decision.metric,
+            "primary_candidate": decision.candidate,
+            "primary_reference": decision.reference,
+            "candidate_beats_base": decision.beats,
+            "champion_version": promotion.version,
+            "decision": f"{decision.note}; {promotion.note}",
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        _publish(run, metrics, summary, evaluation, report_path, results_path)
+        if last_stage:
+            run.finish_pipeline()
+    return summary
+
+
+def _evaluate(
+    spec: Any,
+    config: EvaluateConfig,
+    suite: Sequence[SuiteItem],
+    heldout: Sequence[HeldoutItem],
+    checkpoint_root: str,
+    progress: bool,
+) -> tuple[Evaluation, dict[str, float]]:
+    """Answers from both models, lm-eval on both, the judge's verdicts -> the evaluation."""
+    reasoning = (
+        "reflection" if "reflection" in (config.reasoning_format, spec.reasoning_format) else "none"
+    )
+    identity = {"candidate": candidate_identity(spec), "base": base_identity(config)}
+    servers = {
+        "candidate": (spec.server or "auto") if spec.kind == "local" else None,
+        "base": None if config.base_url else config.server,
+    }
+    openers: dict[str, Callable[[], AbstractContextManager[Any]]] = {
+        "candidate": lambda: _candidate_endpoint(spec, config),
+        "base": lambda: base_endpoint(config, reasoning),
+    }
+    work = work_dir_for(identity, checkpoint_root)
+    texts: dict[str, dict[str, dict[str, str]]] = {}
+    lm_eval: dict[str, dict[str, float]] = {}
+    latency: dict[str, float] = {}
+    with RecordCheckpoint(work / "evaluation.partial.jsonl", CHECKPOINT_HEADER) as checkpoint:
+        store = SharedCheckpoint(checkpoint)
+        for role in ROLES:
+            shaped = fingerprint(identity[role], config.result_shaping(), reasoning)
+            asked = questions(suite, heldout, role, shaped)
+            lm_key = f"lm_eval/{role}#{fingerprint(shaped, config.lm_eval_tasks, config.lm_eval_limit)[:12]}"
+            concurrency = config.answer_concurrency(_local_server(servers[role]))
+            _answer(openers[role], role, asked, lm_key, store, config, concurrency, work, progress)
+            texts[role] = answer_texts(asked, store.done, reasoning)
+            lm_eval[role] = store.done.get(lm_key, {})
+            latency[f"answer_latency_s_{role}"] = mean_latency(asked, store.done)
+        judge = fingerprint(config.judge_config().result_shaping())
+        if heldout:
+            _judge(config, heldout, texts, store, judge, progress)
+        evaluation = assemble(suite, heldout, texts, store.done, lm_eval, judge)
+    return evaluation, latency
+
+
+def _answer(
+    opener: Callable[[], AbstractContextManager[Any]],
+    role: str,
+    asked: Sequence[Question],
+    lm_key: str,
+    store: SharedCheckpoint,
+    config: EvaluateConfig,
+    concurrency: int,
+    work: Path,
+    progress: bool,
+) -> None:
+    """Open the endpoint only if something is missing: answers, or lm-eval results."""
+    needs_lm = bool(config.lm_eval_tasks) and lm_key not in store.done
+    if not pending(asked, store.done) and not needs_lm:
+        return
+    with opener() as endpoint:
+        ask_all(
+            endpoint,
+            asked,
+            store,
+            config.max_new_tokens,
+            config.temperature,
+            concurrency,
+            desc=f"{role} answers",
+            progress=progress,
+        )
+        if needs_lm:
+            store.add(lm_key, benchmarks(endpoint, config, work / "lm_eval" / role))
+
+
+def _judge(
+    config: EvaluateConfig,
+    heldout: Sequence[HeldoutItem],
+    texts: Mapping[str, Mapping[str, Mapping[str, str]]],
+    store: SharedCheckpoint,
+    judge: str,
+    progress: bool,
+) -> None:
+    """Build the judge (a teacher backend) only when a verdict is missing; checkpoint each."""
+    from tqdm import tqdm
+
+    from components.teacher.factory import make_teacher
+
+    candidate, base = (texts[role]["heldout"] for role in ROLES)
+    if not pending_jobs(heldout, candidate, base, store.done, judge):
+        return
+    teacher = make_teacher(config.judge_config())
+    jobs = pending_jobs(heldout, candidate, base, store.done, judge, prefill=teacher.prefills)
+    total = 2 * len(heldout)
+    with tqdm(
+        total=total, initial=total - len(jobs), desc="judge verdicts", disable=not progress
+    ) as bar:
+
+        def record(key: str, verdict: dict[str, Any]) -> None:
+            store.add(key, verdict)
+            bar.update(1)
+
+        run_judge(teacher, jobs, record)
+
+
+def benchmarks(endpoint: Any, config: EvaluateConfig, out: Path) -> dict[str, float]:
+    """lm-eval metrics for one endpoint: generative tasks via chat, loglikelihood via completions."""
+    from components.evaluate.lm_eval import run_lm_eval
+
+    common = {
+        "limit": config.lm_eval_limit,
+        "num_concurrent": config.lm_eval_concurrency,
+        "api_key_env": endpoint.api_key_env,
+    }
+    results: dict[str, float] = {}
+    if config.benchmarks:
+        results |= run_lm_eval(
+            endpoint.base_url,
+            endpoint.model,
+            config.benchmarks,
+            out / "chat",
+            cache=out / "chat-cache" / "requests",
+            **common,
+        )
+    if config.loglikelihood_benchmarks:
+        results |= run_lm_eval(
+            endpoint.base_url,
+            endpoint.model,
+            config.loglikelihood_benchmarks,
+            out / "completions",
+            cache=out / "completions-cache" / "requests",
+            loglikelihood=True,
+            tokenizer=config.lm_eval_tokenizer,
+            **common,
+        )
+    return results
+
+
+# -- endpoints and identities ------------------------------------------------------------------
+
+
+@contextmanager
+def _candidate_endpoint(spec: Any, config: EvaluateConfig) -> Iterator[ChatModel]:
+    from components.serve.endpoint import open_endpoint
+
+    with open_endpoint(spec, timeout_s=config.timeout_s) as endpoint:
+        yield endpoint
+
+
+@contextmanager
+def base_endpoint(config: EvaluateConfig, reasoning_format: str = "none") -> Iterator[ChatModel]:
+    """The base student: a served model at ``base_url``, or ``base_model`` served on loopback."""
+    from components.serve.client import ChatEndpoint
+
+    if config.base_url:
+        yield ChatEndpoint(
+            config.base_url,
+            config.base_served_model,
+            api_key_env=config.base_api_key_env,
+            timeout_s=config.timeout_s,
+            reasoning_format=reasoning_format,
+        )
+        return
+    from components.common.models import resolve_model
+    from components.serve.local_server import LocalServer
+
+    path = resolve_model(config.base_model)
+    with LocalServer(path, server=config.server, reasoning_format=reasoning_format) as server:
+        yield server.endpoint(timeout_s=config.timeout_s)
+
+
+def _local_server(server: str | None) -> str | None:
+    """The server a local endpoint will run (``auto`` resolved); ``None`` for a served one."""
+    if server is None:
+        return None
+    from components.serve.local_server import resolve_server
+
+    return resolve_server(server)
+
+
+def model_signature(folder: Path) -> str:
+    """Config text + weight file sizes and times: a model re-trained into the same folder is a
+    different model."""
+    config = folder / "config.json"
+    weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in weights]
+    return fingerprint(config.read_text(encoding="utf-8") if config.exists() else "", stats)
+
+
+def candidate_identity(spec: Any) -> str:
+    if spec.kind == "local":
+        return f"local:{spec.model_path}:{model_signature(Path(spec.model_path))}"
+    return f"{spec.kind}:{spec.base_url}:{spec.model}"
+
+
+def base_identity(config: EvaluateConfig) -> str:
+    if config.base_url:
+        return f"remote:{config.base_url}:{config.base_served_model}"
+    from components.common.models import resolve_model
+
+    path = resolve_model(config.base_model)
+    return f"local:{path}:{model_signature(path)}"
+
+
+def work_dir_for(identity: Mapping[str, str], root: str) -> Path:
+    key = fingerprint("evaluate", identity["candidate"], identity["base"])
+    return Path(root or cache_root() / "checkpoints") / "evaluate" / key
+
+
+# -- outputs ----------------------------------------------------------------------------------
+
+
+def _log_inputs(
+    run: Any, config: EvaluateConfig, suite: Sequence[SuiteItem], heldout: Sequence[HeldoutItem]
+) -> None:
+    """The evaluation data as MLflow ``eval`` datasets (source: the file, or the user's s3:// URI)."""
+    if suite:
+        rows = [{"id": i.id, "category": i.category, "prompt": i.prompt} for i in suite]
+        source = _dataset_source(config.suite, "builtin:suite")
+        run.log_dataset(rows, source=source, name="eval-suite", context="eval")
+    if heldout:
+        rows = [{"id": i.id, "instruction": i.instruction, "input": i.input} for i in heldout]
+        source = _dataset_source(config.heldout, "builtin:heldout")
+        run.log_dataset(rows, source=source, name="eval-heldout", context="eval")
+
+
+def _dataset_source(spec: str, builtin_example: str) -> str:
+    """MLflow resolves file paths and s3:// URIs, not ``builtin:`` names: give it the shipped file."""
+    if spec.startswith("builtin:"):
+        from components.evaluate.datafiles import resolve_data_file
+
+        return str(resolve_data_file(spec, builtin_example))
+    return spec
+
+
+def _publish(
+    run: Any,
+    sink: MetricsSink | None,
+    summary: Mapping[str, Any],
+    evaluation: Evaluation,
+    report_path: Path | None,
+    results_path: Path | None,
+) -> None:
+    """Metrics (MLflow parent + KFP), tables, figure, report page and results JSON."""
+    from components.evaluate.report import figure_comparison, html_page
+
+    numbers = {**summary, "candidate_beats_base": float(summary["candidate_beats_base"])}
+    publish_metrics(run, sink, numbers, to_parent=True)
+    run.set_tags(
+        {
+            "rtune.evaluation": summary["decision"],
+            "rtune.champion_version": summary["champion_version"],
+        },
+        to_parent=True,
+    )
+    run.log_table(evaluation.suite_rows, "evaluate/suite_items.json")
+    run.log_table(evaluation.judge_rows, "evaluate/judge_items.json")
+    counts = _judge_counts(evaluation)
+    figure = figure_comparison(evaluation.paired, counts)
+    run.log_figure(figure, "figures/evaluation.png")
+    results = {
+        "summary": dict(summary),
+        "suite": evaluation.suite_rows,
+        "judge": evaluation.judge_rows,
+    }
+    run.log_json(results, "evaluate/results.json")
+    if results_path is not None:
+        Path(results_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(results_path).write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
+    if report_path is not None:
+        page = html_page(
+            "Evaluation: the fine-tuned candidate against the base student",
+            str(summary["decision"]),
+            summary,
+            evaluation.paired,
+            counts,
+            figure,
+            [
+                ("suite-items", "Verifiable suite, item by item", evaluation.suite_rows),
+                (
+                    "judge-items",
+                    "Pairwise judge, instruction by instruction",
+                    evaluation.judge_rows,
+                ),
+            ],
+        )
+        Path(report_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(report_path).write_text(page, encoding="utf-8")
+        run.log_text(page, "reports/evaluate.html")
+
+
+def _judge_counts(evaluation: Evaluation) -> dict[str, int] | None:
+    judge = evaluation.judge
+    if judge is None:
+        return None
+    return {
+        "win": judge.wins,
+        "tie": judge.ties,
+        "loss": judge.losses,
+        "unparseable": judge.unparseable,
+    }

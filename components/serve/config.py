@@ -1,0 +1,86 @@
+"""The serve stage's typed config (``serve:`` in the pipeline YAML).
+
+Defaults serve the model locally (``transformers serve`` on CPU, vLLM where a GPU and vLLM are
+there) for the smoke test; ``backend: kserve`` deploys it as a KServe InferenceService on the
+shipped ``rtune-vllm`` runtime instead.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from components.serve.client import REASONING_FORMATS, SMOKE_PROMPT
+from components.serve.local_server import SERVERS
+
+BACKENDS = ("local", "kserve")
+_DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_SCHEMES = ("s3://", "gs://", "pvc://", "hf://", "https://", "oci://")
+
+
+@dataclass
+class ServeConfig:
+    """Where the model is served and how the stage checks that it answers."""
+
+    backend: str = field(default="local", metadata={"help": "local | kserve"})
+    server: str = field(default="auto", metadata={"help": "local: auto | transformers | vllm"})
+    port: int = field(default=0, metadata={"help": "local: 0 = a free port"})
+    startup_timeout_s: float = 600.0
+    reasoning_format: str = field(
+        default="none", metadata={"help": "reflection = return <thinking>/<reflection> apart"}
+    )
+    smoke_prompt: str = SMOKE_PROMPT
+    smoke_max_tokens: int = 16
+    # KServe
+    name: str = field(default="rtune-student", metadata={"help": "InferenceService name"})
+    namespace: str = field(default="", metadata={"help": "'' = the pod's namespace"})
+    runtime: str = "rtune-vllm"
+    gpus: int = field(
+        default=1, metadata={"help": "per replica; > 1 adds --tensor-parallel-size; 0 = runtime's"}
+    )
+    cpu: str = field(default="", metadata={"help": "'' = the runtime's request"})
+    memory: str = field(default="", metadata={"help": "'' = the runtime's request"})
+    timeout_s: float = field(default=1800.0, metadata={"help": "wait for Ready at most this long"})
+    poll_interval_s: float = 10.0
+    service_account: str = field(
+        default="", metadata={"help": "pulls the model from S3 (KServe storage initializer)"}
+    )
+    storage_uri: str = field(
+        default="", metadata={"help": "'' = the model artifact's MODEL_URI.txt"}
+    )
+    min_replicas: int = 1
+    max_replicas: int = 1
+    extra_args: list[str] = field(
+        default_factory=list, metadata={"help": "more vLLM flags, e.g. --max-model-len=8192"}
+    )
+
+    def __post_init__(self) -> None:
+        _one_of("backend", self.backend, BACKENDS)
+        _one_of("server", self.server, SERVERS)
+        _one_of("reasoning_format", self.reasoning_format, REASONING_FORMATS)
+        if isinstance(self.extra_args, str):
+            self.extra_args = self.extra_args.split()
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"port must be 0 (a free port) or a TCP port, got {self.port}")
+        for name in ("startup_timeout_s", "timeout_s", "poll_interval_s", "smoke_max_tokens"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.gpus < 0 or self.min_replicas < 0 or self.max_replicas < max(1, self.min_replicas):
+            raise ValueError(
+                "need gpus >= 0, min_replicas >= 0 and max_replicas >= max(1, min_replicas); got "
+                f"gpus={self.gpus}, min_replicas={self.min_replicas}, max_replicas={self.max_replicas}"
+            )
+        if len(self.name) > 45 or not _DNS_1035.match(self.name):
+            raise ValueError(
+                f"name {self.name!r} must be a DNS-1035 label of at most 45 characters "
+                "(a-z, 0-9, '-', starting with a letter): KServe derives service names from it"
+            )
+        if self.storage_uri and not self.storage_uri.startswith(_SCHEMES):
+            raise ValueError(
+                f"storage_uri {self.storage_uri!r} must start with one of {list(_SCHEMES)}"
+            )
+
+
+def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")

@@ -1,0 +1,323 @@
+"""Serve the model on the cluster: a KServe ``InferenceService`` on the ``rtune-vllm`` runtime.
+
+    obj = build_inference_service("rtune-student", "team-a", "s3://models/run-1/model", gpus=1,
+                                  reasoning_format="reflection")
+    custom = client.CustomObjectsApi(load_api_client())
+    create_or_update(custom, obj)                          # a re-run updates, never duplicates
+    ready = wait_ready(custom, "team-a", "rtune-student", timeout_s=1800)
+    ready.base_url                                        # http://…/v1, vLLM's OpenAI API
+
+The object (field names from KServe's ``v1beta1`` Go types, checked against the CRD in tests):
+``spec.predictor.model`` names the runtime, ``modelFormat: vllm`` and the model's ``storageUri``
+(KServe's storage initializer copies it to ``/mnt/models``, with the S3 credentials of
+``serviceAccountName``); its ``args`` are appended to the runtime's vLLM flags and its
+``resources`` override the runtime's per key. vLLM serves the model under the
+InferenceService's name (the runtime passes ``--served-model-name={{.Name}}``).
+
+Readiness is the ``Ready`` condition of the current generation, with a URL. The controller's own
+words decide failure: ``modelStatus`` (``FailedToLoad``, ``BlockedByFailedLoad``,
+``InvalidSpec`` with ``lastFailureInfo``) or a condition that is ``False`` for a terminal reason
+(``RevisionFailed``, ``RevisionMissing`` — Knative's "no ready revision" — and the like).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client
+
+GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
+PART_OF_LABEL = "app.kubernetes.io/part-of"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+RUN_ID_LABEL = "rtune/kfp-run-id"
+GPU_RESOURCE = "nvidia.com/gpu"
+REASONING_PARSER = "rtune-reflection"
+# where images/serve/Dockerfile puts components/serve/vllm_reasoning.py (a fixed path: the
+# site-packages one depends on the image's Python)
+REFLECTION_PLUGIN_PATH = "/opt/rtune/vllm_reasoning.py"
+FAILED_REASONS = {
+    "RevisionFailed",
+    "RevisionMissing",
+    "ProgressDeadlineExceeded",
+    "ModelLoadFailed",
+    "RuntimeUnhealthy",
+    "RuntimeNotRecognized",
+    "NoSupportingRuntime",
+    "InvalidPredictorSpec",
+}
+FAILED_TRANSITIONS = {"BlockedByFailedLoad", "InvalidSpec"}
+_TRANSIENT_STATUS = {429, 500, 502, 503, 504}
+Logger = Callable[[str], None]
+
+
+class InferenceServiceFailed(RuntimeError):
+    """The controller says the service cannot become ready; the text is its reason and message."""
+
+    def __init__(self, namespace: str, name: str, reason: str, message: str) -> None:
+        self.namespace, self.name, self.reason, self.message = namespace, name, reason, message
+        super().__init__(
+            f"InferenceService {namespace}/{name} failed: {reason or 'no reason given'}: "
+            f"{message or 'no message given'}\n"
+            f"  inspect it: kubectl describe inferenceservice {name} -n {namespace}; the model "
+            f"server's log: kubectl logs -n {namespace} -l "
+            f"serving.kserve.io/inferenceservice={name} -c kserve-container"
+        )
+
+
+class InferenceServiceTimeout(TimeoutError):
+    """Not ready in time. The service is left as it is, for inspection."""
+
+
+@dataclass(frozen=True)
+class ReadyService:
+    """``url``: status.url (external); ``address_url``: the in-cluster address, when given."""
+
+    name: str
+    namespace: str
+    url: str
+    address_url: str
+    elapsed_s: float
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI API root, reached the way pipeline pods can (cluster address first)."""
+        return (self.address_url or self.url).rstrip("/") + "/v1"
+
+
+def build_inference_service(
+    name: str,
+    namespace: str,
+    storage_uri: str,
+    *,
+    runtime: str = "rtune-vllm",
+    gpus: int = 1,
+    reasoning_format: str = "none",
+    served_model_name: str = "",
+    extra_args: Sequence[str] = (),
+    service_account: str = "",
+    cpu: str = "",
+    memory: str = "",
+    min_replicas: int = 1,
+    max_replicas: int = 1,
+    kfp_run_id: str = "",
+    plugin_path: str = REFLECTION_PLUGIN_PATH,
+) -> dict[str, Any]:
+    """The InferenceService object (a plain dict, ready for the API). No cluster calls."""
+    if not storage_uri:
+        raise ValueError("storage_uri is required: the model's s3:// (or other KServe) location")
+    args = vllm_args(gpus, reasoning_format, name, served_model_name, extra_args, plugin_path)
+    model: dict[str, Any] = {
+        "modelFormat": {"name": "vllm"},
+        "runtime": runtime,
+        "storageUri": storage_uri,
+        "args": args,
+    }
+    if per_pod := resources(gpus, cpu, memory):
+        model["resources"] = per_pod
+    predictor: dict[str, Any] = {
+        "minReplicas": min_replicas,
+        "maxReplicas": max_replicas,
+        "model": model,
+    }
+    if service_account:
+        predictor["serviceAccountName"] = service_account
+    labels = {PART_OF_LABEL: "rtune", COMPONENT_LABEL: "serve"}
+    if kfp_run_id:
+        labels[RUN_ID_LABEL] = kfp_run_id
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "InferenceService",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {"predictor": predictor},
+    }
+
+
+def vllm_args(
+    gpus: int,
+    reasoning_format: str,
+    name: str,
+    served_model_name: str = "",
+    extra_args: Sequence[str] = (),
+    plugin_path: str = REFLECTION_PLUGIN_PATH,
+) -> list[str]:
+    """Flags appended to the runtime's ``vllm`` command line."""
+    args: list[str] = []
+    if gpus > 1:
+        args.append(f"--tensor-parallel-size={gpus}")
+    if served_model_name and served_model_name != name:
+        args.append(f"--served-model-name={served_model_name}")  # the last one wins
+    if reasoning_format == "reflection":
+        args += [
+            f"--reasoning-parser-plugin={plugin_path}",
+            f"--reasoning-parser={REASONING_PARSER}",
+        ]
+    return args + list(extra_args)
+
+
+def resources(gpus: int, cpu: str = "", memory: str = "") -> dict[str, dict[str, str]]:
+    """Requests and limits (GPUs in both: extended resources need requests == limits)."""
+    wanted = {"cpu": cpu, "memory": memory, GPU_RESOURCE: str(gpus) if gpus else ""}
+    chosen = {k: v for k, v in wanted.items() if v}
+    return {"requests": dict(chosen), "limits": dict(chosen)} if chosen else {}
+
+
+def merge_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns ``current`` into ``desired``: changed values,
+    ``None`` for keys to remove, nested objects patched key by key, lists replaced whole."""
+    patch: dict[str, Any] = {key: None for key in current if key not in desired}
+    for key, value in desired.items():
+        old = current.get(key)
+        if isinstance(value, Mapping) and isinstance(old, Mapping):
+            if sub := merge_patch(old, value):
+                patch[key] = sub
+        elif value != old:
+            patch[key] = value
+    return patch
+
+
+def get_service(custom: Any, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return dict(custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
+    except client.ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+def create_or_update(
+    custom: Any, obj: Mapping[str, Any], log: Logger = print
+) -> tuple[dict[str, Any], bool]:
+    """Create the service, or patch the one of that name to ``obj``'s spec. (object, created).
+
+    A service of that name that rtune did not create is refused, not taken over.
+    """
+    meta = obj["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    existing = get_service(custom, namespace, name)
+    if existing is None:
+        created = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, obj)
+        log(
+            f"created InferenceService {namespace}/{name} ({obj['spec']['predictor']['model']['storageUri']})"
+        )
+        return dict(created), True
+    labels = (existing.get("metadata") or {}).get("labels") or {}
+    if labels.get(PART_OF_LABEL) != "rtune":
+        raise RuntimeError(
+            f"InferenceService {namespace}/{name} exists but was not created by rtune (labels "
+            f"{dict(labels)}); fix: set serve.name to another name, or delete it"
+        )
+    patch: dict[str, Any] = {}
+    if spec_patch := merge_patch(existing.get("spec") or {}, obj["spec"]):
+        patch["spec"] = spec_patch
+    if any(labels.get(key) != value for key, value in meta["labels"].items()):
+        patch["metadata"] = {"labels": meta["labels"]}
+    if not patch:
+        log(f"InferenceService {namespace}/{name} already has this spec")
+        return existing, False
+    updated = custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, patch)
+    log(f"updated InferenceService {namespace}/{name}: {sorted(patch.get('spec', {}))}")
+    return dict(updated), False
+
+
+def current_status(obj: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The status, if it describes the object's current generation (else it is stale)."""
+    status = obj.get("status") or {}
+    generation = (obj.get("metadata") or {}).get("generation")
+    observed = status.get("observedGeneration")
+    if generation is not None and observed is not None and observed < generation:
+        return None
+    return dict(status)
+
+
+def failure(obj: Mapping[str, Any]) -> tuple[str, str] | None:
+    """``(reason, message)`` when the controller reports a failure it will not recover from."""
+    status = current_status(obj)
+    if status is None:
+        return None
+    model = status.get("modelStatus") or {}
+    states = model.get("states") or {}
+    info = model.get("lastFailureInfo") or {}
+    if model.get("transitionStatus") in FAILED_TRANSITIONS or "FailedToLoad" in (
+        states.get("activeModelState"),
+        states.get("targetModelState"),
+    ):
+        reason = info.get("reason") or model.get("transitionStatus") or "FailedToLoad"
+        return str(reason), str(info.get("message", ""))
+    for condition in status.get("conditions") or []:
+        if condition.get("status") == "False" and condition.get("reason") in FAILED_REASONS:
+            return str(condition["reason"]), str(condition.get("message", ""))
+    return None
+
+
+def ready_urls(obj: Mapping[str, Any]) -> tuple[str, str] | None:
+    """``(status.url, status.address.url)`` once the current generation is Ready with a URL."""
+    status = current_status(obj)
+    if status is None:
+        return None
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+    url = str(status.get("url") or "")
+    address = str((status.get("address") or {}).get("url") or "")
+    return (url, address) if ready and (url or address) else None
+
+
+def describe(obj: Mapping[str, Any]) -> str:
+    """The conditions in one line, for progress and timeout messages."""
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    parts = [
+        f"{c.get('type')}={c.get('status')}" + (f" ({c['reason']})" if c.get("reason") else "")
+        for c in conditions
+    ]
+    return ", ".join(parts) or "no status yet"
+
+
+def wait_ready(
+    custom: Any,
+    namespace: str,
+    name: str,
+    timeout_s: float,
+    poll_interval_s: float = 10.0,
+    log: Logger = print,
+) -> ReadyService:
+    """Poll until Ready (returns the URLs), a terminal failure (raises
+    :class:`InferenceServiceFailed`) or ``timeout_s`` (raises :class:`InferenceServiceTimeout`)."""
+    start = time.monotonic()
+    last, errors = "not read yet", 0
+    while True:
+        try:
+            obj = get_service(custom, namespace, name)
+        except client.ApiException as error:
+            errors += 1
+            if error.status not in _TRANSIENT_STATUS or errors > 5:
+                raise
+            obj = {}
+        if obj is None:
+            raise InferenceServiceFailed(
+                namespace, name, "NotFound", "it was deleted while waiting"
+            )
+        if obj:
+            errors = 0
+            if found := failure(obj):
+                raise InferenceServiceFailed(namespace, name, *found)
+            if urls := ready_urls(obj):
+                elapsed = time.monotonic() - start
+                log(
+                    f"InferenceService {namespace}/{name} is Ready after {elapsed:.0f} s: {urls[0] or urls[1]}"
+                )
+                return ReadyService(name, namespace, urls[0], urls[1], elapsed)
+            if describe(obj) != last:
+                last = describe(obj)
+                log(f"InferenceService {namespace}/{name}: {last}")
+        remaining = start + timeout_s - time.monotonic()
+        if remaining <= 0:
+            raise InferenceServiceTimeout(
+                f"InferenceService {namespace}/{name} was not Ready within {timeout_s:g} s (last "
+                f"state: {last}). It was left in place: kubectl describe inferenceservice {name} "
+                f"-n {namespace}; raise serve.timeout_s if the model is still loading"
+            )
+        time.sleep(min(poll_interval_s, remaining))

@@ -1,0 +1,305 @@
+"""A real OpenAI-compatible server for a model folder, on loopback, for as long as it is needed.
+
+    with LocalServer(model_dir, reasoning_format="reflection") as server:
+        server.base_url               # http://127.0.0.1:<port>/v1
+        server.endpoint().chat([...])
+
+- ``vllm``: ``vllm serve <folder>`` (GPU), with the ``rtune-reflection`` reasoning-parser plugin
+  when ``reasoning_format`` is ``reflection``.
+- ``transformers``: ``transformers serve <folder> --device cpu`` (maintained by Hugging Face;
+  never a home-made model server), ``HF_HUB_OFFLINE=1``. The folder is passed as the forced
+  model, so the weights load before ``/health`` answers and are never unloaded; one warm-up
+  request then runs the first generation, so the first timed request is not a load. With
+  ``reflection`` it runs behind :class:`~components.serve.reflection_proxy.ReflectionProxy`
+  (transformers serve has no pluggable reasoning parser); ``base_url`` is then the proxy's.
+- ``auto``: vLLM when it is importable and a CUDA GPU is visible, else transformers.
+
+The server runs in its own process group, which is killed on exit (and at interpreter exit if
+the owner never got there); its log goes to a file whose tail is in every startup error.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from components.serve.client import REASONING_FORMATS, ChatEndpoint
+
+SERVERS = ("auto", "transformers", "vllm")
+DEFAULT_STARTUP_TIMEOUT_S = 600.0
+LOG_TAIL_CHARS = 3000
+MISSING_VLLM = (
+    "server 'vllm' needs the vLLM package and a CUDA GPU: install it with "
+    "`pip install 'rtune[serve]'` or run in the rtune-serve image; on CPU use server 'transformers'"
+)
+
+
+class ServerStartError(RuntimeError):
+    """The model server exited or did not become healthy in time; the text has its log tail."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def vllm_usable() -> bool:
+    """vLLM importable and a CUDA device visible (vLLM's CPU build is not what we ship)."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:
+        return False
+
+
+def resolve_server(server: str) -> str:
+    """``auto`` -> ``vllm`` or ``transformers``; ``vllm`` without vLLM/GPU is an error."""
+    if server not in SERVERS:
+        raise ValueError(f"server must be one of {list(SERVERS)}, got {server!r}")
+    if server == "auto":
+        return "vllm" if vllm_usable() else "transformers"
+    if server == "vllm" and not vllm_usable():
+        raise RuntimeError(MISSING_VLLM)
+    return server
+
+
+def console_script(name: str) -> str:
+    """The ``name`` executable of this Python's environment (else on PATH)."""
+    sibling = Path(sys.executable).parent / name
+    found = str(sibling) if sibling.exists() else shutil.which(name)
+    if not found:
+        raise RuntimeError(f"`{name}` is not installed in {sys.prefix} nor on PATH")
+    return found
+
+
+def plugin_path() -> str:
+    """The vLLM reasoning-parser plugin file (``--reasoning-parser-plugin``)."""
+    return str(Path(__file__).with_name("vllm_reasoning.py"))
+
+
+def server_command(
+    server: str, model_path: Path, host: str, port: int, reasoning_format: str
+) -> list[str]:
+    """The command line that serves ``model_path`` on ``host:port``."""
+    if server == "transformers":
+        return [
+            console_script("transformers"),
+            "serve",
+            str(model_path),
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+            "--log-level",
+            "info",
+        ]
+    command = [
+        console_script("vllm"),
+        "serve",
+        str(model_path),
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    if reasoning_format == "reflection":
+        command += [
+            "--reasoning-parser-plugin",
+            plugin_path(),
+            "--reasoning-parser",
+            "rtune-reflection",
+        ]
+    return command
+
+
+def log_tail(path: Path, chars: int = LOG_TAIL_CHARS) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")[-chars:]
+    except OSError:
+        return "(no log)"
+
+
+class LocalServer:
+    """Context manager serving ``model_path`` on ``host:port`` (0 = a free port)."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        server: str = "auto",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        reasoning_format: str = "none",
+        startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S,
+    ) -> None:
+        if reasoning_format not in REASONING_FORMATS:
+            raise ValueError(
+                f"reasoning_format must be one of {list(REASONING_FORMATS)}, got {reasoning_format!r}"
+            )
+        self.model_path = Path(model_path)
+        if not (self.model_path / "config.json").exists():
+            raise FileNotFoundError(
+                f"{self.model_path}: not a Hugging Face model folder (no config.json) to serve"
+            )
+        self.requested_server = server
+        self.server = resolve_server(server)
+        self.host = host
+        self.port = port or free_port(host)
+        self.reasoning_format = reasoning_format
+        self.startup_timeout_s = startup_timeout_s
+        self.model = str(self.model_path)  # the name both servers answer to
+        self.startup_s = 0.0  # process start -> /health answering
+        self.warmup_s = 0.0  # the first generation
+        self._process: subprocess.Popen[bytes] | None = None
+        self._proxy: Any = None
+        self._log_path: Path | None = None
+        self._server_port = self.port
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def upstream_url(self) -> str:
+        """The model server itself (behind the proxy, if there is one)."""
+        return f"http://{self.host}:{self._server_port}"
+
+    @property
+    def proxied(self) -> bool:
+        return self.server == "transformers" and self.reasoning_format == "reflection"
+
+    @property
+    def log_path(self) -> Path | None:
+        return self._log_path
+
+    def endpoint(self, timeout_s: float = 300.0) -> ChatEndpoint:
+        return ChatEndpoint(
+            self.base_url, self.model, timeout_s=timeout_s, reasoning_format=self.reasoning_format
+        )
+
+    def __enter__(self) -> LocalServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self._server_port = free_port(self.host) if self.proxied else self.port
+        command = server_command(
+            self.server, self.model_path, self.host, self._server_port, self.reasoning_format
+        )
+        log_dir = Path(tempfile.mkdtemp(prefix="rtune-serve-"))
+        self._log_path = log_dir / f"{self.server}-serve.log"
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+        began = time.monotonic()
+        with self._log_path.open("wb") as log:
+            self._process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        atexit.register(self.stop)
+        try:
+            upstream = self.upstream_url
+            self._wait_healthy(upstream, began)
+            self.startup_s = time.monotonic() - began
+            if self.proxied:
+                from components.serve.reflection_proxy import ReflectionProxy
+
+                self._proxy = ReflectionProxy(upstream, self.host, self.port).start()
+            self._warm_up(f"{upstream}/v1")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_healthy(self, upstream: str, began: float) -> None:
+        assert self._process is not None and self._log_path is not None
+        deadline = began + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            code = self._process.poll()
+            if code is not None:
+                raise ServerStartError(
+                    f"`{self.server} serve {self.model_path}` exited with code {code} before it "
+                    f"answered /health. Its log ({self._log_path}) ends with:\n"
+                    f"{log_tail(self._log_path)}"
+                )
+            try:
+                with urllib.request.urlopen(f"{upstream}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.2)
+        raise ServerStartError(
+            f"`{self.server} serve {self.model_path}` did not answer {upstream}/health within "
+            f"{self.startup_timeout_s:g} s (raise serve.startup_timeout_s for a large model). "
+            f"Its log ({self._log_path}) ends with:\n{log_tail(self._log_path)}"
+        )
+
+    def _warm_up(self, upstream_v1: str) -> None:
+        """One short generation, so that the first timed request pays no one-off cost."""
+        body = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": "Hello"}],
+            "max_tokens": 1,
+        }
+        request = urllib.request.Request(
+            f"{upstream_v1}/chat/completions",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        began = time.monotonic()
+        try:
+            with urllib.request.urlopen(request, timeout=self.startup_timeout_s) as response:
+                response.read()
+        except (urllib.error.URLError, OSError) as error:
+            assert self._log_path is not None
+            raise ServerStartError(
+                f"`{self.server} serve {self.model_path}` is up but its first chat completion "
+                f"failed ({error}). Its log ({self._log_path}) ends with:\n"
+                f"{log_tail(self._log_path)}"
+            ) from error
+        self.warmup_s = time.monotonic() - began
+
+    def stop(self) -> None:
+        """Stop the proxy and kill the server's whole process group (idempotent)."""
+        if self._proxy is not None:
+            self._proxy.close()
+            self._proxy = None
+        process, self._process = self._process, None
+        if process is None:
+            return
+        atexit.unregister(self.stop)
+        if process.poll() is None:
+            _signal_group(process, signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                _signal_group(process, signal.SIGKILL)
+                process.wait(timeout=15)
+        _signal_group(process, signal.SIGKILL)  # workers the server left behind, if any
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)  # start_new_session: the group id is the server's pid

@@ -1,0 +1,182 @@
+"""The serve stage as a pipeline task: a model folder in, a served, smoke-tested endpoint out.
+
+    model/ (or its MODEL_URI.txt) -> local: LocalServer (transformers serve | vLLM) on loopback
+                                  -> kserve: InferenceService on rtune-vllm, wait for Ready
+                                  -> one chat completion (the smoke test)
+                                  -> endpoint.json (EndpointSpec), MLflow tag rtune.endpoint,
+                                     metrics smoke_ok / smoke_latency_s, KFP metrics
+
+A local server lives only as long as the stage (a task must not leave a process behind); the
+endpoint file records how to start it again (``open_endpoint``). A KServe service stays up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from components.common.config import from_dict
+from components.common.records import InputError
+from components.common.stage import MetricsSink, publish_metrics, tracked_stage
+from components.serve.client import SmokeResult, smoke_test
+from components.serve.config import ServeConfig
+from components.serve.endpoint import EndpointSpec
+
+MODEL_URI_FILE = "MODEL_URI.txt"
+
+
+class SmokeTestFailed(RuntimeError):
+    """The endpoint came up but did not answer a chat completion."""
+
+
+def model_store_uri(model_dir: Path) -> str:
+    """The ``s3://`` location a Model artifact points at (cluster stages leave the weights in
+    the store and write its URI into MODEL_URI.txt), or ``""``."""
+    marker = Path(model_dir) / MODEL_URI_FILE
+    return marker.read_text(encoding="utf-8").strip() if marker.is_file() else ""
+
+
+def local_model_path(model_dir: Path) -> Path:
+    """A local folder with the weights: the artifact itself, or a cached download of its URI."""
+    from components.common.models import resolve_model
+
+    uri = model_store_uri(model_dir)
+    return resolve_model(uri) if uri else resolve_model(str(model_dir))
+
+
+def storage_uri_for(model_dir: Path, config: ServeConfig) -> str:
+    """Where KServe fetches the model from: ``serve.storage_uri``, else the artifact's URI."""
+    uri = config.storage_uri or model_store_uri(model_dir)
+    if not uri:
+        raise InputError(
+            str(model_dir),
+            f"backend kserve needs the model in object storage, and this model folder has no "
+            f"{MODEL_URI_FILE}",
+            "set serve.storage_uri to the model's s3:// prefix, or set quantize.model_store "
+            "(or finetune.model_store) so that the stage before uploads the model",
+            field="serve.storage_uri",
+        )
+    return uri
+
+
+def run_serve(
+    model_dir: Path,
+    serve: Mapping[str, Any] | None,
+    tracking: Mapping[str, Any] | None,
+    kfp_run_id: str,
+    endpoint_path: Path,
+    metrics: MetricsSink | None = None,
+) -> dict[str, Any]:
+    """Serve the model, smoke-test it, record the endpoint; returns the stage summary."""
+    config = from_dict(ServeConfig, serve, "serve")
+    with tracked_stage("serve", kfp_run_id, tracking, config) as run:
+        if config.backend == "kserve":
+            spec, smoke, timings = serve_on_kserve(Path(model_dir), config, kfp_run_id)
+        else:
+            spec, smoke, timings = serve_locally(Path(model_dir), config)
+        spec.save(endpoint_path)
+        summary = stage_summary(spec, smoke, timings)
+        numbers = {"smoke_ok": float(smoke.ok), "smoke_latency_s": smoke.latency_s, **timings}
+        publish_metrics(run, metrics, numbers, to_parent=True)
+        run.set_tags(
+            {"rtune.endpoint": spec.base_url, "rtune.endpoint_kind": spec.kind}, to_parent=True
+        )
+        run.log_json(asdict(spec), "serve/endpoint.json")
+        run.log_json(summary, "serve/smoke_test.json")
+        if not smoke.ok:
+            raise SmokeTestFailed(
+                f"the {spec.kind} endpoint {spec.base_url} (model {spec.model!r}) did not answer "
+                f"the smoke test: {smoke.error}"
+            )
+    return summary
+
+
+def serve_locally(
+    model_dir: Path, config: ServeConfig
+) -> tuple[EndpointSpec, SmokeResult, dict[str, float]]:
+    """Start the local server, smoke-test it, stop it."""
+    from components.serve.local_server import LocalServer
+
+    model_path = local_model_path(model_dir)
+    with LocalServer(
+        model_path,
+        server=config.server,
+        port=config.port,
+        reasoning_format=config.reasoning_format,
+        startup_timeout_s=config.startup_timeout_s,
+    ) as server:
+        smoke = smoke_test(server.endpoint(), config.smoke_prompt, config.smoke_max_tokens)
+        spec = EndpointSpec(
+            kind="local",
+            base_url=server.base_url,
+            model=server.model,
+            model_path=str(model_path),
+            server=server.server,
+            reasoning_format=config.reasoning_format,
+        )
+        timings = {"startup_s": server.startup_s, "warmup_s": server.warmup_s}
+    return spec, smoke, timings
+
+
+def serve_on_kserve(
+    model_dir: Path, config: ServeConfig, kfp_run_id: str
+) -> tuple[EndpointSpec, SmokeResult, dict[str, float]]:
+    """Create or update the InferenceService, wait for Ready, smoke-test its URL."""
+    from kubernetes import client
+
+    from components.finetune.distributed_job import load_api_client, pod_namespace
+    from components.serve.client import ChatEndpoint
+    from components.serve.kserve import build_inference_service, create_or_update, wait_ready
+
+    namespace = config.namespace or pod_namespace()
+    obj = build_inference_service(
+        config.name,
+        namespace,
+        storage_uri_for(model_dir, config),
+        runtime=config.runtime,
+        gpus=config.gpus,
+        reasoning_format=config.reasoning_format,
+        extra_args=config.extra_args,
+        service_account=config.service_account,
+        cpu=config.cpu,
+        memory=config.memory,
+        min_replicas=config.min_replicas,
+        max_replicas=config.max_replicas,
+        kfp_run_id=kfp_run_id,
+    )
+    with load_api_client() as api:
+        custom = client.CustomObjectsApi(api)
+        create_or_update(custom, obj)
+        ready = wait_ready(custom, namespace, config.name, config.timeout_s, config.poll_interval_s)
+    spec = EndpointSpec(
+        kind="kserve",
+        base_url=ready.base_url,
+        model=config.name,
+        reasoning_format=config.reasoning_format,
+        name=config.name,
+        namespace=namespace,
+    )
+    endpoint = ChatEndpoint(spec.base_url, spec.model, reasoning_format=spec.reasoning_format)
+    smoke = smoke_test(endpoint, config.smoke_prompt, config.smoke_max_tokens)
+    return spec, smoke, {"ready_s": ready.elapsed_s}
+
+
+def stage_summary(
+    spec: EndpointSpec, smoke: SmokeResult, timings: Mapping[str, float]
+) -> dict[str, Any]:
+    reply = smoke.reply
+    return {
+        "kind": spec.kind,
+        "base_url": spec.base_url,
+        "model": spec.model,
+        "server": spec.server or "vllm",
+        "reasoning_format": spec.reasoning_format,
+        "smoke_ok": smoke.ok,
+        "smoke_latency_s": smoke.latency_s,
+        "smoke_reply": reply.content if reply else "",
+        "smoke_reasoning": (reply.reasoning or "") if reply else "",
+        "smoke_error": smoke.error,
+        **timings,
+    }

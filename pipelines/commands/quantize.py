@@ -1,0 +1,65 @@
+"""``rtune quantize``: compress a fine-tuned model with llm-compressor (the pipeline's quantize stage).
+
+    rtune quantize --model out/model --selected train.jsonl --output-dir q/          # GPTQ W4A16
+    rtune quantize --model out/model --selected train.jsonl --output-dir q/ \\
+        --set quantize.method=w8a8 --set quantize.max_perplexity_increase=0.1
+    rtune quantize ... --set quantize.method=sparse_2of4_w4a16 --set quantize.group_size=64
+
+Writes q/model/ (compressed-tensors, loads in vLLM and transformers) and q/report.html. The
+held-out records of --selected measure perplexity before and after; the command fails (exit 1)
+when the increase exceeds quantize.max_perplexity_increase. llm-compressor runs in its own
+interpreter (.venv-quantize from `make setup`, or $RTUNE_QUANTIZE_PYTHON). Running it again
+reuses the finished quantization under --checkpoint-root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "quantize",
+        help="quantize a fine-tuned model (llm-compressor) behind a perplexity guard",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", type=Path, required=True, help="merged model folder")
+    parser.add_argument(
+        "--selected", type=Path, required=True, help="records for calibration + held-out (JSONL)"
+    )
+    parser.add_argument("--output-dir", type=Path, required=True, help="model/ and report.html")
+    parser.add_argument("--config", default=None, help="pipeline config (its quantize section)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--checkpoint-root", default="", help="default $RTUNE_CACHE/checkpoints")
+    parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from components.quantize.task import QualityGateFailed, QuantizeOutputs, run_quantize
+    from pipelines.config import load_pipeline_config
+
+    config = load_pipeline_config(args.config, args.overrides)
+    tracking = {**config.tracking, **({"enabled": False} if args.no_tracking else {})}
+    out = args.output_dir
+    try:
+        summary = run_quantize(
+            args.model,
+            args.selected,
+            getattr(config, "quantize", {}),
+            tracking,
+            f"cli-{uuid.uuid4().hex[:12]}",
+            QuantizeOutputs(out / "model", out / "report.html"),
+            args.checkpoint_root,
+        )
+    except QualityGateFailed as err:
+        print(f"rtune quantize: quality gate failed: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
