@@ -48,7 +48,7 @@ demo: setup
 	$(BIN)/rtune run --config pipelines/configs/local.yaml
 
 test: setup $(CHROMIUM)
-	$(BIN)/python -m pytest
+	RTUNE_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest
 
 bench: setup
 	$(BIN)/python tests/benchmarks/bench_scoring.py

@@ -29,7 +29,8 @@ from tests.fakes.openai_server import Body, FakeOpenAIServer, last_user_message
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = "/usr/bin/chromium"
+# `make test` passes the browser it installed (Debian's chromium; CHROMIUM=... overrides it)
+CHROMIUM = os.environ.get("RTUNE_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -349,7 +350,7 @@ def test_bad_config_and_inputs_fail_before_any_request(
 
 
 def _chromium() -> str:
-    found = shutil.which("chromium") or (CHROMIUM if Path(CHROMIUM).exists() else None)
+    found = (CHROMIUM if Path(CHROMIUM).exists() else None) or shutil.which("chromium")
     if not found:
         pytest.fail("headless Chromium is missing: `make test` installs Debian's chromium package")
     return found
