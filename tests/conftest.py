@@ -63,3 +63,13 @@ def rtune_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         (cache / "models" / EMBEDDED_NAME).symlink_to(shared)
     monkeypatch.setenv("RTUNE_CACHE", str(cache))
     return cache
+
+
+class RecordingMetrics:
+    """A KFP ``Metrics`` stand-in for stage tasks: remembers what was logged."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, float] = {}
+
+    def log_metric(self, metric: str, value: float) -> None:
+        self.values[metric] = value

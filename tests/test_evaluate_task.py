@@ -25,6 +25,7 @@ import pytest
 from components.common.records import InputError
 from components.evaluate.task import run_evaluate
 from components.serve.endpoint import EndpointSpec
+from tests.conftest import RecordingMetrics
 from tests.fakes.openai_server import Body, FakeOpenAIServer, last_user_message
 
 pytestmark = pytest.mark.integration
@@ -75,14 +76,6 @@ def judge_reply(body: Body) -> str:
     answers = dict(ANSWER.findall(last_user_message(body)))
     first, second = (8 if "GOOD" in answers[n] else 3 for n in ("1", "2"))
     return f"{first} {second}\nAssistant {'1' if first > second else '2'} was more helpful."
-
-
-class Metrics:
-    def __init__(self) -> None:
-        self.values: dict[str, float] = {}
-
-    def log_metric(self, metric: str, value: float) -> None:
-        self.values[metric] = value
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +150,7 @@ def won(
     folder = tmp_path_factory.mktemp("evaluate-won")
     tracking = {"experiment": "eval-test", "tracking_uri": f"sqlite:///{folder / 'mlflow.db'}"}
     version = _register_version(tracking, "kfp-won", "student-eval")
-    metrics = Metrics()
+    metrics = RecordingMetrics()
     before = {role: len(server.completions) for role, server in servers.items()}
     summary = run_evaluate(
         _spec(folder, servers["candidate"]),

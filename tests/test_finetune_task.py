@@ -11,17 +11,10 @@ from typing import Any
 import pytest
 
 from components.finetune.task import FinetuneOutputs, run_finetune
+from tests.conftest import RecordingMetrics
 from tests.finetune_helpers.records import training_records
 
 pytestmark = pytest.mark.slow
-
-
-class Metrics:
-    def __init__(self) -> None:
-        self.values: dict[str, float] = {}
-
-    def log_metric(self, metric: str, value: float) -> None:
-        self.values[metric] = value
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +33,7 @@ def stage(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
         "registered_model": "student-t",
     }
     outputs = FinetuneOutputs(work / "adapter", work / "model", work / "report.html")
-    metrics = Metrics()
+    metrics = RecordingMetrics()
     summary = run_finetune(
         selected, finetune, tracking, "kfp-run-1", outputs, str(work / "ck"), metrics
     )

@@ -13,19 +13,12 @@ import pytest
 
 from components.quantize import task
 from components.quantize.task import QualityGateFailed, QuantizeOutputs, run_quantize
+from tests.conftest import RecordingMetrics
 from tests.finetune_helpers.records import training_records
 
 pytestmark = pytest.mark.slow
 
 NO_TRACKING = {"enabled": False}
-
-
-class Metrics:
-    def __init__(self) -> None:
-        self.values: dict[str, float] = {}
-
-    def log_metric(self, metric: str, value: float) -> None:
-        self.values[metric] = value
 
 
 def _selected(folder: Path, count: int) -> Path:
@@ -46,7 +39,7 @@ def stage(embedded_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
         "max_perplexity_increase": 1.0,
     }
     outputs = QuantizeOutputs(work / "quantized", work / "report.html")
-    metrics = Metrics()
+    metrics = RecordingMetrics()
     summary = run_quantize(
         embedded_model_dir,
         _selected(work, 30),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +95,23 @@ def write_jsonl(path: str | Path, records: Iterable[Record]) -> int:
         Path(tmp).unlink(missing_ok=True)
         raise
     return count
+
+
+def require_text_fields(
+    record: Mapping[str, Any], names: Sequence[str], source: str, line: int, fix: str
+) -> None:
+    """Each of ``names`` must be a non-empty string (the first missing one is the error)."""
+    for name in names:
+        value = record.get(name)
+        if not isinstance(value, str) or not value.strip():
+            raise InputError(
+                source,
+                f"field {name!r} is missing or empty",
+                fix,
+                line=line,
+                record=str(record.get("id", "?")),
+                field=name,
+            )
 
 
 def index_by_id(records: Iterable[Record], source: str = "records") -> dict[str, Record]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.common.records import InputError
+from components.common.records import require_text_fields
 from components.scoring.scorer import resolve_start_ids
 from components.scoring.templates import get_template, render_prompt
 
@@ -121,17 +121,13 @@ def build_examples(
 
 
 def _check_record(record: Mapping[str, Any], source: str, number: int) -> None:
-    for name in ("id", "instruction", "output"):
-        value = record.get(name)
-        if not isinstance(value, str) or not value.strip():
-            raise InputError(
-                source,
-                f"field {name!r} is missing or empty",
-                "training records need id, instruction and output (run select_rifd first)",
-                line=number,
-                record=str(record.get("id", "?")),
-                field=name,
-            )
+    require_text_fields(
+        record,
+        ("id", "instruction", "output"),
+        source,
+        number,
+        "training records need id, instruction and output (run select_rifd first)",
+    )
 
 
 @dataclass(frozen=True)

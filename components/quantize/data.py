@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.common.records import InputError
+from components.common.records import InputError, require_text_fields
 from components.scoring.scorer import PassBuilder, TokenPass, resolve_start_ids
 from components.scoring.templates import get_template, render_prompt
 
@@ -71,17 +71,13 @@ def split_records(
 def _check_records(records: Sequence[Mapping[str, Any]], source: str) -> None:
     seen: set[str] = set()
     for number, record in enumerate(records, start=1):
-        for name in ("id", "instruction", "output"):
-            value = record.get(name)
-            if not isinstance(value, str) or not value.strip():
-                raise InputError(
-                    source,
-                    f"field {name!r} is missing or empty",
-                    "quantize needs selected records with id, instruction and output",
-                    line=number,
-                    record=str(record.get("id", "?")),
-                    field=name,
-                )
+        require_text_fields(
+            record,
+            ("id", "instruction", "output"),
+            source,
+            number,
+            "quantize needs selected records with id, instruction and output",
+        )
         if record["id"] in seen:
             raise InputError(
                 source,

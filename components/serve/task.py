@@ -81,7 +81,12 @@ def run_serve(
         numbers = {"smoke_ok": float(smoke.ok), "smoke_latency_s": smoke.latency_s, **timings}
         publish_metrics(run, metrics, numbers, to_parent=True)
         run.set_tags(
-            {"rtune.endpoint": spec.base_url, "rtune.endpoint_kind": spec.kind}, to_parent=True
+            {
+                "rtune.endpoint": spec.base_url,
+                "rtune.endpoint_kind": spec.kind,
+                "rtune.smoke_reply": str(summary.get("smoke_reply") or "")[:250],
+            },
+            to_parent=True,
         )
         run.log_json(asdict(spec), "serve/endpoint.json")
         run.log_json(summary, "serve/smoke_test.json")

@@ -202,9 +202,10 @@ def serving_lines(result: LocalRunResult) -> list[str]:
         status = "ok" if metrics.get("smoke_ok", 0) >= 1 or smoke.get("ok") else "FAILED"
         latency = metrics.get("smoke_latency_s", smoke.get("latency_s"))
         timing = f" in {latency:.1f} s" if isinstance(latency, int | float) else ""
+        where = "stopped after its stages" if spec.get("kind") == "local" else "running"
         lines.append(
             f"  served endpoint:  {spec.get('server', '')} {spec.get('kind', '')} "
-            f"{spec.get('base_url', '')} (stopped after the run) smoke test {status}{timing}"
+            f"{spec.get('base_url', '')} ({where}) smoke test {status}{timing}"
         )
         reply = smoke.get("reply") or tags.get("rtune.smoke_reply", "")
         if reply:
