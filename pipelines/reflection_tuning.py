@@ -38,14 +38,24 @@ S3_SECRET_KEYS = {
 }
 
 
+def _with_secret(task: Any, secret: str, keys: dict[str, str]) -> Any:
+    """Env vars from a Kubernetes Secret (optional: kfp.local and keyless endpoints go without)."""
+    kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env=keys, optional=True)
+    return task
+
+
+def _with_gpus(task: Any, gpus: int, memory: str, cpu: str) -> Any:
+    if gpus:
+        task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
+        task.set_memory_request(memory).set_cpu_request(cpu)
+    return task
+
+
 def _teacher_task(task: Any) -> Any:
     """Teacher calls are remote and flaky: retry the task; the key comes from a Secret."""
     task.set_retry(num_retries=3, backoff_duration="60s", backoff_factor=2.0)
     task.set_caching_options(False)
-    kubernetes.use_secret_as_env(
-        task, secret_name=TEACHER_SECRET, secret_key_to_env=TEACHER_SECRET_KEYS, optional=True
-    )
-    return task
+    return _with_secret(task, TEACHER_SECRET, TEACHER_SECRET_KEYS)
 
 
 def _scoring_task(task: Any, gpus: int) -> Any:
@@ -58,24 +68,12 @@ def _scoring_task(task: Any, gpus: int) -> Any:
 def _finetune_task(task: Any, gpus: int) -> Any:
     """In-pod training (one process or torchrun) gets the GPUs; a TrainJob launcher needs none."""
     task.set_caching_options(False)
-    if gpus:
-        task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
-        task.set_memory_request("64Gi").set_cpu_request("8")
-    kubernetes.use_secret_as_env(
-        task, secret_name=S3_SECRET, secret_key_to_env=S3_SECRET_KEYS, optional=True
-    )
-    return task
+    return _with_secret(_with_gpus(task, gpus, "64Gi", "8"), S3_SECRET, S3_SECRET_KEYS)
 
 
 def _quantize_task(task: Any, gpus: int) -> Any:
     """GPTQ calibration runs the model layer by layer: one GPU; the model store needs S3."""
-    if gpus:
-        task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
-        task.set_memory_request("64Gi").set_cpu_request("8")
-    kubernetes.use_secret_as_env(
-        task, secret_name=S3_SECRET, secret_key_to_env=S3_SECRET_KEYS, optional=True
-    )
-    return task
+    return _with_secret(_with_gpus(task, gpus, "64Gi", "8"), S3_SECRET, S3_SECRET_KEYS)
 
 
 def _serve_task(task: Any) -> Any:
@@ -88,10 +86,7 @@ def _evaluate_task(task: Any) -> Any:
     """The judge is the teacher: same Secret; endpoint calls are remote, so retry the task."""
     task.set_caching_options(False)
     task.set_retry(num_retries=2, backoff_duration="60s", backoff_factor=2.0)
-    kubernetes.use_secret_as_env(
-        task, secret_name=TEACHER_SECRET, secret_key_to_env=TEACHER_SECRET_KEYS, optional=True
-    )
-    return task
+    return _with_secret(task, TEACHER_SECRET, TEACHER_SECRET_KEYS)
 
 
 def build_reflection_tuning(
