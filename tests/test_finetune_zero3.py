@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from components.finetune.launch import free_port
+from components.common.ports import free_port
 from tests.finetune_helpers.records import training_records, worker_job
 
 pytestmark = [pytest.mark.slow]

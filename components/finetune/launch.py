@@ -12,13 +12,13 @@ from __future__ import annotations
 import collections
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from components.common.ports import free_port
 from components.finetune.config import FinetuneConfig
 from components.finetune.worker import TrainingJob
 
@@ -86,12 +86,6 @@ def read_summary(output_dir: Path) -> dict[str, Any]:
         raise TrainingFailed(f"training ended without writing {path}")
     summary: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return summary
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def launch(

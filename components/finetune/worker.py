@@ -69,7 +69,7 @@ def configure_runtime(uses_deepspeed: bool) -> None:
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if uses_deepspeed and "WORLD_SIZE" not in os.environ:
-        from components.finetune.launch import free_port
+        from components.common.ports import free_port
 
         os.environ.update(
             RANK="0",

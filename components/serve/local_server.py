@@ -35,6 +35,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from components.common.ports import free_port
 from components.serve.client import REASONING_FORMATS, ChatEndpoint
 
 SERVERS = ("auto", "transformers", "vllm")
@@ -48,14 +49,6 @@ MISSING_VLLM = (
 
 class ServerStartError(RuntimeError):
     """The model server exited or did not become healthy in time; the text has its log tail."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def vllm_usable() -> bool:
