@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import uuid
 from pathlib import Path
 from typing import Any
+
+from pipelines.commands.stage_options import add_stage_options, cli_run_id, load_stage_config
 
 # flag dest -> EvaluateConfig field; flags left unset keep the config's values.
 CONFIG_FLAGS = {
@@ -64,10 +65,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--judge-backend", choices=("transformers", "openai", "vllm"))
     parser.add_argument("--judge-url", help="the judge's OpenAI-compatible base URL")
     parser.add_argument("--judge-model", help="judge model: default | folder | served name")
-    parser.add_argument("--config", default=None, help="pipeline config (its evaluate section)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--checkpoint-root", default="", help="default $RTUNE_CACHE/checkpoints")
-    parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    add_stage_options(parser, "evaluate")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
@@ -114,17 +112,15 @@ def evaluate_section(args: argparse.Namespace, section: dict[str, Any]) -> dict[
 
 def run(args: argparse.Namespace) -> int:
     from components.evaluate.task import run_evaluate
-    from pipelines.config import load_pipeline_config
 
-    config = load_pipeline_config(args.config, args.overrides)
-    tracking = {**config.tracking, **({"enabled": False} if args.no_tracking else {})}
+    config, tracking = load_stage_config(args)
     out = args.output_dir
     spec_path = endpoint_spec(args).save(out / "endpoint.json")
     summary = run_evaluate(
         spec_path,
-        evaluate_section(args, getattr(config, "evaluate", {}) or {}),
+        evaluate_section(args, config.evaluate),
         tracking,
-        f"cli-{uuid.uuid4().hex[:12]}",
+        cli_run_id(),
         out / "report.html",
         out / "results.json",
         last_stage=True,  # the DAG's last stage: its own pipeline run ends here

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import uuid
 from pathlib import Path
 from typing import Any
+
+from pipelines.commands.stage_options import add_stage_options, cli_run_id, load_stage_config
 
 
 def register(subparsers: Any) -> None:
@@ -29,25 +30,20 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--selected", type=Path, required=True, help="training records (JSONL)")
     parser.add_argument("--output-dir", type=Path, required=True, help="adapter/, model/, report")
-    parser.add_argument("--config", default=None, help="pipeline config (its finetune section)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--checkpoint-root", default="", help="default $RTUNE_CACHE/checkpoints")
-    parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    add_stage_options(parser, "finetune")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from components.finetune.task import FinetuneOutputs, run_finetune
-    from pipelines.config import load_pipeline_config
 
-    config = load_pipeline_config(args.config, args.overrides)
-    tracking = {**config.tracking, **({"enabled": False} if args.no_tracking else {})}
+    config, tracking = load_stage_config(args)
     out = args.output_dir
     summary = run_finetune(
         args.selected,
         config.finetune,
         tracking,
-        f"cli-{uuid.uuid4().hex[:12]}",
+        cli_run_id(),
         FinetuneOutputs(out / "adapter", out / "model", out / "report.html"),
         args.checkpoint_root,
         last_stage=False,

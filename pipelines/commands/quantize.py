@@ -17,9 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
+
+from pipelines.commands.stage_options import add_stage_options, cli_run_id, load_stage_config
 
 
 def register(subparsers: Any) -> None:
@@ -34,27 +35,22 @@ def register(subparsers: Any) -> None:
         "--selected", type=Path, required=True, help="records for calibration + held-out (JSONL)"
     )
     parser.add_argument("--output-dir", type=Path, required=True, help="model/ and report.html")
-    parser.add_argument("--config", default=None, help="pipeline config (its quantize section)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--checkpoint-root", default="", help="default $RTUNE_CACHE/checkpoints")
-    parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    add_stage_options(parser, "quantize")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from components.quantize.task import QualityGateFailed, QuantizeOutputs, run_quantize
-    from pipelines.config import load_pipeline_config
 
-    config = load_pipeline_config(args.config, args.overrides)
-    tracking = {**config.tracking, **({"enabled": False} if args.no_tracking else {})}
+    config, tracking = load_stage_config(args)
     out = args.output_dir
     try:
         summary = run_quantize(
             args.model,
             args.selected,
-            getattr(config, "quantize", {}),
+            config.quantize,
             tracking,
-            f"cli-{uuid.uuid4().hex[:12]}",
+            cli_run_id(),
             QuantizeOutputs(out / "model", out / "report.html"),
             args.checkpoint_root,
         )
