@@ -71,7 +71,7 @@ compile: setup
 
 # default images whatever RTUNE_IMAGE_* say; tests/test_compile_options.py checks these are fresh
 compiled: setup
-	$(BIN)/python -m pipelines.packaging
+	$(BIN)/python -m rtune.pipelines.packaging
 
 clean:
 	rm -rf $(VENV) $(QUANTIZE_VENV) rtune-runs mlflow.db .pytest_cache

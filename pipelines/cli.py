@@ -48,13 +48,13 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
-        module = importlib.import_module(f"pipelines.commands.{name}")
+        module = importlib.import_module(f"rtune.pipelines.commands.{name}")
         module.register(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from components.common.records import InputError
+    from rtune.components.common.records import InputError
 
     args = make_parser().parse_args(argv)
     logging.basicConfig(

@@ -3,15 +3,15 @@
 A config groups parameters per stage, exactly as the pipeline takes them::
 
     seed_uri: builtin:seed          # or a local path / s3:// URI (JSON, JSONL, Parquet, HF folder)
-    prepare:   {...}                # components.prepare.config.PrepareConfig
-    teacher:   {...}                # components.teacher.config.TeacherConfig
-    scoring:   {..., num_shards: 1} # components.scoring.config.ScoringConfig + shard count
-    selection: {...}                # components.select_rifd.rules.SelectionConfig
-    finetune:  {...}                # components.finetune.config.FinetuneConfig
-    quantize:  {...}                # components.quantize.config.QuantizeConfig
-    serve:     {...}                # components.serve.config.ServeConfig
-    evaluate:  {...}                # components.evaluate.config.EvaluateConfig
-    tracking:  {...}                # components.common.tracking.TrackingConfig
+    prepare:   {...}                # rtune.components.prepare.config.PrepareConfig
+    teacher:   {...}                # rtune.components.teacher.config.TeacherConfig
+    scoring:   {..., num_shards: 1} # rtune.components.scoring.config.ScoringConfig + shard count
+    selection: {...}                # rtune.components.select_rifd.rules.SelectionConfig
+    finetune:  {...}                # rtune.components.finetune.config.FinetuneConfig
+    quantize:  {...}                # rtune.components.quantize.config.QuantizeConfig
+    serve:     {...}                # rtune.components.serve.config.ServeConfig
+    evaluate:  {...}                # rtune.components.evaluate.config.EvaluateConfig
+    tracking:  {...}                # rtune.components.common.tracking.TrackingConfig
     checkpoint_root: ""             # durable checkpoints (default $RTUNE_CACHE/checkpoints)
     cluster:   {scoring_gpus: 1, quantize_gpus: 1}   # cluster-only resources (ignored by kfp.local)
     local:     {pipeline_root: rtune-runs}   # kfp.local only
@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from components.common.records import InputError
+from rtune.components.common.records import InputError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "local.yaml"
@@ -153,16 +153,16 @@ def apply_override(data: dict[str, Any], item: str, source: str) -> None:
 
 def validate(config: PipelineConfig) -> None:
     """Build every stage's typed config once (raises InputError naming the section and key)."""
-    from components.common.config import from_dict
-    from components.common.tracking import TrackingConfig
-    from components.evaluate.config import EvaluateConfig
-    from components.finetune.config import FinetuneConfig
-    from components.prepare.config import PrepareConfig
-    from components.quantize.config import QuantizeConfig
-    from components.scoring.task import split_scoring_config
-    from components.select_rifd.rules import SelectionConfig
-    from components.serve.config import ServeConfig
-    from components.teacher.config import TeacherConfig
+    from rtune.components.common.config import from_dict
+    from rtune.components.common.tracking import TrackingConfig
+    from rtune.components.evaluate.config import EvaluateConfig
+    from rtune.components.finetune.config import FinetuneConfig
+    from rtune.components.prepare.config import PrepareConfig
+    from rtune.components.quantize.config import QuantizeConfig
+    from rtune.components.scoring.task import split_scoring_config
+    from rtune.components.select_rifd.rules import SelectionConfig
+    from rtune.components.serve.config import ServeConfig
+    from rtune.components.teacher.config import TeacherConfig
 
     source = config.source
     from_dict(PrepareConfig, config.prepare, f"{source}: prepare")

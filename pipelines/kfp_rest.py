@@ -29,7 +29,7 @@ from typing import Any
 
 import requests
 
-from components.common.records import InputError
+from rtune.components.common.records import InputError
 
 API = "/apis/v2beta1"
 TOKEN_ENV = "KF_PIPELINES_TOKEN"

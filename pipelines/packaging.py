@@ -2,7 +2,7 @@
 
     compile_ir(config, Path("pipeline.yaml"), Images(registry="registry.example.org/ml", tag="1.2.3"))
     compile_kubernetes_manifest(config, Path("k8s.yaml"), namespace="kubeflow")
-    python -m pipelines.packaging        # what `make compiled` runs: rewrite pipelines/compiled/
+    python -m rtune.pipelines.packaging        # what `make compiled` runs: rewrite pipelines/compiled/
 
 Images: each component's decorator calls ``image("base")`` when its module is imported, so the
 overrides go into ``RTUNE_IMAGE_REGISTRY`` / ``RTUNE_IMAGE_TAG`` and every module that names an
@@ -37,9 +37,9 @@ from typing import Any
 
 import yaml
 
-from pipelines.config import CONFIG_DIR, PipelineConfig, load_pipeline_config
+from rtune.pipelines.config import CONFIG_DIR, PipelineConfig, load_pipeline_config
 
-PIPELINE_MODULE = "pipelines.reflection_tuning"
+PIPELINE_MODULE = "rtune.pipelines.reflection_tuning"
 IMAGE_ENV = {"registry": "RTUNE_IMAGE_REGISTRY", "tag": "RTUNE_IMAGE_TAG"}
 ROOT = Path(__file__).resolve().parents[1]
 COMPILED_DIR = Path("pipelines/compiled")
@@ -77,7 +77,7 @@ def pipeline_module(images: Images = Images()) -> Iterator[ModuleType]:
 
 def _reimport_pipeline() -> ModuleType:
     """Reload every project module that names an image, then the pipeline that wires them."""
-    from components.common import images
+    from rtune.components.common import images
 
     def names_images(module: ModuleType) -> bool:
         return any(value is images.image or value is images for value in vars(module).values())
@@ -169,7 +169,7 @@ def ir_digest(ir: Path) -> str:
 
 def content_version_name(ir: Path, pipeline_name: str) -> str:
     """``<pipeline>-v<package version>-<10 hex of the IR digest>``: a valid Kubernetes name."""
-    from components.common.images import package_version
+    from rtune.components.common.images import package_version
 
     version = re.sub(r"[^a-z0-9]+", "-", package_version().lower()).strip("-")
     return f"{pipeline_name}-v{version}-{ir_digest(ir)[:10]}"
@@ -182,7 +182,7 @@ def write_committed_pipelines(root: Path = ROOT) -> list[Path]:
     """Write ``pipelines/compiled/`` under ``root``: the IR and its Kubernetes form, compiled from
     ``llama3-8b.yaml`` with the default images (registry and package version, whatever the
     environment says), so the files only change when the pipeline or the config does."""
-    from components.common.images import DEFAULT_REGISTRY, package_version
+    from rtune.components.common.images import DEFAULT_REGISTRY, package_version
 
     config = load_pipeline_config(COMMITTED_CONFIG)
     images = Images(registry=DEFAULT_REGISTRY, tag=package_version())

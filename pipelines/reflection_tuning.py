@@ -16,16 +16,16 @@ from typing import Any
 
 from kfp import dsl, kubernetes
 
-from components.evaluate.component import evaluate as evaluate_component
-from components.finetune.component import finetune as finetune_component
-from components.prepare.component import prepare
-from components.quantize.component import quantize as quantize_component
-from components.reflect_instruction.component import reflect_instruction
-from components.reflect_response.component import reflect_response
-from components.scoring.component import plan_shards, score_shard
-from components.select_ifd.component import select_ifd
-from components.select_rifd.component import select_rifd
-from components.serve.component import serve as serve_component
+from rtune.components.evaluate.component import evaluate as evaluate_component
+from rtune.components.finetune.component import finetune as finetune_component
+from rtune.components.prepare.component import prepare
+from rtune.components.quantize.component import quantize as quantize_component
+from rtune.components.reflect_instruction.component import reflect_instruction
+from rtune.components.reflect_response.component import reflect_response
+from rtune.components.scoring.component import plan_shards, score_shard
+from rtune.components.select_ifd.component import select_ifd
+from rtune.components.select_rifd.component import select_rifd
+from rtune.components.serve.component import serve as serve_component
 
 PIPELINE_NAME = "reflection-tuning"
 TEACHER_SECRET = "rtune-teacher"

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pipelines.config import PipelineConfig
-from pipelines.kfp_rest import Experiment, KfpClient, Pipeline, PipelineVersion, Run
-from pipelines.packaging import Images, compile_ir, content_version_name
+from rtune.pipelines.config import PipelineConfig
+from rtune.pipelines.kfp_rest import Experiment, KfpClient, Pipeline, PipelineVersion, Run
+from rtune.pipelines.packaging import Images, compile_ir, content_version_name
 
 DEFAULT_EXPERIMENT = "reflection-tuning"
 
@@ -64,7 +64,7 @@ def submit(client: KfpClient, request: SubmitRequest) -> Submission:
     """Compile, upload (or reuse) the version, find/create the experiment, start the run."""
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_ir(request.config, Path(tmp) / "reflection_tuning.yaml", request.images)
-        from pipelines.reflection_tuning import PIPELINE_NAME
+        from rtune.pipelines.reflection_tuning import PIPELINE_NAME
 
         version_name = content_version_name(package, PIPELINE_NAME)
         pipeline = client.find_pipeline(PIPELINE_NAME, request.namespace)

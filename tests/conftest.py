@@ -15,7 +15,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def embedded_model_dir() -> Path:
     """The real embedded default (SmolLM2-135M-Instruct, fp32 HF folder), provisioned once."""
-    from components.common.models import provision_embedded_model
+    from rtune.components.common.models import provision_embedded_model
 
     return provision_embedded_model()
 
@@ -56,7 +56,7 @@ def rtune_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private RTUNE_CACHE for tests that write checkpoints/downloads (the model stays shared)."""
     cache = tmp_path / "rtune-cache"
     (cache / "models").mkdir(parents=True)
-    from components.common.models import EMBEDDED_NAME, embedded_model_dir
+    from rtune.components.common.models import EMBEDDED_NAME, embedded_model_dir
 
     shared = embedded_model_dir()
     if shared.exists():

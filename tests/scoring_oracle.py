@@ -3,7 +3,7 @@
 Four separate forward passes per sample at batch size 1, each scored by HF's own
 ``outputs.loss`` with labels set to -100 before the target — the reference implementation's
 ``get_perplexity_and_embedding_part_text`` (Cherry LLM / Reflection-Tuning), plus the start-token
-and truncation rules of DESIGN §3. It shares only the templates with ``components.scoring``
+and truncation rules of DESIGN §3. It shares only the templates with ``rtune.components.scoring``
 (templating is the spec); tokenization, truncation, masking and the formulas are written out
 again here on purpose, as plainly as possible.
 """
@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from components.scoring.config import ScoringConfig
-from components.scoring.templates import get_template, scoring_texts
+from rtune.components.scoring.config import ScoringConfig
+from rtune.components.scoring.templates import get_template, scoring_texts
 
 
 def oracle_start_ids(tokenizer: Any, start_token: str = "auto") -> list[int]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.common.ports import free_port
+from rtune.components.common.ports import free_port
 
 S3_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from components.common import reports
-from components.common.checkpoint import RecordCheckpoint, fingerprint
-from components.common.config import flatten, from_dict
-from components.common.records import InputError, index_by_id, read_jsonl, write_jsonl
+from rtune.components.common import reports
+from rtune.components.common.checkpoint import RecordCheckpoint, fingerprint
+from rtune.components.common.config import flatten, from_dict
+from rtune.components.common.records import InputError, index_by_id, read_jsonl, write_jsonl
 
 
 def test_input_error_names_file_line_field_and_fix() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from components.finetune.distributed_job import (
+from rtune.components.finetune.distributed_job import (
     KINDS,
     DistributedJobFailed,
     DistributedJobSpec,
@@ -54,7 +54,7 @@ def make_spec(**overrides: Any) -> DistributedJobSpec:
         "namespace": NS,
         "image": "ghcr.io/rtune/rtune-train:0.1.0",
         "command": ["torchrun"],
-        "args": ["-m", "components.finetune.worker", "--job", "s3://b/job.json"],
+        "args": ["-m", "rtune.components.finetune.worker", "--job", "s3://b/job.json"],
         "nodes": 2,
         "procs_per_node": 8,
         "gpus_per_node": 8,

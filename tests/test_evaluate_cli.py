@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from components.common.config import from_dict
-from components.common.records import InputError
-from components.evaluate.config import JUDGE_MAX_NEW_TOKENS, EvaluateConfig
+from rtune.components.common.config import from_dict
+from rtune.components.common.records import InputError
+from rtune.components.evaluate.config import JUDGE_MAX_NEW_TOKENS, EvaluateConfig
 from tests.test_evaluate_task import HELDOUT, SUITE, judge_reply, student
 
 ROOT = Path(__file__).parents[1]
@@ -93,7 +93,7 @@ def test_lm_eval_primary_metric_needs_its_task() -> None:
 def test_component_compiles_without_heavy_imports(tmp_path: Path) -> None:
     code = (
         "import sys; from kfp import compiler; "
-        "from components.evaluate.component import evaluate; "
+        "from rtune.components.evaluate.component import evaluate; "
         f"compiler.Compiler().compile(evaluate, {str(tmp_path / 'c.yaml')!r}); "
         "bad = [m for m in ('torch', 'transformers', 'mlflow') if m in sys.modules]; "
         "assert not bad, bad"
@@ -122,8 +122,8 @@ def _files(folder: Path) -> tuple[Path, Path]:
 
 @pytest.mark.integration
 def test_component_function_fills_its_outputs(tmp_path: Path) -> None:
-    from components.evaluate.component import evaluate
-    from components.serve.endpoint import EndpointSpec
+    from rtune.components.evaluate.component import evaluate
+    from rtune.components.serve.endpoint import EndpointSpec
     from tests.fakes.openai_server import FakeOpenAIServer
 
     suite, heldout = _files(tmp_path)
@@ -155,7 +155,7 @@ def test_component_function_fills_its_outputs(tmp_path: Path) -> None:
 
 
 def _cli(argv: list[str]) -> argparse.Namespace:
-    from pipelines.commands import evaluate
+    from rtune.pipelines.commands import evaluate
 
     parser = argparse.ArgumentParser()
     evaluate.register(parser.add_subparsers(dest="command"))
@@ -163,7 +163,7 @@ def _cli(argv: list[str]) -> argparse.Namespace:
 
 
 def test_cli_needs_a_model_name_with_an_endpoint_url(tmp_path: Path) -> None:
-    from pipelines.commands.evaluate import endpoint_spec
+    from rtune.pipelines.commands.evaluate import endpoint_spec
 
     args = _cli(["--endpoint-url", "http://h/v1", "--output-dir", str(tmp_path)])
     with pytest.raises(InputError, match="--model"):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from components.common.records import InputError
-from components.evaluate.judge import (
+from rtune.components.common.records import InputError
+from rtune.components.evaluate.judge import (
     FIRST_SCORE,
     LOSS,
     TIE,
@@ -28,7 +28,7 @@ from components.evaluate.judge import (
     run_judge,
     summarize,
 )
-from components.teacher.protocol import Completion, OnDone, TeacherRequest
+from rtune.components.teacher.protocol import Completion, OnDone, TeacherRequest
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from components.evaluate import lm_eval
-from components.evaluate.lm_eval import (
+from rtune.components.evaluate import lm_eval
+from rtune.components.evaluate.lm_eval import (
     latest_results_file,
     lm_eval_command,
     metric_name,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from components.evaluate.task import run_evaluate
-from components.serve.endpoint import EndpointSpec
+from rtune.components.evaluate.task import run_evaluate
+from rtune.components.serve.endpoint import EndpointSpec
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from components.common.records import InputError
-from components.evaluate.suite import (
+from rtune.components.common.records import InputError
+from rtune.components.evaluate.suite import (
     CHECKS,
     SuiteItem,
     check_answer,

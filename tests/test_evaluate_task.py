@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from components.common.records import InputError
-from components.evaluate.task import run_evaluate
-from components.serve.endpoint import EndpointSpec
+from rtune.components.common.records import InputError
+from rtune.components.evaluate.task import run_evaluate
+from rtune.components.serve.endpoint import EndpointSpec
 from tests.conftest import RecordingMetrics
 from tests.fakes.openai_server import Body, FakeOpenAIServer, last_user_message
 
@@ -126,7 +126,7 @@ def _register_version(tracking: dict[str, str], kfp_run_id: str, name: str) -> s
     """A registered version named by the pipeline's parent run, as the fine-tune stage leaves it."""
     import mlflow
 
-    from components.common.tracking import find_or_create_parent_run
+    from rtune.components.common.tracking import find_or_create_parent_run
 
     mlflow.set_tracking_uri(tracking["tracking_uri"])
     client = mlflow.MlflowClient()
@@ -282,7 +282,7 @@ def test_a_finished_evaluation_asks_nobody_again(
 RUN_IN_CHILD = """
 import json, sys
 from pathlib import Path
-from components.evaluate.task import run_evaluate
+from rtune.components.evaluate.task import run_evaluate
 args = json.loads(sys.argv[1])
 run_evaluate(Path(args["spec"]), args["config"], {"enabled": False}, "child", None, None,
              checkpoint_root=args["root"], progress=False)

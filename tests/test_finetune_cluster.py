@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from components.common.images import image
-from components.finetune.cluster import run_cluster_job
-from components.finetune.config import FinetuneConfig
-from components.finetune.distributed_job import DistributedJobFailed
-from components.finetune.worker import TrainingJob
+from rtune.components.common.images import image
+from rtune.components.finetune.cluster import run_cluster_job
+from rtune.components.finetune.config import FinetuneConfig
+from rtune.components.finetune.distributed_job import DistributedJobFailed
+from rtune.components.finetune.worker import TrainingJob
 from tests import kube as kube_fixtures
 from tests.crd_schemas import validate_custom_resource
 from tests.servers import S3_ENV, moto_s3, use_s3
@@ -77,7 +77,7 @@ def test_trainjob_runs_the_worker_from_s3_and_returns_rank0_summary(
         )
         return {"status": {"conditions": [kube_fixtures.condition("Complete")]}}
 
-    from components.finetune.distributed_job import job_name
+    from rtune.components.finetune.distributed_job import job_name
 
     kube.on_fetch(TRAINJOBS, NS, job_name("run-7", "finetune"), controller)
     result = run_cluster_job(
@@ -95,7 +95,7 @@ def test_trainjob_runs_the_worker_from_s3_and_returns_rank0_summary(
     assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "8"
     assert trainer["command"] == ["torchrun"]
     job_uri = f"s3://{BUCKET}/{prefix}/job.json"
-    assert trainer["args"] == ["-m", "components.finetune.worker", "--job", job_uri]
+    assert trainer["args"] == ["-m", "rtune.components.finetune.worker", "--job", job_uri]
     assert trainer["image"] == image("train")
     env = {e["name"]: e for e in trainer["env"]}
     assert env["MLFLOW_RUN_ID"]["value"] == "abc"
@@ -113,7 +113,7 @@ def test_trainjob_runs_the_worker_from_s3_and_returns_rank0_summary(
 def test_a_failed_trainjob_fails_the_stage_with_its_own_message(
     kube: kube_fixtures.KubeEmulator, kube_api: Any, s3: Any, tmp_path: Path
 ) -> None:
-    from components.finetune.distributed_job import job_name
+    from rtune.components.finetune.distributed_job import job_name
 
     config, job, work = _setup(tmp_path)
     failed = kube_fixtures.condition("Failed", reason="JobFailed", message="node-1 OOMKilled")

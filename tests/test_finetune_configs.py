@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from components.common.config import from_dict
-from components.common.records import InputError
-from components.finetune.config import DEEPSPEED_DIR, SHIPPED_DEEPSPEED, FinetuneConfig
-from pipelines.config import CONFIG_DIR, load_pipeline_config
+from rtune.components.common.config import from_dict
+from rtune.components.common.records import InputError
+from rtune.components.finetune.config import DEEPSPEED_DIR, SHIPPED_DEEPSPEED, FinetuneConfig
+from rtune.pipelines.config import CONFIG_DIR, load_pipeline_config
 
 REFERENCE = {
     "learning_rate": 2e-5,

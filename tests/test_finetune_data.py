@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from components.common.records import InputError
-from components.finetune.data import (
+from rtune.components.common.records import InputError
+from rtune.components.finetune.data import (
     IGNORE,
     build_examples,
     load_rows,
@@ -16,14 +16,14 @@ from components.finetune.data import (
     save_rows,
     tokenize_record,
 )
-from components.scoring.scorer import resolve_start_ids
-from components.scoring.templates import get_template, render_prompt
+from rtune.components.scoring.scorer import resolve_start_ids
+from rtune.components.scoring.templates import get_template, render_prompt
 from tests.finetune_helpers.records import training_records
 
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir: Path):
-    from components.common.models import load_tokenizer
+    from rtune.components.common.models import load_tokenizer
 
     return load_tokenizer(tiny_model_dir)
 
@@ -142,7 +142,7 @@ def test_trainer_loss_on_a_packed_row_equals_per_record_hf_losses(
     """Logits only at targets + packing = the same token-mean CE as HF's loss record by record."""
     from transformers import AutoModelForCausalLM, TrainingArguments
 
-    from components.finetune.trainer import PackedRowDataset, PackedSFTTrainer, collate_packed
+    from rtune.components.finetune.trainer import PackedRowDataset, PackedSFTTrainer, collate_packed
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     examples, _ = build_examples(training_records(4), tokenizer, "vicuna", 256)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from components.finetune.worker import last_complete_checkpoint
+from rtune.components.finetune.worker import last_complete_checkpoint
 from tests.finetune_helpers.records import worker_job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ def _job(tiny_model_dir: Path, work: Path) -> Path:
 def _worker(job: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
-        [sys.executable, "-m", "components.finetune.worker", "--job", str(job)],
+        [sys.executable, "-m", "rtune.components.finetune.worker", "--job", str(job)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -63,7 +63,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(
     assert 3 <= killed_at < MAX_STEPS
 
     second = subprocess.run(
-        [sys.executable, "-m", "components.finetune.worker", "--job", str(job)],
+        [sys.executable, "-m", "rtune.components.finetune.worker", "--job", str(job)],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from components.finetune.config import FinetuneConfig
-from components.finetune.data import build_examples, pack_examples
-from components.finetune.trainer import (
+from rtune.components.finetune.config import FinetuneConfig
+from rtune.components.finetune.data import build_examples, pack_examples
+from rtune.components.finetune.trainer import (
     PackedRowDataset,
     PackedSFTTrainer,
     collate_packed,
@@ -20,7 +20,7 @@ from tests.finetune_helpers.records import training_records
 
 
 def _lora_grads(model_dir: Path, tmp_path: Path, checkpointing: bool) -> dict[str, torch.Tensor]:
-    from components.common.models import load_tokenizer
+    from rtune.components.common.models import load_tokenizer
 
     config = FinetuneConfig(
         gradient_checkpointing=checkpointing, lora_dropout=0.0, max_length=256, max_steps=1

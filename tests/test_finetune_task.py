@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from components.finetune.task import FinetuneOutputs, run_finetune
+from rtune.components.finetune.task import FinetuneOutputs, run_finetune
 from tests.conftest import RecordingMetrics
 from tests.finetune_helpers.records import training_records
 
@@ -110,7 +110,7 @@ def test_kfp_outputs_metrics_and_report(stage: dict[str, Any]) -> None:
 def test_finished_training_is_not_done_again(
     stage: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import components.finetune.launch as launch_module
+    import rtune.components.finetune.launch as launch_module
 
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("training ran again")
@@ -130,7 +130,7 @@ def test_finished_training_is_not_done_again(
 
 
 def test_no_trainable_record_is_one_clear_error(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from components.common.records import InputError
+    from rtune.components.common.records import InputError
 
     selected = tmp_path / "selected.jsonl"
     record = {"id": "long-1", "instruction": "word " * 400, "input": "", "output": "ok"}

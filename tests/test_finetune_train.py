@@ -8,16 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from components.finetune.config import FinetuneConfig
-from components.finetune.data import build_examples, pack_examples
-from components.finetune.trainer import (
+from rtune.components.finetune.config import FinetuneConfig
+from rtune.components.finetune.data import build_examples, pack_examples
+from rtune.components.finetune.trainer import (
     PackedRowDataset,
     PackedSFTTrainer,
     collate_packed,
     load_student,
     training_arguments,
 )
-from components.finetune.worker import merge_adapter
+from rtune.components.finetune.worker import merge_adapter
 from tests.finetune_helpers.records import training_records
 
 pytestmark = pytest.mark.slow
@@ -26,7 +26,7 @@ STEPS = 6
 
 @pytest.fixture(scope="module")
 def trained(embedded_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    from components.common.models import load_tokenizer
+    from rtune.components.common.models import load_tokenizer
 
     work = tmp_path_factory.mktemp("lora")
     tokenizer = load_tokenizer(embedded_model_dir)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from components.common.ports import free_port
+from rtune.components.common.ports import free_port
 from tests.finetune_helpers.records import training_records, worker_job
 
 pytestmark = [pytest.mark.slow]
@@ -100,7 +100,7 @@ def test_stage_with_torchrun_launcher_trains_zero3_and_logs_curves_to_its_run(
     """The task launches 2 ranks with torchrun; rank 0's Trainer logs into the stage's MLflow run."""
     import mlflow
 
-    from components.finetune.task import FinetuneOutputs, run_finetune
+    from rtune.components.finetune.task import FinetuneOutputs, run_finetune
 
     selected = tmp_path / "selected.jsonl"
     selected.write_text("".join(json.dumps(r) + "\n" for r in training_records(12)))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from components.common import images
+from rtune.components.common import images
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILES = sorted((ROOT / "images").glob("*/Dockerfile"))

@@ -470,7 +470,7 @@ def test_prod_mlflow_reads_postgres_from_the_secret_and_survives_disruption() ->
 
 @pytest.mark.parametrize("kustomization", PLATFORM)
 def test_vllm_runtime_serves_mnt_models_on_8080_with_a_gpu(kustomization: str) -> None:
-    from components.common.images import DEFAULT_REGISTRY, package_version
+    from rtune.components.common.images import DEFAULT_REGISTRY, package_version
 
     runtime = find(render(kustomization), "ServingRuntime", "rtune-vllm")
     [container] = runtime["spec"]["containers"]

@@ -17,15 +17,15 @@ from typing import Any
 import boto3
 import pytest
 
-from components.common import model_store, storage
-from components.common.model_store import (
+from rtune.components.common import model_store, storage
+from rtune.components.common.model_store import (
     MANIFEST_NAME,
     MIB,
     ModelVerificationError,
     upload_model,
     verify_model,
 )
-from components.common.records import InputError
+from rtune.components.common.records import InputError
 from tests.servers import S3_ENV, moto_s3
 
 pytestmark = pytest.mark.integration

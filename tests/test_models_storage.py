@@ -9,7 +9,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from components.common import models, storage
+from rtune.components.common import models, storage
 from tests.servers import S3_ENV, moto_s3
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ def test_embedded_default_is_a_cached_fp32_folder(embedded_model_dir: Path) -> N
     assert (embedded_model_dir / "config.json").exists()
     assert "quantization_config" not in (embedded_model_dir / "config.json").read_text()
     result = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "models", "path", "default"],
+        [sys.executable, "-m", "rtune.pipelines.cli", "models", "path", "default"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.common.records import InputError
-from pipelines.config import CONFIG_DIR, load_pipeline_config
+from rtune.components.common.records import InputError
+from rtune.pipelines.config import CONFIG_DIR, load_pipeline_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _compile(tmp_path: Path, *args: str) -> dict:
     out = tmp_path / "pipeline.yaml"
     result = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "compile", "-o", str(out), *args],
+        [sys.executable, "-m", "rtune.pipelines.cli", "compile", "-o", str(out), *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -31,8 +31,8 @@ def _compile(tmp_path: Path, *args: str) -> dict:
 
 def test_compiling_never_imports_torch() -> None:
     code = (
-        "import sys; import pipelines.reflection_tuning, pipelines.config; "
-        "from pipelines.config import load_pipeline_config; load_pipeline_config(); "
+        "import sys; import rtune.pipelines.reflection_tuning, pipelines.config; "
+        "from rtune.pipelines.config import load_pipeline_config; load_pipeline_config(); "
         "bad = [m for m in ('torch', 'transformers', 'mlflow') if m in sys.modules]; "
         "assert not bad, bad"
     )
@@ -165,7 +165,7 @@ def test_config_typos_and_bad_overrides_are_clear_errors(tmp_path: Path) -> None
         [
             sys.executable,
             "-m",
-            "pipelines.cli",
+            "rtune.pipelines.cli",
             "compile",
             "-o",
             str(tmp_path / "p.yaml"),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from components.common.records import read_jsonl
+from rtune.components.common.records import read_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +20,7 @@ DECISIONS = {"ori", "Q", "A", "QA", "dropped"}
 
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory: pytest.TempPathFactory, embedded_model_dir: Path):
-    from pipelines.commands.run import run_locally
+    from rtune.pipelines.commands.run import run_locally
 
     work = tmp_path_factory.mktemp("local-run")
     monkeypatch = pytest.MonkeyPatch()
@@ -118,7 +118,7 @@ def test_mlflow_has_one_parent_and_a_nested_run_per_stage(local_run) -> None:
 def test_finetune_trains_on_the_selected_records_and_registers_the_candidate(local_run) -> None:
     import mlflow
 
-    from pipelines.commands.run import summary_lines
+    from rtune.pipelines.commands.run import summary_lines
 
     assert (local_run.model / "model.safetensors").exists()
     assert (local_run.adapter / "adapter_config.json").exists()
@@ -135,7 +135,7 @@ def test_quantize_serve_evaluate_finish_the_dag(local_run) -> None:
 
     import mlflow
 
-    from pipelines.commands.run import summary_lines
+    from rtune.pipelines.commands.run import summary_lines
 
     client = mlflow.MlflowClient(local_run.tracking_uri)
     parent = client.get_run(local_run.mlflow_run_id)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.common.records import InputError
-from components.finetune import plan
-from pipelines.cli import main
+from rtune.components.common.records import InputError
+from rtune.components.finetune import plan
+from rtune.pipelines.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "pipelines" / "configs"
 # The shipped topologies (contract of issue 3); the YAML's finetune: section wins once it exists.

@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
-from components.common.config import from_dict
-from components.common.records import InputError, Record, read_jsonl
-from components.prepare.config import PrepareConfig
-from components.prepare.loaders import Location, RawRecord
-from components.prepare.normalize import content_id, normalize_record, normalize_text
-from components.prepare.prepare import (
+from rtune.components.common.config import from_dict
+from rtune.components.common.records import InputError, Record, read_jsonl
+from rtune.components.prepare.config import PrepareConfig
+from rtune.components.prepare.loaders import Location, RawRecord
+from rtune.components.prepare.normalize import content_id, normalize_record, normalize_text
+from rtune.components.prepare.prepare import (
     SEED_URI,
     PrepareSummary,
     prepare_dataset,
@@ -463,7 +463,7 @@ def test_exact_duplicates_are_removed_counted_and_logged(
 ) -> None:
     twin = {**RECORDS[0], "output": RECORDS[0]["output"] + "   \r\n", "note": "second copy"}
     rows = [RECORDS[0], RECORDS[1], twin, RECORDS[1], RECORDS[2]]
-    with caplog.at_level(logging.WARNING, logger="components.prepare.prepare"):
+    with caplog.at_level(logging.WARNING, logger="rtune.components.prepare.prepare"):
         records, summary = prepare_records(str(as_jsonl(tmp_path / "d.jsonl", rows)), fast())
     assert [r["instruction"] for r in records] == [r["instruction"] for r in RECORDS]
     assert "note" not in records[0]  # the first copy wins
@@ -562,7 +562,7 @@ def test_seed_sample_is_valid_varied_and_already_clean(embedded_model_dir: Path)
 
 
 def _cli_parser() -> argparse.ArgumentParser:
-    from pipelines.commands import prepare as command
+    from rtune.pipelines.commands import prepare as command
 
     parser = argparse.ArgumentParser(prog="rtune")
     command.register(parser.add_subparsers(dest="command"))
@@ -596,7 +596,7 @@ def test_cli_handler_writes_output_and_prints_one_line(
 
 def _rtune(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *argv],
+        [sys.executable, "-m", "rtune.pipelines.cli", *argv],
         cwd=cwd,
         capture_output=True,
         text=True,

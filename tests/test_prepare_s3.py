@@ -11,10 +11,10 @@ from pathlib import Path
 import boto3
 import pytest
 
-from components.common.records import InputError, read_jsonl
-from components.common.storage import upload_dir
-from components.prepare.config import PrepareConfig
-from components.prepare.prepare import prepare_records
+from rtune.components.common.records import InputError, read_jsonl
+from rtune.components.common.storage import upload_dir
+from rtune.components.prepare.config import PrepareConfig
+from rtune.components.prepare.prepare import prepare_records
 from tests.servers import moto_s3, use_s3
 
 pytestmark = pytest.mark.integration
@@ -115,7 +115,7 @@ def test_missing_s3_object_is_an_input_error(s3_endpoint: str) -> None:
 def test_cli_writes_its_output_to_s3(
     local_files: dict[str, Path], s3_endpoint: str, tmp_path: Path
 ) -> None:
-    from pipelines.commands import prepare as command
+    from rtune.pipelines.commands import prepare as command
 
     source = _upload(local_files["parquet"], "inputs/cli/seed.parquet", s3_endpoint)
     parser = argparse.ArgumentParser(prog="rtune")

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from components.quantize import task
-from components.quantize.task import QualityGateFailed, QuantizeOutputs, run_quantize
+from rtune.components.quantize import task
+from rtune.components.quantize.task import QualityGateFailed, QuantizeOutputs, run_quantize
 from tests.conftest import RecordingMetrics
 from tests.finetune_helpers.records import training_records
 
@@ -271,7 +271,7 @@ def test_none_on_a_stored_model_passes_its_uri_on(tmp_path: Path) -> None:
 def test_a_model_in_the_store_is_quantized_back_into_the_store(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from components.common.model_store import upload_model, verify_model
+    from rtune.components.common.model_store import upload_model, verify_model
     from tests.servers import moto_s3, use_s3
 
     with moto_s3() as endpoint:
@@ -301,7 +301,7 @@ def test_cli_writes_model_and_report_and_exits_1_when_the_guard_fails(
 ) -> None:
     import yaml
 
-    from pipelines import cli
+    from rtune.pipelines import cli
 
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({"quantize": stage["quantize"]}))

@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 import yaml
 
-from components.common.config import from_dict
-from components.common.records import InputError
-from components.quantize import task
-from components.quantize.config import METHODS, QuantizeConfig
-from components.quantize.data import response_passes, split_records
-from components.quantize.recipes import recipe_stages, recipe_yaml
+from rtune.components.common.config import from_dict
+from rtune.components.common.records import InputError
+from rtune.components.quantize import task
+from rtune.components.quantize.config import METHODS, QuantizeConfig
+from rtune.components.quantize.data import response_passes, split_records
+from rtune.components.quantize.recipes import recipe_stages, recipe_yaml
 from tests.finetune_helpers.records import training_records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -216,7 +216,7 @@ def test_bad_records_are_named() -> None:
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir: Path) -> Any:
-    from components.common.models import load_tokenizer
+    from rtune.components.common.models import load_tokenizer
 
     return load_tokenizer(tiny_model_dir)
 
@@ -248,7 +248,7 @@ def test_perplexity_is_exp_of_the_token_weighted_response_loss(
     import torch
     from transformers import AutoModelForCausalLM
 
-    from components.quantize.perplexity import model_perplexity
+    from rtune.components.quantize.perplexity import model_perplexity
 
     passes = list(response_passes(training_records(3), tokenizer, "vicuna", 512).passes.values())
     measured = model_perplexity(tiny_model_dir, passes)
@@ -267,7 +267,7 @@ def test_perplexity_is_exp_of_the_token_weighted_response_loss(
 
 
 def test_weight_bytes_count_weight_files_only(tmp_path: Path) -> None:
-    from components.quantize.perplexity import weight_bytes
+    from rtune.components.quantize.perplexity import weight_bytes
 
     (tmp_path / "model-00001-of-00002.safetensors").write_bytes(b"x" * 100)
     (tmp_path / "model-00002-of-00002.safetensors").write_bytes(b"x" * 50)

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from components.common.config import flatten, from_dict
-from components.common.records import InputError, read_jsonl, write_jsonl
-from components.reflect_instruction.reflect import reflect_instructions
-from components.reflect_response.reflect import reflect_responses
-from components.teacher.config import TeacherConfig
-from components.teacher.factory import make_teacher
-from components.teacher.openai_backend import OpenAITeacher
-from components.teacher.protocol import Completion, OnDone, TeacherRequest
-from pipelines.cli import main
+from rtune.components.common.config import flatten, from_dict
+from rtune.components.common.records import InputError, read_jsonl, write_jsonl
+from rtune.components.reflect_instruction.reflect import reflect_instructions
+from rtune.components.reflect_response.reflect import reflect_responses
+from rtune.components.teacher.config import TeacherConfig
+from rtune.components.teacher.factory import make_teacher
+from rtune.components.teacher.openai_backend import OpenAITeacher
+from rtune.components.teacher.protocol import Completion, OnDone, TeacherRequest
+from rtune.pipelines.cli import main
 from tests.fakes.openai_server import FakeOpenAIServer, echo_reply, sample_instruction
 
 META_KEYS = {
@@ -379,7 +379,7 @@ def test_factory_builds_the_named_backend() -> None:
 def only_the_reflect_command(monkeypatch: pytest.MonkeyPatch) -> None:
     """The real ``rtune`` entry point with just this subcommand registered, so these tests do not
     depend on the other stages' commands (tests/test_reflect_resume.py runs the full CLI)."""
-    monkeypatch.setattr("pipelines.cli.COMMANDS", ("reflect",))
+    monkeypatch.setattr("rtune.pipelines.cli.COMMANDS", ("reflect",))
 
 
 def run_cli(*args: str) -> int:

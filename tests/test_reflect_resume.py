@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from components.common.records import read_jsonl, write_jsonl
+from rtune.components.common.records import read_jsonl, write_jsonl
 from tests.fakes.openai_server import FakeOpenAIServer
 
 pytestmark = pytest.mark.integration
@@ -34,7 +34,7 @@ def reflect_command(server_url: str, source: Path, output: Path) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "pipelines.cli",
+        "rtune.pipelines.cli",
         "reflect",
         "--stage",
         "instruction",

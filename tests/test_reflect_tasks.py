@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from components.common.records import read_jsonl, write_jsonl
-from components.reflect_instruction.task import run_reflect_instruction
-from components.reflect_response.task import run_reflect_response
+from rtune.components.common.records import read_jsonl, write_jsonl
+from rtune.components.reflect_instruction.task import run_reflect_instruction
+from rtune.components.reflect_response.task import run_reflect_response
 from tests.fakes.openai_server import FakeOpenAIServer
 
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from components.scoring.config import ScoringConfig
-from components.scoring.formulas import LOSS_FIELDS
-from components.scoring.scorer import ScoringCandidate, StudentScorer, batch_by_budget
+from rtune.components.scoring.config import ScoringConfig
+from rtune.components.scoring.formulas import LOSS_FIELDS
+from rtune.components.scoring.scorer import ScoringCandidate, StudentScorer, batch_by_budget
 from tests.scoring_oracle import oracle_scores
 
 TOLERANCE = 1e-4
@@ -64,14 +64,14 @@ def assert_agrees_with_oracle(
 
 @pytest.fixture(scope="module")
 def embedded(embedded_model_dir: Path) -> tuple[Any, Any]:
-    from components.common.models import load_causal_lm, load_tokenizer
+    from rtune.components.common.models import load_causal_lm, load_tokenizer
 
     return load_causal_lm(embedded_model_dir), load_tokenizer(embedded_model_dir)
 
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir: Path) -> tuple[Any, Any]:
-    from components.common.models import load_causal_lm, load_tokenizer
+    from rtune.components.common.models import load_causal_lm, load_tokenizer
 
     return load_causal_lm(tiny_model_dir), load_tokenizer(tiny_model_dir)
 
@@ -146,7 +146,7 @@ def test_each_candidate_is_reported_once_as_it_completes(tiny: tuple[Any, Any]) 
 
 
 def test_a_model_whose_logits_are_not_the_head_is_refused(tiny_model_dir: Path) -> None:
-    from components.common.models import load_causal_lm, load_tokenizer
+    from rtune.components.common.models import load_causal_lm, load_tokenizer
 
     model = load_causal_lm(tiny_model_dir)
     model.config.final_logit_softcapping = 0.5  # the scorer would cap, the model does not

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from components.scoring.formulas import (
+from rtune.components.scoring.formulas import (
     NON_FINITE,
     NOT_SCORED,
     SCORE_FIELDS,

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from components.common.config import from_dict
-from components.common.records import InputError
-from components.scoring.config import ScoringConfig
-from components.scoring.scorer import (
+from rtune.components.common.config import from_dict
+from rtune.components.common.records import InputError
+from rtune.components.scoring.config import ScoringConfig
+from rtune.components.scoring.scorer import (
     EMPTY_INSTRUCTION,
     EMPTY_OUTPUT,
     TOO_SHORT,
@@ -20,7 +20,7 @@ from components.scoring.scorer import (
     plan_candidate,
     resolve_start_ids,
 )
-from components.scoring.templates import (
+from rtune.components.scoring.templates import (
     DEFAULT_REVERSE_PROMPT,
     TEMPLATES,
     VICUNA_SYSTEM,
@@ -36,7 +36,7 @@ VICUNA = get_template("vicuna")
 
 @pytest.fixture(scope="module")
 def tokenizer(embedded_model_dir: Path) -> Any:
-    from components.common.models import load_tokenizer
+    from rtune.components.common.models import load_tokenizer
 
     return load_tokenizer(embedded_model_dir)
 

@@ -8,16 +8,16 @@ from typing import Any
 
 import pytest
 
-from components.common.records import InputError, read_jsonl, write_jsonl
-from components.scoring.config import ScoringConfig
-from components.scoring.formulas import SCORE_FIELDS
-from components.scoring.scorer import StudentScorer
-from components.scoring.stage import score_candidates, score_file, shard_records
-from components.select_ifd.rules import choose_phase1
-from components.select_ifd.stage import select_ifd
-from components.select_rifd.rules import SelectionConfig, decide_phase2
-from components.select_rifd.stage import select_rifd
-from pipelines.cli import main
+from rtune.components.common.records import InputError, read_jsonl, write_jsonl
+from rtune.components.scoring.config import ScoringConfig
+from rtune.components.scoring.formulas import SCORE_FIELDS
+from rtune.components.scoring.scorer import StudentScorer
+from rtune.components.scoring.stage import score_candidates, score_file, shard_records
+from rtune.components.select_ifd.rules import choose_phase1
+from rtune.components.select_ifd.stage import select_ifd
+from rtune.components.select_rifd.rules import SelectionConfig, decide_phase2
+from rtune.components.select_rifd.stage import select_rifd
+from rtune.pipelines.cli import main
 
 SEED = [
     ("r1", "Name a colour.", "", "Blue."),

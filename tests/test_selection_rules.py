@@ -9,16 +9,16 @@ from typing import Any
 
 import pytest
 
-from components.common.config import from_dict
-from components.common.records import InputError
-from components.select_ifd.rules import (
+from rtune.components.common.config import from_dict
+from rtune.components.common.records import InputError
+from rtune.components.select_ifd.rules import (
     BOTH_UNSCORABLE,
     ORI_HIGHER_OR_EQUAL,
     Q_HIGHER,
     choose_phase1,
 )
-from components.select_ifd.stage import SelectionSummary, slug
-from components.select_rifd.rules import (
+from rtune.components.select_ifd.stage import SelectionSummary, slug
+from rtune.components.select_rifd.rules import (
     CUT_UNSCORABLE,
     IFD_NOT_BELOW_1,
     OLD_RIFD_UNSCORABLE,

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from components.common.config import from_dict
-from components.common.records import InputError
-from components.serve.client import ChatEndpoint, message_parts, smoke_test
-from components.serve.config import ServeConfig
-from components.serve.endpoint import EndpointSpec, open_endpoint
-from components.serve.reflection_proxy import ReflectionProxy, add_reasoning
+from rtune.components.common.config import from_dict
+from rtune.components.common.records import InputError
+from rtune.components.serve.client import ChatEndpoint, message_parts, smoke_test
+from rtune.components.serve.config import ServeConfig
+from rtune.components.serve.endpoint import EndpointSpec, open_endpoint
+from rtune.components.serve.reflection_proxy import ReflectionProxy, add_reasoning
 from tests.fakes.openai_server import FakeOpenAIServer, Fault
 from tests.servers import free_port
 
@@ -221,7 +221,7 @@ def test_serve_config_defaults_and_refusals() -> None:
 
 
 def test_server_commands(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import components.serve.local_server as local_server
+    import rtune.components.serve.local_server as local_server
 
     monkeypatch.setattr(local_server, "console_script", lambda name: f"/env/bin/{name}")
     vllm = local_server.server_command("vllm", tmp_path, "127.0.0.1", 8123, "reflection")
@@ -237,7 +237,7 @@ def test_server_commands(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
 
 
 def test_server_choice_without_vllm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import components.serve.local_server as local_server
+    import rtune.components.serve.local_server as local_server
 
     monkeypatch.setattr(local_server, "vllm_usable", lambda: False)
     assert local_server.resolve_server("auto") == "transformers"

@@ -17,9 +17,9 @@ import pytest
 import yaml
 from kubernetes import client
 
-from components.common.records import InputError
-from components.serve.endpoint import EndpointSpec
-from components.serve.kserve import (
+from rtune.components.common.records import InputError
+from rtune.components.serve.endpoint import EndpointSpec
+from rtune.components.serve.kserve import (
     GPU_RESOURCE,
     InferenceServiceFailed,
     InferenceServiceTimeout,
@@ -30,7 +30,7 @@ from components.serve.kserve import (
     ready_urls,
     wait_ready,
 )
-from components.serve.task import SmokeTestFailed, run_serve
+from rtune.components.serve.task import SmokeTestFailed, run_serve
 from tests import kube as kube_fixtures
 from tests.crd_schemas import CustomResourceInvalid, validate_custom_resource
 from tests.fakes.openai_server import FakeOpenAIServer

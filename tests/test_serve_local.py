@@ -23,11 +23,11 @@ from typing import Any
 import mlflow
 import pytest
 
-from components.serve.client import ChatEndpoint
-from components.serve.endpoint import EndpointSpec, open_endpoint
-from components.serve.local_server import LocalServer, ServerStartError
-from components.serve.reasoning import split_reflection
-from components.serve.task import run_serve
+from rtune.components.serve.client import ChatEndpoint
+from rtune.components.serve.endpoint import EndpointSpec, open_endpoint
+from rtune.components.serve.local_server import LocalServer, ServerStartError
+from rtune.components.serve.reasoning import split_reflection
+from rtune.components.serve.task import run_serve
 from tests.servers import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -156,7 +156,7 @@ def test_open_endpoint_starts_the_local_model_again(tiny_model_dir: Path, tmp_pa
 def test_a_server_that_dies_fails_fast_with_its_log_tail(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import components.serve.local_server as local_server
+    import rtune.components.serve.local_server as local_server
 
     crash = (
         "import sys; print('ValueError: Unrecognized processing class', flush=True); sys.exit(3)"
@@ -175,7 +175,7 @@ def test_a_server_that_dies_fails_fast_with_its_log_tail(
 def test_startup_timeout_kills_the_server_and_names_the_setting(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import components.serve.local_server as local_server
+    import rtune.components.serve.local_server as local_server
 
     sleeper = [
         sys.executable,
@@ -193,7 +193,7 @@ def test_startup_timeout_kills_the_server_and_names_the_setting(
 def test_rtune_serve_runs_in_the_foreground_until_sigterm(tiny_model_dir: Path) -> None:
     port = free_port()
     script = (
-        "import argparse, sys; from pipelines.commands import serve; "
+        "import argparse, sys; from rtune.pipelines.commands import serve; "
         "p = argparse.ArgumentParser(); serve.register(p.add_subparsers()); "
         "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))"
     )

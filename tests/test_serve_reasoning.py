@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import pytest
 from pydantic import BaseModel
 
-from components.serve.reasoning import ReflectionParts, ReflectionStream, split_reflection
+from rtune.components.serve.reasoning import ReflectionParts, ReflectionStream, split_reflection
 
 FULL = (
     "<thinking>\nFirst add 2 and 2.\n<reflection>No mistake so far.</reflection>\n"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.cli import make_parser
-from pipelines.commands.stage_options import cli_run_id, load_stage_config
+from rtune.pipelines.cli import make_parser
+from rtune.pipelines.commands.stage_options import cli_run_id, load_stage_config
 
 REQUIRED = {
     "finetune": ["--selected", "s.jsonl", "--output-dir", "out"],

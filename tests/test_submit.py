@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.cli import main
-from pipelines.config import CONFIG_DIR, load_pipeline_config
-from pipelines.packaging import compile_ir
+from rtune.pipelines.cli import main
+from rtune.pipelines.config import CONFIG_DIR, load_pipeline_config
+from rtune.pipelines.packaging import compile_ir
 from tests.fakes.kfp_server import FakeKfpServer
 
 TOKEN = "kfp-test-token-must-stay-secret-42"

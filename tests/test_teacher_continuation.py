@@ -18,25 +18,25 @@ from typing import Any
 
 import pytest
 
-from components.common.records import read_jsonl, write_jsonl
-from components.reflect_instruction.reflect import reflect_instructions
-from components.reflect_response.reflect import reflect_responses
-from components.teacher.config import TeacherConfig
-from components.teacher.parsing import (
+from rtune.components.common.records import read_jsonl, write_jsonl
+from rtune.components.reflect_instruction.reflect import reflect_instructions
+from rtune.components.reflect_response.reflect import reflect_responses
+from rtune.components.teacher.config import TeacherConfig
+from rtune.components.teacher.parsing import (
     PARSE_STATUSES,
     leading_fields,
     parse_reply,
     unfinished_field,
 )
-from components.teacher.prompts import (
+from rtune.components.teacher.prompts import (
     INSTRUCTION_PHASE,
     RESPONSE_PHASE,
     build_request,
     continuation_prefill,
 )
-from components.teacher.protocol import Completion, OnDone, TeacherRequest
-from components.teacher.runner import PENDING
-from components.teacher.transformers_backend import TransformersTeacher, stop_text_at_end
+from rtune.components.teacher.protocol import Completion, OnDone, TeacherRequest
+from rtune.components.teacher.runner import PENDING
+from rtune.components.teacher.transformers_backend import TransformersTeacher, stop_text_at_end
 from tests.fakes.openai_server import FakeOpenAIServer, Fault, sample_instruction
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from components.common.config import flatten, from_dict
-from components.common.records import read_jsonl, write_jsonl
-from components.reflect_instruction.reflect import reflect_instructions
-from components.teacher.config import TeacherConfig
-from components.teacher.openai_backend import OpenAITeacher, retry_after_seconds, retry_delay
-from components.teacher.parsing import OK, parse_reply
-from components.teacher.prompts import INSTRUCTION_PHASE, build_request
-from components.teacher.protocol import Completion
+from rtune.components.common.config import flatten, from_dict
+from rtune.components.common.records import read_jsonl, write_jsonl
+from rtune.components.reflect_instruction.reflect import reflect_instructions
+from rtune.components.teacher.config import TeacherConfig
+from rtune.components.teacher.openai_backend import OpenAITeacher, retry_after_seconds, retry_delay
+from rtune.components.teacher.parsing import OK, parse_reply
+from rtune.components.teacher.prompts import INSTRUCTION_PHASE, build_request
+from rtune.components.teacher.protocol import Completion
 from tests.fakes.openai_server import Body, FakeOpenAIServer, Fault
 
 pytestmark = pytest.mark.integration

@@ -7,14 +7,14 @@ import json
 
 import pytest
 
-from components.teacher.parsing import (
+from rtune.components.teacher.parsing import (
     FALLBACK_PARSE,
     FALLBACK_PLACEHOLDER,
     OK,
     extract_markers,
     parse_reply,
 )
-from components.teacher.prompts import (
+from rtune.components.teacher.prompts import (
     INSTRUCTION_PHASE,
     PHASES,
     RESPONSE_PHASE,

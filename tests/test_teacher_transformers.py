@@ -12,14 +12,14 @@ from typing import Any, ClassVar
 
 import pytest
 
-from components.common.records import read_jsonl, write_jsonl
-from components.reflect_instruction.reflect import reflect_instructions
-from components.teacher.config import TeacherConfig
-from components.teacher.factory import make_teacher
-from components.teacher.parsing import PARSE_STATUSES
-from components.teacher.prompts import INSTRUCTION_PHASE, build_request
-from components.teacher.protocol import Completion
-from components.teacher.transformers_backend import (
+from rtune.components.common.records import read_jsonl, write_jsonl
+from rtune.components.reflect_instruction.reflect import reflect_instructions
+from rtune.components.teacher.config import TeacherConfig
+from rtune.components.teacher.factory import make_teacher
+from rtune.components.teacher.parsing import PARSE_STATUSES
+from rtune.components.teacher.prompts import INSTRUCTION_PHASE, build_request
+from rtune.components.teacher.protocol import Completion
+from rtune.components.teacher.transformers_backend import (
     TransformersTeacher,
     batches_by_length,
     generated_length,
@@ -66,7 +66,7 @@ def test_generated_length_stops_at_the_first_end_of_turn() -> None:
 def test_prompt_is_the_chat_template_ending_in_the_prefilled_marker(
     embedded_model_dir: Path,
 ) -> None:
-    from components.common.models import load_tokenizer
+    from rtune.components.common.models import load_tokenizer
 
     tokenizer = load_tokenizer(embedded_model_dir)
     [request] = requests_for(SAMPLES[1:2])

@@ -7,7 +7,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from components.common.tracking import PIPELINE_TAG, TrackingConfig, stage_run
+from rtune.components.common.tracking import PIPELINE_TAG, TrackingConfig, stage_run
 from tests.servers import S3_ENV, mlflow_server, moto_s3
 
 pytestmark = pytest.mark.integration
@@ -31,8 +31,8 @@ def test_stage_runs_nest_under_one_parent_and_artifacts_reach_s3(
 ) -> None:
     import mlflow
 
-    from components.common import reports
-    from components.prepare.task import run_prepare
+    from rtune.components.common import reports
+    from rtune.components.prepare.task import run_prepare
 
     url, endpoint = tracking_server
     tracking = {"experiment": "rt-int", "tracking_uri": url}

@@ -277,7 +277,7 @@ def _run_submit_step(tmp_path: Path, env: dict[str, str]) -> list[str]:
 
 
 def test_pipeline_submit_step_passes_settings_that_rtune_submit_accepts(tmp_path: Path) -> None:
-    from pipelines.cli import make_parser
+    from rtune.pipelines.cli import make_parser
 
     unset = {"EXPERIMENT": "", "KFP_NAMESPACE": "", "KFP_SERVICE_ACCOUNT": "", "IMAGE_REGISTRY": ""}
     argv = _run_submit_step(tmp_path, {**unset, "IMAGE_TAG": ""})

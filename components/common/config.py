@@ -9,7 +9,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from components.common.records import InputError
+from rtune.components.common.records import InputError
 
 T = TypeVar("T")
 

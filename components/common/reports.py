@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from components.common.records import Record
+from rtune.components.common.records import Record
 
 
 def _pyplot() -> Any:

@@ -6,9 +6,9 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-from components.common.config import flatten
-from components.common.config import from_dict as config_from_dict
-from components.common.tracking import StageRun, TrackingConfig, stage_run
+from rtune.components.common.config import flatten
+from rtune.components.common.config import from_dict as config_from_dict
+from rtune.components.common.tracking import StageRun, TrackingConfig, stage_run
 
 
 class MetricsSink(Protocol):

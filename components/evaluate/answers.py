@@ -15,14 +15,14 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-from components.common.checkpoint import RecordCheckpoint
-from components.serve.client import ChatReply
+from rtune.components.common.checkpoint import RecordCheckpoint
+from rtune.components.serve.client import ChatReply
 
 Messages = list[dict[str, str]]
 
 
 class ChatModel(Protocol):
-    """What answers need from an endpoint (``components.serve.client.ChatEndpoint``)."""
+    """What answers need from an endpoint (``rtune.components.serve.client.ChatEndpoint``)."""
 
     def chat(
         self, messages: Messages, max_tokens: int = 256, temperature: float = 0.0

@@ -1,9 +1,9 @@
-"""KFP component for `evaluate` (thin: adapts artifacts to components.evaluate.task)."""
+"""KFP component for `evaluate` (thin: adapts artifacts to rtune.components.evaluate.task)."""
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Output
 
-from components.common.images import image
+from rtune.components.common.images import image
 
 
 @dsl.component(base_image=image("base"))
@@ -20,7 +20,7 @@ def evaluate(
     """Served candidate vs base: verifiable suite, pairwise judge, lm-eval; `champion` on a win."""
     from pathlib import Path
 
-    from components.evaluate.task import run_evaluate
+    from rtune.components.evaluate.task import run_evaluate
 
     summary = run_evaluate(
         Path(endpoint.path),

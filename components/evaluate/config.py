@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from components.teacher.config import TeacherConfig
+from rtune.components.teacher.config import TeacherConfig
 
 REASONING_FORMATS = ("none", "reflection")
 SERVERS = ("auto", "transformers", "vllm")
@@ -163,7 +163,7 @@ class EvaluateConfig:
 
     def judge_config(self) -> TeacherConfig:
         """The judge as a teacher backend; its answer budget defaults to one short verdict."""
-        from components.common.config import from_dict
+        from rtune.components.common.config import from_dict
 
         backend = str(self.judge.get("backend", "transformers"))
         values = {"max_new_tokens": JUDGE_MAX_NEW_TOKENS.get(backend, 64), **self.judge}

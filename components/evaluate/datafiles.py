@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from components.common.records import InputError, iter_jsonl
+from rtune.components.common.records import InputError, iter_jsonl
 
 DATA_DIR = Path(__file__).parent / "data"
 
@@ -20,7 +20,7 @@ def resolve_data_file(spec: str, builtin_example: str) -> Path:
             shipped = sorted(f"builtin:{p.stem}" for p in DATA_DIR.glob("*.jsonl"))
             raise InputError(spec, "no such built-in file", f"use one of {shipped} or a path")
         return path
-    from components.common.storage import localize
+    from rtune.components.common.storage import localize
 
     path = localize(spec, "eval")
     if not path.is_file():

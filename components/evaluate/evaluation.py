@@ -17,17 +17,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from components.common.checkpoint import fingerprint
-from components.evaluate.answers import Question, answer_key, user_turn
-from components.evaluate.config import JUDGE_METRICS, EvaluateConfig
-from components.evaluate.judge import (
+from rtune.components.common.checkpoint import fingerprint
+from rtune.components.evaluate.answers import Question, answer_key, user_turn
+from rtune.components.evaluate.config import JUDGE_METRICS, EvaluateConfig
+from rtune.components.evaluate.judge import (
     HeldoutItem,
     JudgeSummary,
     judge_rows,
     question_text,
     summarize,
 )
-from components.evaluate.suite import (
+from rtune.components.evaluate.suite import (
     CATEGORIES,
     SuiteItem,
     Verdict,

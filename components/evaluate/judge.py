@@ -23,10 +23,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from components.common.checkpoint import fingerprint
-from components.common.records import InputError
-from components.evaluate.datafiles import numbered_records, resolve_data_file, text_field
-from components.teacher.protocol import Completion, Teacher, TeacherRequest
+from rtune.components.common.checkpoint import fingerprint
+from rtune.components.common.records import InputError
+from rtune.components.evaluate.datafiles import numbered_records, resolve_data_file, text_field
+from rtune.components.teacher.protocol import Completion, Teacher, TeacherRequest
 
 ORDERS = ("cb", "bc")  # candidate first, base first
 WIN, TIE, LOSS, UNPARSEABLE = "win", "tie", "loss", "unparseable"

@@ -12,7 +12,7 @@ import html
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from components.common.reports import figure_png_base64
+from rtune.components.common.reports import figure_png_base64
 
 CANDIDATE_COLOR, BASE_COLOR = "#2b6cb0", "#a0aec0"
 OUTCOME_COLORS = {"win": "#2f855a", "tie": "#d69e2e", "loss": "#c53030", "unparseable": "#718096"}

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any
 
-from components.common.records import InputError
-from components.evaluate.datafiles import numbered_records, resolve_data_file, text_field
+from rtune.components.common.records import InputError
+from rtune.components.evaluate.datafiles import numbered_records, resolve_data_file, text_field
 
 CATEGORIES = ("arithmetic", "format")
 DEFAULT_REL_TOL = 1e-6
@@ -258,7 +258,7 @@ def scored_text(content: str, reasoning_format: str) -> str:
     (the served API usually returns it as ``content`` already; splitting again is harmless)."""
     if reasoning_format != "reflection":
         return content
-    from components.serve.reasoning import split_reflection
+    from rtune.components.serve.reasoning import split_reflection
 
     return split_reflection(content).content
 

@@ -22,13 +22,13 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from components.common.checkpoint import RecordCheckpoint, fingerprint
-from components.common.config import from_dict
-from components.common.stage import MetricsSink, publish_metrics, tracked_stage
-from components.common.storage import cache_root
-from components.evaluate.answers import ChatModel, Question, SharedCheckpoint, ask_all, pending
-from components.evaluate.config import EvaluateConfig
-from components.evaluate.evaluation import (
+from rtune.components.common.checkpoint import RecordCheckpoint, fingerprint
+from rtune.components.common.config import from_dict
+from rtune.components.common.stage import MetricsSink, publish_metrics, tracked_stage
+from rtune.components.common.storage import cache_root
+from rtune.components.evaluate.answers import ChatModel, Question, SharedCheckpoint, ask_all, pending
+from rtune.components.evaluate.config import EvaluateConfig
+from rtune.components.evaluate.evaluation import (
     ROLES,
     Evaluation,
     answer_texts,
@@ -37,8 +37,8 @@ from components.evaluate.evaluation import (
     mean_latency,
     questions,
 )
-from components.evaluate.judge import HeldoutItem, load_heldout, pending_jobs, run_judge
-from components.evaluate.suite import SuiteItem, load_suite
+from rtune.components.evaluate.judge import HeldoutItem, load_heldout, pending_jobs, run_judge
+from rtune.components.evaluate.suite import SuiteItem, load_suite
 
 CHECKPOINT_HEADER = "rtune-evaluate-v1"  # identity lives in each key's digest
 
@@ -56,9 +56,9 @@ def run_evaluate(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate the served candidate against the base; returns the stage summary."""
-    from components.evaluate.champion import promote
-    from components.evaluate.lm_eval import NOT_INSTALLED, lm_eval_installed
-    from components.serve.endpoint import EndpointSpec
+    from rtune.components.evaluate.champion import promote
+    from rtune.components.evaluate.lm_eval import NOT_INSTALLED, lm_eval_installed
+    from rtune.components.serve.endpoint import EndpointSpec
 
     config = from_dict(EvaluateConfig, evaluate, "evaluate")
     if config.lm_eval_tasks and not lm_eval_installed():
@@ -174,7 +174,7 @@ def _judge(
     """Build the judge (a teacher backend) only when a verdict is missing; checkpoint each."""
     from tqdm import tqdm
 
-    from components.teacher.factory import make_teacher
+    from rtune.components.teacher.factory import make_teacher
 
     candidate, base = (texts[role]["heldout"] for role in ROLES)
     if not pending_jobs(heldout, candidate, base, store.done, judge):
@@ -195,7 +195,7 @@ def _judge(
 
 def benchmarks(endpoint: Any, config: EvaluateConfig, out: Path) -> dict[str, float]:
     """lm-eval metrics for one endpoint: generative tasks via chat, loglikelihood via completions."""
-    from components.evaluate.lm_eval import run_lm_eval
+    from rtune.components.evaluate.lm_eval import run_lm_eval
 
     common = {
         "limit": config.lm_eval_limit,
@@ -231,7 +231,7 @@ def benchmarks(endpoint: Any, config: EvaluateConfig, out: Path) -> dict[str, fl
 
 @contextmanager
 def _candidate_endpoint(spec: Any, config: EvaluateConfig) -> Iterator[ChatModel]:
-    from components.serve.endpoint import open_endpoint
+    from rtune.components.serve.endpoint import open_endpoint
 
     with open_endpoint(spec, timeout_s=config.timeout_s) as endpoint:
         yield endpoint
@@ -240,7 +240,7 @@ def _candidate_endpoint(spec: Any, config: EvaluateConfig) -> Iterator[ChatModel
 @contextmanager
 def base_endpoint(config: EvaluateConfig, reasoning_format: str = "none") -> Iterator[ChatModel]:
     """The base student: a served model at ``base_url``, or ``base_model`` served on loopback."""
-    from components.serve.client import ChatEndpoint
+    from rtune.components.serve.client import ChatEndpoint
 
     if config.base_url:
         yield ChatEndpoint(
@@ -251,8 +251,8 @@ def base_endpoint(config: EvaluateConfig, reasoning_format: str = "none") -> Ite
             reasoning_format=reasoning_format,
         )
         return
-    from components.common.models import resolve_model
-    from components.serve.local_server import LocalServer
+    from rtune.components.common.models import resolve_model
+    from rtune.components.serve.local_server import LocalServer
 
     path = resolve_model(config.base_model)
     with LocalServer(path, server=config.server, reasoning_format=reasoning_format) as server:
@@ -263,7 +263,7 @@ def _local_server(server: str | None) -> str | None:
     """The server a local endpoint will run (``auto`` resolved); ``None`` for a served one."""
     if server is None:
         return None
-    from components.serve.local_server import resolve_server
+    from rtune.components.serve.local_server import resolve_server
 
     return resolve_server(server)
 
@@ -286,7 +286,7 @@ def candidate_identity(spec: Any) -> str:
 def base_identity(config: EvaluateConfig) -> str:
     if config.base_url:
         return f"remote:{config.base_url}:{config.base_served_model}"
-    from components.common.models import resolve_model
+    from rtune.components.common.models import resolve_model
 
     path = resolve_model(config.base_model)
     return f"local:{path}:{model_signature(path)}"
@@ -317,7 +317,7 @@ def _log_inputs(
 def _dataset_source(spec: str, builtin_example: str) -> str:
     """MLflow resolves file paths and s3:// URIs, not ``builtin:`` names: give it the shipped file."""
     if spec.startswith("builtin:"):
-        from components.evaluate.datafiles import resolve_data_file
+        from rtune.components.evaluate.datafiles import resolve_data_file
 
         return str(resolve_data_file(spec, builtin_example))
     return spec
@@ -332,7 +332,7 @@ def _publish(
     results_path: Path | None,
 ) -> None:
     """Metrics (MLflow parent + KFP), tables, figure, report page and results JSON."""
-    from components.evaluate.report import figure_comparison, html_page
+    from rtune.components.evaluate.report import figure_comparison, html_page
 
     numbers = {**summary, "candidate_beats_base": float(summary["candidate_beats_base"])}
     publish_metrics(run, sink, numbers, to_parent=True)

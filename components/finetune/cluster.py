@@ -2,7 +2,7 @@
 
 The task pod only orchestrates. The packed rows and the job file go to the model store
 (``finetune.model_store``, an ``s3://`` prefix), the job runs ``torchrun -m
-components.finetune.worker`` in the train image on every node (the Trainer's torch runtime sets
+rtune.components.finetune.worker`` in the train image on every node (the Trainer's torch runtime sets
 ``PET_NNODES``/``PET_NODE_RANK``/... which torchrun reads), rank 0 uploads its outputs next to the
 job, and the task reads back the training summary. The model itself stays in the store (a 70B
 model is not copied into a KFP artifact): the task's Model artifacts point at it.
@@ -19,13 +19,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from components.common.images import image
-from components.common.storage import download_file, is_s3, upload_file
-from components.finetune.config import FinetuneConfig
-from components.finetune.worker import TrainingJob
+from rtune.components.common.images import image
+from rtune.components.common.storage import download_file, is_s3, upload_file
+from rtune.components.finetune.config import FinetuneConfig
+from rtune.components.finetune.worker import TrainingJob
 
 WORKER_COMMAND = ["torchrun"]
-WORKER_ARGS = ["-m", "components.finetune.worker", "--job"]
+WORKER_ARGS = ["-m", "rtune.components.finetune.worker", "--job"]
 
 
 def cluster_prefix(config: FinetuneConfig, work_dir: Path) -> str:
@@ -48,7 +48,7 @@ def stage_job(config: FinetuneConfig, job: TrainingJob, work_dir: Path) -> tuple
 
 
 def job_spec(config: FinetuneConfig, job_uri: str, kfp_run_id: str, env: Mapping[str, str]) -> Any:
-    from components.finetune.distributed_job import (
+    from rtune.components.finetune.distributed_job import (
         DistributedJobSpec,
         job_name,
         pod_namespace,
@@ -81,7 +81,7 @@ def run_cluster_job(
     poll_interval_s: float = 10.0,
 ) -> dict[str, Any]:
     """Create (or adopt) the job, follow it to the end, return rank 0's training summary."""
-    from components.finetune.distributed_job import load_api_client, run_distributed_job
+    from rtune.components.finetune.distributed_job import load_api_client, run_distributed_job
 
     remote, job_uri = stage_job(config, job, work_dir)
     spec = job_spec(config, job_uri, kfp_run_id, env)

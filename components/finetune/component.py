@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
-from components.common.images import image
+from rtune.components.common.images import image
 
 
 @dsl.component(base_image=image("train"))
@@ -24,7 +24,7 @@ def finetune(
     """
     from pathlib import Path
 
-    from components.finetune.task import FinetuneOutputs, run_finetune
+    from rtune.components.finetune.task import FinetuneOutputs, run_finetune
 
     summary = run_finetune(
         Path(selected.path),

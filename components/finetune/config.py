@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from components.scoring.templates import TEMPLATES
+from rtune.components.scoring.templates import TEMPLATES
 
 METHODS = ("lora", "qlora", "full")
 LAUNCHERS = ("local", "torchrun", "trainjob", "pytorchjob")

@@ -2,7 +2,7 @@
 
 * ``local``: in this process (one rank) — the laptop/CI path and single-device pods.
 * ``torchrun``: ``torch.distributed.run`` over ``nproc_per_node`` ranks of this pod; each rank is
-  ``python -m components.finetune.worker``; a failing rank fails the stage with its output tail.
+  ``python -m rtune.components.finetune.worker``; a failing rank fails the stage with its output tail.
 * ``trainjob`` / ``pytorchjob``: the same worker on ``nodes`` pods through the Kubeflow Trainer
   (``distributed_job``); job and rows travel through ``s3://``, outputs come back the same way.
 """
@@ -18,9 +18,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from components.common.ports import free_port
-from components.finetune.config import FinetuneConfig
-from components.finetune.worker import TrainingJob
+from rtune.components.common.ports import free_port
+from rtune.components.finetune.config import FinetuneConfig
+from rtune.components.finetune.worker import TrainingJob
 
 
 class TrainingFailed(RuntimeError):
@@ -28,7 +28,7 @@ class TrainingFailed(RuntimeError):
 
 
 def run_local(job: TrainingJob) -> dict[str, Any]:
-    from components.finetune.worker import train
+    from rtune.components.finetune.worker import train
 
     return train(job).summary
 
@@ -42,7 +42,7 @@ def torchrun_command(job_path: Path, nproc_per_node: int, port: int) -> list[str
         "--nnodes=1",
         f"--master-port={port}",
         "-m",
-        "components.finetune.worker",
+        "rtune.components.finetune.worker",
         "--job",
         str(job_path),
     ]
@@ -104,6 +104,6 @@ def launch(
         return run_local(job)  # the stage's MLflow run is active in this process
     if config.launcher == "torchrun":
         return run_torchrun(job, work_dir / "job.json", config.nproc_per_node, env)
-    from components.finetune.cluster import run_cluster_job
+    from rtune.components.finetune.cluster import run_cluster_job
 
     return run_cluster_job(config, job, work_dir, env, kfp_run_id)

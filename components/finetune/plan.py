@@ -72,7 +72,7 @@ from typing import Any
 
 import yaml
 
-from components.common.records import InputError
+from rtune.components.common.records import InputError
 
 log = logging.getLogger(__name__)
 

@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.common import reports
-from components.common.checkpoint import fingerprint
-from components.common.config import from_dict, to_dict
-from components.common.records import InputError, read_jsonl
-from components.common.stage import MetricsSink, publish_metrics, tracked_stage
-from components.common.storage import cache_root
-from components.finetune.config import FinetuneConfig
-from components.finetune.data import ExampleStats, build_examples, pack_examples, rows_digest
+from rtune.components.common import reports
+from rtune.components.common.checkpoint import fingerprint
+from rtune.components.common.config import from_dict, to_dict
+from rtune.components.common.records import InputError, read_jsonl
+from rtune.components.common.stage import MetricsSink, publish_metrics, tracked_stage
+from rtune.components.common.storage import cache_root
+from rtune.components.finetune.config import FinetuneConfig
+from rtune.components.finetune.data import ExampleStats, build_examples, pack_examples, rows_digest
 
 
 @dataclass
@@ -54,7 +54,7 @@ def _model_signature(model_path: Path) -> str:
 def prepare_rows(
     records: list[Any], selected_path: Path, config: FinetuneConfig, model_path: Path
 ) -> tuple[list[Any], ExampleStats]:
-    from components.common.models import load_tokenizer
+    from rtune.components.common.models import load_tokenizer
 
     tokenizer = load_tokenizer(model_path)
     examples, stats = build_examples(
@@ -81,10 +81,10 @@ def run_finetune(
     last_stage: bool = True,
 ) -> dict[str, Any]:
     """Train the student on the selected records; returns the stage summary."""
-    from components.common.models import resolve_model
-    from components.finetune.data import save_rows
-    from components.finetune.launch import launch
-    from components.finetune.worker import TrainingJob
+    from rtune.components.common.models import resolve_model
+    from rtune.components.finetune.data import save_rows
+    from rtune.components.finetune.launch import launch
+    from rtune.components.finetune.worker import TrainingJob
 
     config = from_dict(FinetuneConfig, finetune, "finetune")
     model_path = resolve_model(config.model)
@@ -201,12 +201,12 @@ def _register(
     """Register the model (+ optional upload to the model store) when tracking is on."""
     store_uri = f"{remote_output}/model" if remote_output else ""
     if config.model_store and not store_uri:
-        from components.common.model_store import upload_model
+        from rtune.components.common.model_store import upload_model
 
         store_uri = upload_model(outputs.model_dir, config.model_store.rstrip("/") + "/model").uri
     if not run.active:
         return {"model_store_uri": store_uri} if store_uri else {}
-    from components.finetune.registry import register_student
+    from rtune.components.finetune.registry import register_student
 
     dataset = {
         "name": "training",

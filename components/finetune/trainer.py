@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
-from components.finetune.config import FinetuneConfig
-from components.finetune.data import IGNORE, PackedRow
+from rtune.components.finetune.config import FinetuneConfig
+from rtune.components.finetune.data import IGNORE, PackedRow
 
 log = logging.getLogger(__name__)
 

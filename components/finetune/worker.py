@@ -1,7 +1,7 @@
 """The training entrypoint every rank runs: one process, torchrun, or each node of a TrainJob.
 
-    python -m components.finetune.worker --job job.json                       # one process
-    torchrun --nproc-per-node 2 -m components.finetune.worker --job job.json  # ZeRO-3 over 2 ranks
+    python -m rtune.components.finetune.worker --job job.json                       # one process
+    torchrun --nproc-per-node 2 -m rtune.components.finetune.worker --job job.json  # ZeRO-3 over 2 ranks
 
 The job file (``TrainingJob``) names the packed rows, the base model, the checkpoint folder and
 the output folder (local, or ``s3://`` for cluster jobs). A re-run with the same job resumes from
@@ -46,7 +46,7 @@ class TrainingJob:
 
     @classmethod
     def load(cls, uri: str) -> TrainingJob:
-        from components.common.storage import localize
+        from rtune.components.common.storage import localize
 
         return cls(**json.loads(localize(uri, "jobs").read_text(encoding="utf-8")))
 
@@ -69,7 +69,7 @@ def configure_runtime(uses_deepspeed: bool) -> None:
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if uses_deepspeed and "WORLD_SIZE" not in os.environ:
-        from components.common.ports import free_port
+        from rtune.components.common.ports import free_port
 
         os.environ.update(
             RANK="0",
@@ -88,12 +88,12 @@ def is_main_rank() -> bool:
 
 def train(job: TrainingJob) -> Trained:
     """Build model and Trainer, resume from the last checkpoint if any, train, save outputs."""
-    from components.common.config import from_dict
-    from components.common.models import load_tokenizer, resolve_model
-    from components.common.storage import localize
-    from components.finetune.config import FinetuneConfig
-    from components.finetune.data import load_rows
-    from components.finetune.trainer import (
+    from rtune.components.common.config import from_dict
+    from rtune.components.common.models import load_tokenizer, resolve_model
+    from rtune.components.common.storage import localize
+    from rtune.components.finetune.config import FinetuneConfig
+    from rtune.components.finetune.data import load_rows
+    from rtune.components.finetune.trainer import (
         PackedRowDataset,
         PackedSFTTrainer,
         collate_packed,
@@ -195,7 +195,7 @@ def save_outputs(
     trainer: Any, config: Any, model_path: Path, output: Path, summary: dict[str, Any]
 ) -> None:
     """Adapter and/or full model. ``save_model`` gathers ZeRO-3 partitions on every rank."""
-    from components.common.storage import is_s3
+    from rtune.components.common.storage import is_s3
 
     local = _staging_dir(output) if is_s3(str(output)) else output
     if config.method in ("lora", "qlora"):
@@ -208,13 +208,13 @@ def save_outputs(
         merge_adapter(model_path, local / "adapter", local / "model")
     (local / "train_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     if is_s3(str(output)):
-        from components.common.model_store import upload_model
+        from rtune.components.common.model_store import upload_model
 
         upload_model(local, str(output))
 
 
 def _staging_dir(output: Path) -> Path:
-    from components.common.storage import uri_cache_dir
+    from rtune.components.common.storage import uri_cache_dir
 
     return uri_cache_dir(str(output), "outputs")
 
@@ -229,7 +229,7 @@ def merge_adapter(base_path: Path, adapter_dir: Path, merged_dir: Path) -> Path:
     from transformers import AutoModelForCausalLM
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-    from components.common.models import load_tokenizer
+    from rtune.components.common.models import load_tokenizer
 
     unset_hf_deepspeed_config()
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype="auto")

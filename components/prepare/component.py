@@ -1,9 +1,9 @@
-"""KFP component for `prepare` (thin: adapts artifacts to components.prepare.task)."""
+"""KFP component for `prepare` (thin: adapts artifacts to rtune.components.prepare.task)."""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Metrics, Output
 
-from components.common.images import image
+from rtune.components.common.images import image
 
 
 @dsl.component(base_image=image("base"))
@@ -18,6 +18,6 @@ def prepare(
     """Validate, normalise, id and de-duplicate the seed data."""
     from pathlib import Path
 
-    from components.prepare.task import run_prepare
+    from rtune.components.prepare.task import run_prepare
 
     run_prepare(seed_uri, config, tracking, kfp_run_id, Path(prepared.path), metrics)

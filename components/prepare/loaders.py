@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.common.records import InputError
+from rtune.components.common.records import InputError
 
 FORMATS = ("json", "jsonl", "parquet", "hf_dataset")
 SUPPORTED = (

@@ -13,8 +13,8 @@ import textwrap
 import unicodedata
 from typing import Any
 
-from components.common.records import Record
-from components.prepare.loaders import Location, RawRecord, json_type
+from rtune.components.common.records import Record
+from rtune.components.prepare.loaders import Location, RawRecord, json_type
 
 TEXT_FIELDS = ("instruction", "input", "output")
 REQUIRED = ("instruction", "output")
@@ -64,7 +64,7 @@ def dedupe_key(record: Record) -> tuple[str, str, str]:
 def normalize_record(raw: RawRecord) -> tuple[Record, bool]:
     """Return the contract record and whether its id came from the data (else a content hash).
 
-    Raises :class:`~components.common.records.InputError` naming the field and the fix.
+    Raises :class:`~rtune.components.common.records.InputError` naming the field and the fix.
     """
     data, where = raw.data, raw.location
     texts = {name: _text_field(data, name, where) for name in TEXT_FIELDS}

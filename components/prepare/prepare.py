@@ -20,11 +20,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.common import storage
-from components.common.records import InputError, Record, write_jsonl
-from components.prepare.config import PrepareConfig
-from components.prepare.loaders import Location, RawRecord, detect_format, iter_raw_records
-from components.prepare.normalize import dedupe_key, normalize_record
+from rtune.components.common import storage
+from rtune.components.common.records import InputError, Record, write_jsonl
+from rtune.components.prepare.config import PrepareConfig
+from rtune.components.prepare.loaders import Location, RawRecord, detect_format, iter_raw_records
+from rtune.components.prepare.normalize import dedupe_key, normalize_record
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ def make_token_counter(
     """
     if spec is None:
         return _estimate_tokens, "chars/4 estimate"
-    from components.common.models import load_tokenizer, resolve_model
+    from rtune.components.common.models import load_tokenizer, resolve_model
 
     tokenizer = load_tokenizer(resolve_model(spec, endpoint_url))
 

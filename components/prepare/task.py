@@ -6,11 +6,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from components.common.config import from_dict
-from components.common.records import read_jsonl
-from components.common.stage import MetricsSink, publish_metrics, tracked_stage
-from components.prepare.config import PrepareConfig
-from components.prepare.prepare import SEED_URI, PrepareSummary, prepare_dataset, seed_path
+from rtune.components.common.config import from_dict
+from rtune.components.common.records import read_jsonl
+from rtune.components.common.stage import MetricsSink, publish_metrics, tracked_stage
+from rtune.components.prepare.config import PrepareConfig
+from rtune.components.prepare.prepare import SEED_URI, PrepareSummary, prepare_dataset, seed_path
 
 
 def run_prepare(

@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
-from components.common.images import image
+from rtune.components.common.images import image
 
 
 @dsl.component(base_image=image("quantize"))
@@ -21,7 +21,7 @@ def quantize(
     """W4A16 GPTQ (or FP8 / W8A8 / 2:4 sparsity / none); fails when perplexity rises too much."""
     from pathlib import Path
 
-    from components.quantize.task import QuantizeOutputs, run_quantize
+    from rtune.components.quantize.task import QuantizeOutputs, run_quantize
 
     summary = run_quantize(
         Path(model.path),

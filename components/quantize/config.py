@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from components.scoring.templates import TEMPLATES
+from rtune.components.scoring.templates import TEMPLATES
 
 METHODS = ("w4a16", "fp8_dynamic", "w8a8", "sparse_2of4", "sparse_2of4_w4a16", "none")
 CALIBRATED = ("w4a16", "w8a8", "sparse_2of4", "sparse_2of4_w4a16")  # need calibration data

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.common.records import InputError, require_text_fields
-from components.scoring.scorer import PassBuilder, TokenPass, resolve_start_ids
-from components.scoring.templates import get_template, render_prompt
+from rtune.components.common.records import InputError, require_text_fields
+from rtune.components.scoring.scorer import PassBuilder, TokenPass, resolve_start_ids
+from rtune.components.scoring.templates import get_template, render_prompt
 
 
 @dataclass(frozen=True)

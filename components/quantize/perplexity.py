@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.scoring.scorer import TokenPass
+from rtune.components.scoring.scorer import TokenPass
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 MB = 1_000_000
@@ -73,7 +73,7 @@ def load_for_perplexity(model_dir: Path) -> Any:
     """fp32 on CPU (the scorer's precision); bf16/fp16 as saved, spread over GPUs, on a GPU."""
     import torch
 
-    from components.common.models import load_causal_lm
+    from rtune.components.common.models import load_causal_lm
 
     if not torch.cuda.is_available():
         return load_causal_lm(model_dir)

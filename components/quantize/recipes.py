@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from components.quantize.config import QuantizeConfig
+from rtune.components.quantize.config import QuantizeConfig
 
 LINEAR = ["Linear"]
 DECODER_LAYERS = [r"re:.*layers\.\d+$"]  # model.layers.N in Llama, Qwen, Mistral, Gemma

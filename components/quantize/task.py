@@ -31,14 +31,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from components.common import reports
-from components.common.checkpoint import fingerprint
-from components.common.config import from_dict
-from components.common.records import InputError, read_jsonl
-from components.common.stage import MetricsSink, publish_metrics, tracked_stage
-from components.common.storage import cache_root
-from components.quantize.config import CALIBRATED, GROUPED, QuantizeConfig
-from components.quantize.data import (
+from rtune.components.common import reports
+from rtune.components.common.checkpoint import fingerprint
+from rtune.components.common.config import from_dict
+from rtune.components.common.records import InputError, read_jsonl
+from rtune.components.common.stage import MetricsSink, publish_metrics, tracked_stage
+from rtune.components.common.storage import cache_root
+from rtune.components.quantize.config import CALIBRATED, GROUPED, QuantizeConfig
+from rtune.components.quantize.data import (
     CalibrationSplit,
     ResponseTexts,
     response_passes,
@@ -46,7 +46,7 @@ from components.quantize.data import (
     split_records,
     texts_digest,
 )
-from components.quantize.perplexity import MB, Perplexity, weight_bytes
+from rtune.components.quantize.perplexity import MB, Perplexity, weight_bytes
 
 MODEL_URI_FILE = "MODEL_URI.txt"
 SUMMARY_FILE = "quantize_summary.json"
@@ -129,7 +129,7 @@ def work_dir_for(
     config: QuantizeConfig, calibration: ResponseTexts, model_path: Path, root: str
 ) -> Path:
     """Same recipe + same calibration ids + same model -> same folder (reuse, never mix)."""
-    from components.quantize.recipes import recipe_yaml
+    from rtune.components.quantize.recipes import recipe_yaml
 
     recipe = recipe_yaml(config) if config.method != "none" else "none"
     data = texts_digest(calibration) if config.method in CALIBRATED else ""
@@ -140,7 +140,7 @@ def work_dir_for(
 def plan_quantization(
     config: QuantizeConfig, model_path: Path, selected_path: Path, checkpoint_root: str
 ) -> QuantizePlan:
-    from components.common.models import load_tokenizer
+    from rtune.components.common.models import load_tokenizer
 
     records = read_jsonl(selected_path)
     split = split_records(
@@ -199,7 +199,7 @@ def finished_worker(work: Path) -> dict[str, Any] | None:
 
 
 def write_job(plan: QuantizePlan) -> Path:
-    from components.quantize.recipes import recipe_yaml
+    from rtune.components.quantize.recipes import recipe_yaml
 
     work = plan.work
     work.mkdir(parents=True, exist_ok=True)
@@ -276,7 +276,7 @@ def quantized_model(plan: QuantizePlan) -> tuple[Path, dict[str, Any], bool]:
 
 def evaluate(plan: QuantizePlan, quantized: Path) -> dict[str, Perplexity]:
     """Perplexity of both models on the held-out responses (cached in the work folder)."""
-    from components.quantize.perplexity import model_perplexity
+    from rtune.components.quantize.perplexity import model_perplexity
 
     key = texts_digest(plan.heldout)
     cache = plan.work / EVALUATION_FILE
@@ -392,7 +392,7 @@ def publish_outputs(
     target = store_target(config, remote_input)
     uri = ""
     if target:
-        from components.common.model_store import upload_model
+        from rtune.components.common.model_store import upload_model
 
         uri = upload_model(source, target, progress=False).uri
     write_outputs(source, outputs, uri, local_copy=not remote_input)
@@ -421,7 +421,7 @@ def run_quantize(
     metrics: MetricsSink | None = None,
 ) -> dict[str, Any]:
     """Quantize the model, measure what it cost, guard quality; returns the stage summary."""
-    from components.common.models import resolve_model
+    from rtune.components.common.models import resolve_model
 
     started = time.perf_counter()
     config = from_dict(QuantizeConfig, quantize, "quantize")

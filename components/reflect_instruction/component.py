@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Output
 
-from components.common.images import image
+from rtune.components.common.images import image
 
 
 @dsl.component(base_image=image("base"))
@@ -19,7 +19,7 @@ def reflect_instruction(
     """Teacher critiques each instruction and writes a new one with its answer (candidate Q)."""
     from pathlib import Path
 
-    from components.reflect_instruction.task import run_reflect_instruction
+    from rtune.components.reflect_instruction.task import run_reflect_instruction
 
     run_reflect_instruction(
         Path(records.path),

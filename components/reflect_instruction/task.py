@@ -6,12 +6,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from components.common.checkpoint import fingerprint
-from components.common.config import from_dict
-from components.common.records import Record, read_jsonl
-from components.common.stage import MetricsSink, publish_metrics, tracked_stage
-from components.common.storage import cache_root
-from components.teacher.config import TeacherConfig
+from rtune.components.common.checkpoint import fingerprint
+from rtune.components.common.config import from_dict
+from rtune.components.common.records import Record, read_jsonl
+from rtune.components.common.stage import MetricsSink, publish_metrics, tracked_stage
+from rtune.components.common.storage import cache_root
+from rtune.components.teacher.config import TeacherConfig
 
 
 def checkpoint_for(stage: str, input_path: Path, teacher: TeacherConfig, root: str = "") -> Path:
@@ -80,7 +80,7 @@ def run_reflect_instruction(
     checkpoint_root: str = "",
     metrics: MetricsSink | None = None,
 ) -> dict[str, float]:
-    from components.reflect_instruction.reflect import reflect_instructions
+    from rtune.components.reflect_instruction.reflect import reflect_instructions
 
     return run_reflect_phase(
         "instruction",

@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Output
 
-from components.common.images import image
+from rtune.components.common.images import image
 
 
 @dsl.component(base_image=image("base"))
@@ -19,7 +19,7 @@ def reflect_response(
     """Teacher writes a better answer for each phase-1 winner (candidate A or QA)."""
     from pathlib import Path
 
-    from components.reflect_response.task import run_reflect_response
+    from rtune.components.reflect_response.task import run_reflect_response
 
     run_reflect_response(
         Path(records.path),

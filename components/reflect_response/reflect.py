@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from components.common.records import InputError, Record
-from components.teacher.config import TeacherConfig
-from components.teacher.prompts import RESPONSE_PHASE
-from components.teacher.protocol import Teacher
-from components.teacher.runner import ReflectSummary, Result, Sample, StagePlan, reflect_stage
+from rtune.components.common.records import InputError, Record
+from rtune.components.teacher.config import TeacherConfig
+from rtune.components.teacher.prompts import RESPONSE_PHASE
+from rtune.components.teacher.protocol import Teacher
+from rtune.components.teacher.runner import ReflectSummary, Result, Sample, StagePlan, reflect_stage
 
 __all__ = [
     "NEW_CANDIDATE",

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from components.common.stage import MetricsSink
-from components.reflect_instruction.task import run_reflect_phase
+from rtune.components.common.stage import MetricsSink
+from rtune.components.reflect_instruction.task import run_reflect_phase
 
 
 def run_reflect_response(
@@ -19,7 +19,7 @@ def run_reflect_response(
     checkpoint_root: str = "",
     metrics: MetricsSink | None = None,
 ) -> dict[str, float]:
-    from components.reflect_response.reflect import reflect_responses
+    from rtune.components.reflect_response.reflect import reflect_responses
 
     return run_reflect_phase(
         "response",

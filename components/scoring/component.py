@@ -3,13 +3,13 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Output
 
-from components.common.images import image
+from rtune.components.common.images import image
 
 
 @dsl.component(base_image=image("base"))
 def plan_shards(scoring: dict) -> list:
     """Shard indices ``[0, ..., num_shards-1]`` for the scoring ``dsl.ParallelFor``."""
-    from components.scoring.task import plan_shard_indices
+    from rtune.components.scoring.task import plan_shard_indices
 
     return plan_shard_indices(scoring)
 
@@ -29,7 +29,7 @@ def score_shard(
     """IFD / r-IFD of this shard's candidates with the student model."""
     from pathlib import Path
 
-    from components.scoring.task import run_score_shard
+    from rtune.components.scoring.task import run_score_shard
 
     run_score_shard(
         Path(records.path),

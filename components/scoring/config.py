@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from components.scoring.templates import DEFAULT_REVERSE_PROMPT, OUTPUT_PLACEHOLDER, TEMPLATES
+from rtune.components.scoring.templates import DEFAULT_REVERSE_PROMPT, OUTPUT_PLACEHOLDER, TEMPLATES
 
 DTYPES = ("float32", "bfloat16", "float16")
 START_TOKEN_AUTO = "auto"

@@ -43,9 +43,9 @@ from typing import Any
 
 import torch
 
-from components.scoring.config import START_TOKEN_AUTO, START_TOKEN_NONE, ScoringConfig
-from components.scoring.formulas import CandidateLosses, Scores, scores_from_losses
-from components.scoring.templates import (
+from rtune.components.scoring.config import START_TOKEN_AUTO, START_TOKEN_NONE, ScoringConfig
+from rtune.components.scoring.formulas import CandidateLosses, Scores, scores_from_losses
+from rtune.components.scoring.templates import (
     PromptTemplate,
     adds_leading_special_token,
     get_template,
@@ -263,7 +263,7 @@ class StudentScorer:
     @classmethod
     def load(cls, config: ScoringConfig) -> StudentScorer:
         """Resolve ``config.model`` ('default' | folder | s3://) and load it for scoring."""
-        from components.common.models import load_causal_lm, load_tokenizer, resolve_model
+        from rtune.components.common.models import load_causal_lm, load_tokenizer, resolve_model
 
         path = resolve_model(config.model)
         return cls(load_causal_lm(path, config.dtype), load_tokenizer(path), config)

@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from components.common.checkpoint import RecordCheckpoint, fingerprint
-from components.common.records import InputError, Record, index_by_id, read_jsonl, write_jsonl
-from components.scoring.config import ScoringConfig
-from components.scoring.formulas import REASON_FIELD, Scores
+from rtune.components.common.checkpoint import RecordCheckpoint, fingerprint
+from rtune.components.common.records import InputError, Record, index_by_id, read_jsonl, write_jsonl
+from rtune.components.scoring.config import ScoringConfig
+from rtune.components.scoring.formulas import REASON_FIELD, Scores
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def score_file(
     """Score flat records (JSONL, or a JSON array as Alpaca ships): each record gains the score
     fields at top level; unscorable records get null scores and a ``reason``."""
     records = read_flat_records(Path(input_path))
-    from components.scoring.scorer import ScoringCandidate
+    from rtune.components.scoring.scorer import ScoringCandidate
 
     candidates = [
         ScoringCandidate(str(i), r["instruction"], r.get("input") or "", r["output"])
@@ -155,7 +155,7 @@ def shard_records(records: Sequence[Record], shard_index: int, num_shards: int) 
 def candidates_for_phase(records: Sequence[Record], phase: str, source: str) -> list[Any]:
     """The candidates a phase scores: ``ori`` and ``Q`` (ifd); whichever of ``A``/``QA`` the
     record has (rifd). A record missing them is an error saying which stage adds them."""
-    from components.scoring.scorer import ScoringCandidate
+    from rtune.components.scoring.scorer import ScoringCandidate
 
     if phase not in PHASE_CANDIDATES:
         raise ValueError(f"unknown phase {phase!r}; valid phases are {sorted(PHASE_CANDIDATES)}")
@@ -189,7 +189,7 @@ def _score(
 ) -> dict[str, Scores]:
     if not candidates:
         return {}
-    from components.scoring.scorer import StudentScorer
+    from rtune.components.scoring.scorer import StudentScorer
 
     began = time.perf_counter()
     scorer = StudentScorer.load(config)

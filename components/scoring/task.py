@@ -6,11 +6,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from components.common.checkpoint import fingerprint
-from components.common.config import from_dict
-from components.common.stage import MetricsSink, publish_metrics, tracked_stage
-from components.common.storage import cache_root
-from components.scoring.config import ScoringConfig
+from rtune.components.common.checkpoint import fingerprint
+from rtune.components.common.config import from_dict
+from rtune.components.common.stage import MetricsSink, publish_metrics, tracked_stage
+from rtune.components.common.storage import cache_root
+from rtune.components.scoring.config import ScoringConfig
 
 PIPELINE_ONLY_KEYS = ("num_shards",)
 
@@ -39,7 +39,7 @@ def run_score_shard(
     checkpoint_root: str = "",
     metrics: MetricsSink | None = None,
 ) -> dict[str, float]:
-    from components.scoring.stage import score_candidates
+    from rtune.components.scoring.stage import score_candidates
 
     config, num_shards = split_scoring_config(scoring)
     key = fingerprint(

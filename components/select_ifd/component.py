@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Metrics, Output
 
-from components.common.images import image
+from rtune.components.common.images import image
 
 
 @dsl.component(base_image=image("base"))
@@ -19,7 +19,7 @@ def select_ifd(
     """Keep the reflected instruction when the student finds it harder: IFD(Q) > IFD(ori)."""
     from pathlib import Path
 
-    from components.select_ifd.task import run_select_ifd
+    from rtune.components.select_ifd.task import run_select_ifd
 
     run_select_ifd(
         Path(candidates.path),

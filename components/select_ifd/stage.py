@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.common.records import (
+from rtune.components.common.records import (
     InputError,
     Record,
     index_by_id,
@@ -23,7 +23,7 @@ from components.common.records import (
     read_jsonl,
     write_jsonl,
 )
-from components.select_ifd.rules import ORI, Q, choose_phase1
+from rtune.components.select_ifd.rules import ORI, Q, choose_phase1
 
 SCORES_FIX = "score every record of this shard set with `rtune score --candidates ...` first"
 DECISIONS = ("ori", "Q", "A", "QA", "dropped")

@@ -6,9 +6,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from components.common import reports
-from components.common.records import Record, read_jsonl
-from components.common.stage import MetricsSink, publish_metrics, tracked_stage
+from rtune.components.common import reports
+from rtune.components.common.records import Record, read_jsonl
+from rtune.components.common.stage import MetricsSink, publish_metrics, tracked_stage
 
 SCORE_COLUMNS = ("ifd", "rifd", "ifd_loss", "rifd_loss", "reason")
 
@@ -44,7 +44,7 @@ def run_select_ifd(
     report_path: Path | None = None,
     metrics: MetricsSink | None = None,
 ) -> dict[str, float]:
-    from components.select_ifd.stage import select_ifd
+    from rtune.components.select_ifd.stage import select_ifd
 
     with tracked_stage(
         "select_ifd", kfp_run_id, tracking, {"rule": "IFD(Q) > IFD(ori) -> Q"}

@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Metrics, Output
 
-from components.common.images import image
+from rtune.components.common.images import image
 
 
 @dsl.component(base_image=image("base"))
@@ -21,7 +21,7 @@ def select_rifd(
     """Keep the reflected response when r-IFD and IFD say it helps; write the training set."""
     from pathlib import Path
 
-    from components.select_rifd.task import run_select_rifd
+    from rtune.components.select_rifd.task import run_select_rifd
 
     run_select_rifd(
         Path(candidates.path),

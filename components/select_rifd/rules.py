@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from components.select_ifd.rules import OK_STATUS, ORI, Q, ifd_of, reason_of, rifd_of
+from rtune.components.select_ifd.rules import OK_STATUS, ORI, Q, ifd_of, reason_of, rifd_of
 
 A = "A"
 QA = "QA"

@@ -14,15 +14,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from components.common.records import InputError, Record, index_by_id, read_jsonl, write_jsonl
-from components.select_ifd.rules import ifd_of, rifd_of
-from components.select_ifd.stage import (
+from rtune.components.common.records import InputError, Record, index_by_id, read_jsonl, write_jsonl
+from rtune.components.select_ifd.rules import ifd_of, rifd_of
+from rtune.components.select_ifd.stage import (
     SelectionSummary,
     attach_scores,
     load_scores,
     teacher_status,
 )
-from components.select_rifd.rules import (
+from rtune.components.select_rifd.rules import (
     DROPPED,
     NEW_CANDIDATE,
     RESPONSE_KEPT,

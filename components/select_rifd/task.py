@@ -6,12 +6,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from components.common import reports
-from components.common.config import from_dict
-from components.common.records import read_jsonl
-from components.common.stage import MetricsSink, publish_metrics, tracked_stage
-from components.select_ifd.task import score_rows
-from components.select_rifd.rules import SelectionConfig
+from rtune.components.common import reports
+from rtune.components.common.config import from_dict
+from rtune.components.common.records import read_jsonl
+from rtune.components.common.stage import MetricsSink, publish_metrics, tracked_stage
+from rtune.components.select_ifd.task import score_rows
+from rtune.components.select_rifd.rules import SelectionConfig
 
 
 def run_select_rifd(
@@ -26,7 +26,7 @@ def run_select_rifd(
     metrics: MetricsSink | None = None,
     last_stage: bool = True,
 ) -> dict[str, float]:
-    from components.select_rifd.stage import select_rifd
+    from rtune.components.select_rifd.stage import select_rifd
 
     config = from_dict(SelectionConfig, selection, "selection")
     with tracked_stage("select_rifd", kfp_run_id, tracking, config) as run:

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from components.serve.reasoning import split_reflection
+from rtune.components.serve.reasoning import split_reflection
 
 REASONING_FORMATS = ("none", "reflection")
 REASONING_FIELDS = ("reasoning_content", "reasoning")

@@ -1,9 +1,9 @@
-"""KFP component for `serve` (thin: adapts artifacts to components.serve.task)."""
+"""KFP component for `serve` (thin: adapts artifacts to rtune.components.serve.task)."""
 
 from kfp import dsl
 from kfp.dsl import Artifact, Input, Metrics, Model, Output
 
-from components.common.images import image
+from rtune.components.common.images import image
 
 
 @dsl.component(base_image=image("base"))
@@ -18,7 +18,7 @@ def serve(
     """Serve the model (local server or KServe InferenceService), smoke-test it; returns its URL."""
     from pathlib import Path
 
-    from components.serve.task import run_serve
+    from rtune.components.serve.task import run_serve
 
     summary = run_serve(Path(model.path), serve, tracking, kfp_run_id, Path(endpoint.path), metrics)
     endpoint.metadata.update(

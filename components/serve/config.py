@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from components.serve.client import REASONING_FORMATS, SMOKE_PROMPT
-from components.serve.local_server import SERVERS
+from rtune.components.serve.client import REASONING_FORMATS, SMOKE_PROMPT
+from rtune.components.serve.local_server import SERVERS
 
 BACKENDS = ("local", "kserve")
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from components.serve.client import REASONING_FORMATS, ChatEndpoint
+from rtune.components.serve.client import REASONING_FORMATS, ChatEndpoint
 
 KINDS = ("local", "kserve")
 
@@ -76,7 +76,7 @@ def open_endpoint(
             reasoning_format=spec.reasoning_format,
         )
         return
-    from components.serve.local_server import LocalServer
+    from rtune.components.serve.local_server import LocalServer
 
     with LocalServer(
         spec.model_path,

@@ -10,7 +10,7 @@
   never a home-made model server), ``HF_HUB_OFFLINE=1``. The folder is passed as the forced
   model, so the weights load before ``/health`` answers and are never unloaded; one warm-up
   request then runs the first generation, so the first timed request is not a load. With
-  ``reflection`` it runs behind :class:`~components.serve.reflection_proxy.ReflectionProxy`
+  ``reflection`` it runs behind :class:`~rtune.components.serve.reflection_proxy.ReflectionProxy`
   (transformers serve has no pluggable reasoning parser); ``base_url`` is then the proxy's.
 - ``auto``: vLLM when it is importable and a CUDA GPU is visible, else transformers.
 
@@ -35,8 +35,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from components.common.ports import free_port
-from components.serve.client import REASONING_FORMATS, ChatEndpoint
+from rtune.components.common.ports import free_port
+from rtune.components.serve.client import REASONING_FORMATS, ChatEndpoint
 
 SERVERS = ("auto", "transformers", "vllm")
 DEFAULT_STARTUP_TIMEOUT_S = 600.0
@@ -217,7 +217,7 @@ class LocalServer:
             self._wait_healthy(upstream, began)
             self.startup_s = time.monotonic() - began
             if self.proxied:
-                from components.serve.reflection_proxy import ReflectionProxy
+                from rtune.components.serve.reflection_proxy import ReflectionProxy
 
                 self._proxy = ReflectionProxy(upstream, self.host, self.port).start()
             self._warm_up(f"{upstream}/v1")

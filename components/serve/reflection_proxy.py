@@ -3,7 +3,7 @@
 ``transformers serve`` has no pluggable reasoning parser (it only knows the ``<think>`` formats
 of models it has templates for), so for ``reasoning_format: reflection`` the local server runs
 behind this proxy: non-streaming ``POST …/chat/completions`` replies get each choice's message
-split by :func:`~components.serve.reasoning.split_reflection` — ``content`` becomes the answer,
+split by :func:`~rtune.components.serve.reasoning.split_reflection` — ``content`` becomes the answer,
 ``reasoning_content`` and ``reasoning`` (the two names vLLM has used) the reasoning. Every other
 request and reply, streaming ones included, passes through byte for byte. The model server
 stays transformers'; this only rewrites JSON, with the stdlib, in a daemon thread.
@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-from components.serve.reasoning import split_reflection
+from rtune.components.serve.reasoning import split_reflection
 
 HOP_BY_HOP = {
     "connection",

@@ -17,12 +17,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from components.common.config import from_dict
-from components.common.records import InputError
-from components.common.stage import MetricsSink, publish_metrics, tracked_stage
-from components.serve.client import SmokeResult, smoke_test
-from components.serve.config import ServeConfig
-from components.serve.endpoint import EndpointSpec
+from rtune.components.common.config import from_dict
+from rtune.components.common.records import InputError
+from rtune.components.common.stage import MetricsSink, publish_metrics, tracked_stage
+from rtune.components.serve.client import SmokeResult, smoke_test
+from rtune.components.serve.config import ServeConfig
+from rtune.components.serve.endpoint import EndpointSpec
 
 MODEL_URI_FILE = "MODEL_URI.txt"
 
@@ -40,7 +40,7 @@ def model_store_uri(model_dir: Path) -> str:
 
 def local_model_path(model_dir: Path) -> Path:
     """A local folder with the weights: the artifact itself, or a cached download of its URI."""
-    from components.common.models import resolve_model
+    from rtune.components.common.models import resolve_model
 
     uri = model_store_uri(model_dir)
     return resolve_model(uri) if uri else resolve_model(str(model_dir))
@@ -102,7 +102,7 @@ def serve_locally(
     model_dir: Path, config: ServeConfig
 ) -> tuple[EndpointSpec, SmokeResult, dict[str, float]]:
     """Start the local server, smoke-test it, stop it."""
-    from components.serve.local_server import LocalServer
+    from rtune.components.serve.local_server import LocalServer
 
     model_path = local_model_path(model_dir)
     with LocalServer(
@@ -131,9 +131,9 @@ def serve_on_kserve(
     """Create or update the InferenceService, wait for Ready, smoke-test its URL."""
     from kubernetes import client
 
-    from components.finetune.distributed_job import load_api_client, pod_namespace
-    from components.serve.client import ChatEndpoint
-    from components.serve.kserve import build_inference_service, create_or_update, wait_ready
+    from rtune.components.finetune.distributed_job import load_api_client, pod_namespace
+    from rtune.components.serve.client import ChatEndpoint
+    from rtune.components.serve.kserve import build_inference_service, create_or_update, wait_ready
 
     namespace = config.namespace or pod_namespace()
     obj = build_inference_service(

@@ -1,6 +1,6 @@
 """vLLM reasoning-parser plugin ``rtune-reflection``: the served API returns a reflection-format
 reply's ``<thinking>``/``<reflection>`` part as the message's reasoning and its ``<output>`` part
-as the content, with the same rules as everywhere else (:mod:`components.serve.reasoning`).
+as the content, with the same rules as everywhere else (:mod:`rtune.components.serve.reasoning`).
 
     vllm serve /mnt/models --reasoning-parser-plugin <path of this file> \\
         --reasoning-parser rtune-reflection
@@ -31,7 +31,7 @@ from typing import Any
 
 from vllm.reasoning import ReasoningParser, ReasoningParserManager
 
-from components.serve.reasoning import ReflectionStream, split_reflection
+from rtune.components.serve.reasoning import ReflectionStream, split_reflection
 
 PARSER_NAME = "rtune-reflection"
 OUTPUT_OPEN = "<output>"

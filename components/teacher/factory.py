@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from components.teacher.config import TeacherConfig
-from components.teacher.protocol import Teacher
+from rtune.components.teacher.config import TeacherConfig
+from rtune.components.teacher.protocol import Teacher
 
 
 def make_teacher(config: TeacherConfig) -> Teacher:
     """Build the teacher for ``config.backend`` (heavy libraries load here, not at import)."""
     if config.backend == "openai":
-        from components.teacher.openai_backend import OpenAITeacher
+        from rtune.components.teacher.openai_backend import OpenAITeacher
 
         return OpenAITeacher(config)
     if config.backend == "vllm":
-        from components.teacher.vllm_backend import VLLMTeacher
+        from rtune.components.teacher.vllm_backend import VLLMTeacher
 
         return VLLMTeacher(config)
-    from components.teacher.transformers_backend import TransformersTeacher
+    from rtune.components.teacher.transformers_backend import TransformersTeacher
 
     return TransformersTeacher(config)

@@ -22,8 +22,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from components.teacher.config import TeacherConfig
-from components.teacher.protocol import Completion, OnDone, TeacherRequest
+from rtune.components.teacher.config import TeacherConfig
+from rtune.components.teacher.protocol import Completion, OnDone, TeacherRequest
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from components.teacher.prompts import (
+from rtune.components.teacher.prompts import (
     FEEDBACK_MARKER,
     PHASES,
     SAMPLE_TAGS,

@@ -23,8 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from components.common.checkpoint import fingerprint
-from components.teacher.protocol import Message, TeacherRequest
+from rtune.components.common.checkpoint import fingerprint
+from rtune.components.teacher.protocol import Message, TeacherRequest
 
 SYSTEM = (
     "You are an expert teacher who improves instruction-tuning data for language models. "

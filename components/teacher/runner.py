@@ -26,10 +26,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from components.common.checkpoint import RecordCheckpoint, fingerprint
-from components.common.records import Record, index_by_id, read_jsonl, write_jsonl
-from components.teacher.config import TeacherConfig
-from components.teacher.parsing import (
+from rtune.components.common.checkpoint import RecordCheckpoint, fingerprint
+from rtune.components.common.records import Record, index_by_id, read_jsonl, write_jsonl
+from rtune.components.teacher.config import TeacherConfig
+from rtune.components.teacher.parsing import (
     FALLBACK_ERROR,
     FALLBACK_PARSE,
     FALLBACK_TRUNCATED,
@@ -39,8 +39,8 @@ from components.teacher.parsing import (
     parse_reply,
     unfinished_field,
 )
-from components.teacher.prompts import PhaseSpec, build_request, continuation_prefill
-from components.teacher.protocol import Completion, Teacher, TeacherRequest
+from rtune.components.teacher.prompts import PhaseSpec, build_request, continuation_prefill
+from rtune.components.teacher.protocol import Completion, Teacher, TeacherRequest
 
 log = logging.getLogger(__name__)
 Sample = dict[str, str]
@@ -255,7 +255,7 @@ def reflect_stage(
 
 
 def _build(config: TeacherConfig) -> Teacher:
-    from components.teacher.factory import make_teacher
+    from rtune.components.teacher.factory import make_teacher
 
     return make_teacher(config)
 

@@ -15,8 +15,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from components.teacher.config import TeacherConfig
-from components.teacher.protocol import Completion, OnDone, TeacherRequest
+from rtune.components.teacher.config import TeacherConfig
+from rtune.components.teacher.protocol import Completion, OnDone, TeacherRequest
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class TransformersTeacher:
     structured = False
 
     def __init__(self, config: TeacherConfig) -> None:
-        from components.common.models import load_causal_lm, load_tokenizer, resolve_model
+        from rtune.components.common.models import load_causal_lm, load_tokenizer, resolve_model
 
         self.config = config
         path = resolve_model(config.model)

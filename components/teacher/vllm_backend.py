@@ -12,8 +12,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from components.teacher.config import TeacherConfig
-from components.teacher.protocol import Completion, Message, OnDone, TeacherRequest
+from rtune.components.teacher.config import TeacherConfig
+from rtune.components.teacher.protocol import Completion, Message, OnDone, TeacherRequest
 
 MISSING_VLLM = (
     "the vllm teacher backend needs the vLLM package and a CUDA GPU: install it with "
@@ -38,7 +38,7 @@ class VLLMTeacher:
             import vllm
         except ImportError as err:
             raise RuntimeError(MISSING_VLLM) from err
-        from components.common.models import resolve_model
+        from rtune.components.common.models import resolve_model
 
         self.config = config
         self._vllm = vllm

@@ -53,9 +53,9 @@ def add_image_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from components.common.records import InputError
-    from pipelines.config import load_pipeline_config
-    from pipelines.packaging import Images, compile_ir, compile_kubernetes_manifest
+    from rtune.components.common.records import InputError
+    from rtune.pipelines.config import load_pipeline_config
+    from rtune.pipelines.packaging import Images, compile_ir, compile_kubernetes_manifest
 
     manifest_only = [
         f"--{n}" for n in ("namespace", "pipeline-version") if vars(args)[n.replace("-", "_")]

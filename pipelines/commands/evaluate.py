@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipelines.commands.stage_options import add_stage_options, cli_run_id, load_stage_config
+from rtune.pipelines.commands.stage_options import add_stage_options, cli_run_id, load_stage_config
 
 # flag dest -> EvaluateConfig field; flags left unset keep the config's values.
 CONFIG_FLAGS = {
@@ -72,8 +72,8 @@ def register(subparsers: Any) -> None:
 
 def endpoint_spec(args: argparse.Namespace) -> Any:
     """What to evaluate: a running server, or a model folder the stage serves itself."""
-    from components.common.records import InputError
-    from components.serve.endpoint import EndpointSpec
+    from rtune.components.common.records import InputError
+    from rtune.components.serve.endpoint import EndpointSpec
 
     reasoning = args.reasoning_format or "none"
     if args.model_path is not None:
@@ -111,7 +111,7 @@ def evaluate_section(args: argparse.Namespace, section: dict[str, Any]) -> dict[
 
 
 def run(args: argparse.Namespace) -> int:
-    from components.evaluate.task import run_evaluate
+    from rtune.components.evaluate.task import run_evaluate
 
     config, tracking = load_stage_config(args)
     out = args.output_dir

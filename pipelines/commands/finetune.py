@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipelines.commands.stage_options import add_stage_options, cli_run_id, load_stage_config
+from rtune.pipelines.commands.stage_options import add_stage_options, cli_run_id, load_stage_config
 
 
 def register(subparsers: Any) -> None:
@@ -35,7 +35,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from components.finetune.task import FinetuneOutputs, run_finetune
+    from rtune.components.finetune.task import FinetuneOutputs, run_finetune
 
     config, tracking = load_stage_config(args)
     out = args.output_dir

@@ -20,14 +20,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_pull(args: argparse.Namespace) -> int:
-    from components.common.models import provision_embedded_model
+    from rtune.components.common.models import provision_embedded_model
 
     print(provision_embedded_model(install=True))
     return 0
 
 
 def run_path(args: argparse.Namespace) -> int:
-    from components.common.models import resolve_model
+    from rtune.components.common.models import resolve_model
 
     print(resolve_model(args.spec))
     return 0

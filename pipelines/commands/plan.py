@@ -56,8 +56,8 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from components.common.records import InputError
-    from components.finetune import plan
+    from rtune.components.common.records import InputError
+    from rtune.components.finetune import plan
 
     if args.method not in METHOD_CHOICES:
         raise InputError(

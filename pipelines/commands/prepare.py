@@ -59,10 +59,10 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from components.common import storage
-    from components.common.config import from_dict
-    from components.prepare.config import PrepareConfig
-    from components.prepare.prepare import prepare_dataset
+    from rtune.components.common import storage
+    from rtune.components.common.config import from_dict
+    from rtune.components.prepare.config import PrepareConfig
+    from rtune.components.prepare.prepare import prepare_dataset
 
     config = from_dict(
         PrepareConfig,

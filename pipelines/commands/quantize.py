@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.commands.stage_options import add_stage_options, cli_run_id, load_stage_config
+from rtune.pipelines.commands.stage_options import add_stage_options, cli_run_id, load_stage_config
 
 
 def register(subparsers: Any) -> None:
@@ -40,7 +40,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from components.quantize.task import QualityGateFailed, QuantizeOutputs, run_quantize
+    from rtune.components.quantize.task import QualityGateFailed, QuantizeOutputs, run_quantize
 
     config, tracking = load_stage_config(args)
     out = args.output_dir

@@ -84,8 +84,8 @@ def register(subparsers: Any) -> None:
 
 def teacher_config(args: argparse.Namespace) -> Any:
     """A ``TeacherConfig`` from the flags that were given (bad values -> InputError)."""
-    from components.common.config import from_dict
-    from components.teacher.config import TeacherConfig
+    from rtune.components.common.config import from_dict
+    from rtune.components.teacher.config import TeacherConfig
 
     values = {
         field: getattr(args, flag)
@@ -96,8 +96,8 @@ def teacher_config(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from components.reflect_instruction.reflect import reflect_instructions
-    from components.reflect_response.reflect import reflect_responses
+    from rtune.components.reflect_instruction.reflect import reflect_instructions
+    from rtune.components.reflect_response.reflect import reflect_responses
 
     if not getattr(args, "verbose", False):
         for name in CHATTY_LOGGERS:

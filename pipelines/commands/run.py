@@ -55,9 +55,9 @@ def run_locally(
     """Run ``reflection_tuning`` in-process with kfp.local and return where everything landed."""
     from kfp import local
 
-    from components.common.tracking import TrackingConfig, resolve_tracking_uri
-    from pipelines.config import load_pipeline_config
-    from pipelines.reflection_tuning import reflection_tuning
+    from rtune.components.common.tracking import TrackingConfig, resolve_tracking_uri
+    from rtune.pipelines.config import load_pipeline_config
+    from rtune.pipelines.reflection_tuning import reflection_tuning
 
     config = load_pipeline_config(config_path, overrides)
     tracking = TrackingConfig(**config.tracking)
@@ -118,7 +118,7 @@ def _parent_run_id(tracking_uri: str, experiment: str, since: float) -> str | No
 
 
 def summary_lines(result: LocalRunResult) -> list[str]:
-    from components.common.records import read_jsonl
+    from rtune.components.common.records import read_jsonl
 
     decisions = Counter(str(r.get("decision")) for r in read_jsonl(result.decisions))
     kept = sum(n for d, n in decisions.items() if d != "dropped")

@@ -18,7 +18,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from components.scoring.config import ScoringConfig
+from rtune.components.scoring.config import ScoringConfig
 
 # flag dest -> ScoringConfig field; flags left unset keep the config's defaults.
 CONFIG_FLAGS = {
@@ -77,9 +77,9 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from components.common.config import from_dict
-    from components.common.records import InputError
-    from components.scoring.stage import PHASE_CANDIDATES, score_candidates, score_file
+    from rtune.components.common.config import from_dict
+    from rtune.components.common.records import InputError
+    from rtune.components.scoring.stage import PHASE_CANDIDATES, score_candidates, score_file
 
     values = {field: getattr(args, flag) for flag, field in CONFIG_FLAGS.items()}
     config = from_dict(

@@ -48,11 +48,11 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from components.common.config import from_dict
-    from components.common.records import InputError
-    from components.select_ifd.stage import select_ifd
-    from components.select_rifd.rules import SelectionConfig
-    from components.select_rifd.stage import select_rifd
+    from rtune.components.common.config import from_dict
+    from rtune.components.common.records import InputError
+    from rtune.components.select_ifd.stage import select_ifd
+    from rtune.components.select_rifd.rules import SelectionConfig
+    from rtune.components.select_rifd.stage import select_rifd
 
     if args.phase not in PHASES:
         raise InputError(

@@ -45,8 +45,8 @@ def curl_example(base_url: str, model: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from components.common.models import resolve_model
-    from components.serve.local_server import LocalServer
+    from rtune.components.common.models import resolve_model
+    from rtune.components.serve.local_server import LocalServer
 
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -18,7 +18,7 @@ def add_stage_options(parser: argparse.ArgumentParser, section: str) -> None:
 
 def load_stage_config(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """The validated pipeline config and the tracking section (``enabled: false`` on request)."""
-    from pipelines.config import load_pipeline_config
+    from rtune.pipelines.config import load_pipeline_config
 
     config = load_pipeline_config(args.config, args.overrides)
     tracking = {**config.tracking, **({"enabled": False} if args.no_tracking else {})}

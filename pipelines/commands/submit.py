@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipelines.commands.compile import add_image_arguments
+from rtune.pipelines.commands.compile import add_image_arguments
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,10 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.config import load_pipeline_config
-    from pipelines.kfp_rest import KfpClient, resolve_token
-    from pipelines.packaging import Images
-    from pipelines.submit import SubmitRequest, submit, wait_for_run
+    from rtune.pipelines.config import load_pipeline_config
+    from rtune.pipelines.kfp_rest import KfpClient, resolve_token
+    from rtune.pipelines.packaging import Images
+    from rtune.pipelines.submit import SubmitRequest, submit, wait_for_run
 
     request = SubmitRequest(
         config=load_pipeline_config(args.config, args.overrides),

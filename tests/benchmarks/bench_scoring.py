@@ -41,13 +41,13 @@ sys.path.insert(0, str(ROOT))  # run as a script: make `components` and `tests` 
 
 import torch  # noqa: E402
 
-from components.common.models import (  # noqa: E402
+from rtune.components.common.models import (  # noqa: E402
     load_causal_lm,
     load_tokenizer,
     provision_embedded_model,
 )
-from components.scoring.config import ScoringConfig  # noqa: E402
-from components.scoring.scorer import ScoringCandidate, StudentScorer  # noqa: E402
+from rtune.components.scoring.config import ScoringConfig  # noqa: E402
+from rtune.components.scoring.scorer import ScoringCandidate, StudentScorer  # noqa: E402
 from tests.scoring_oracle import oracle_scores  # noqa: E402
 
 ALPACA_SAMPLE = Path("/work/shared/data/alpaca_sample_300.json")

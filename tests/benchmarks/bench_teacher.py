@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT))  # run as a script: make `components` and `tests` 
 
 import openai  # noqa: E402, F401  (imported up front: neither run should pay the one-off ~0.4 s)
 
-from components.common.records import read_jsonl, write_jsonl  # noqa: E402
-from components.reflect_instruction.reflect import reflect_instructions  # noqa: E402
-from components.teacher.config import TeacherConfig  # noqa: E402
+from rtune.components.common.records import read_jsonl, write_jsonl  # noqa: E402
+from rtune.components.reflect_instruction.reflect import reflect_instructions  # noqa: E402
+from rtune.components.teacher.config import TeacherConfig  # noqa: E402
 from tests.fakes.openai_server import FakeOpenAIServer  # noqa: E402
 
 SEED = ROOT / "components" / "prepare" / "data" / "seed.jsonl"

@@ -36,8 +36,8 @@ LORA = {"lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0}
 
 
 def _examples(records: int, max_length: int) -> tuple[list, object, Path]:
-    from components.common.models import load_tokenizer, provision_embedded_model
-    from components.finetune.data import build_examples
+    from rtune.components.common.models import load_tokenizer, provision_embedded_model
+    from rtune.components.finetune.data import build_examples
     from tests.finetune_helpers.records import training_records
 
     model_dir = provision_embedded_model()
@@ -47,9 +47,9 @@ def _examples(records: int, max_length: int) -> tuple[list, object, Path]:
 
 
 def run_ours(args: argparse.Namespace, out: Path) -> dict:
-    from components.finetune.config import FinetuneConfig
-    from components.finetune.data import pack_examples
-    from components.finetune.trainer import (
+    from rtune.components.finetune.config import FinetuneConfig
+    from rtune.components.finetune.data import pack_examples
+    from rtune.components.finetune.trainer import (
         PackedRowDataset,
         PackedSFTTrainer,
         collate_packed,
@@ -94,8 +94,8 @@ def run_baseline(args: argparse.Namespace, out: Path) -> dict:
     from datasets import Dataset
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
-    from components.finetune.config import FinetuneConfig
-    from components.finetune.trainer import load_student
+    from rtune.components.finetune.config import FinetuneConfig
+    from rtune.components.finetune.trainer import load_student
 
     records, batch, epochs = args.records, args.batch, args.epochs
     examples, tokenizer, model_dir = _examples(records, args.max_length)

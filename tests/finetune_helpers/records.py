@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from components.common.records import read_jsonl
+from rtune.components.common.records import read_jsonl
 
 SEED = Path(__file__).resolve().parents[2] / "components" / "prepare" / "data" / "seed.jsonl"
 
@@ -16,10 +16,10 @@ def training_records(count: int) -> list[dict[str, Any]]:
 
 def worker_job(model_dir: Path, work: Path, records: int, **config: Any) -> Path:
     """Pack ``records`` seed records (vicuna, 256 tokens) and write a worker job file in ``work``."""
-    from components.common.models import load_tokenizer
-    from components.finetune.config import FinetuneConfig
-    from components.finetune.data import build_examples, pack_examples, save_rows
-    from components.finetune.worker import TrainingJob
+    from rtune.components.common.models import load_tokenizer
+    from rtune.components.finetune.config import FinetuneConfig
+    from rtune.components.finetune.data import build_examples, pack_examples, save_rows
+    from rtune.components.finetune.worker import TrainingJob
 
     tokenizer = load_tokenizer(model_dir)
     examples, _ = build_examples(training_records(records), tokenizer, "vicuna", 256)

@@ -15,7 +15,7 @@ import torch
 
 
 def main() -> None:
-    from components.finetune.worker import TrainingJob, train
+    from rtune.components.finetune.worker import TrainingJob, train
 
     job_path, report_dir = sys.argv[1], Path(sys.argv[2])
     trained = train(TrainingJob.load(job_path))
