@@ -85,7 +85,7 @@ def _reimport_pipeline() -> ModuleType:
     users = [
         module
         for name, module in sorted(sys.modules.items())
-        if name.startswith(("components.", "pipelines."))
+        if name.startswith(("rtune.components.", "rtune.pipelines."))
         and module is not None
         and module is not images
         and name != PIPELINE_MODULE
