@@ -63,7 +63,7 @@ def test_kubernetes_manifest_is_a_pipeline_and_a_version_embedding_the_spec(
 
     assert (pipeline["kind"], version["kind"]) == ("Pipeline", "PipelineVersion")
     for doc in (pipeline, version):
-        assert doc["apiVersion"].startswith("rtune.pipelines.kubeflow.org/")
+        assert doc["apiVersion"].startswith("pipelines.kubeflow.org/")
         assert doc["metadata"]["namespace"] == "kubeflow"
     assert pipeline["metadata"]["name"] == version["spec"]["pipelineName"] == "reflection-tuning"
     assert version["spec"]["pipelineSpec"] == ir[0]
