@@ -40,6 +40,7 @@ COMMANDS = (
     "submit",
     "models",
     "plan",
+    "rehearse",
 )
 
 
