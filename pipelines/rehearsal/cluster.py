@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from rtune.pipelines.rehearsal.images import ROOT
+from rtune.pipelines.rehearsal.kubeapi import CUSTOM_RESOURCES, KubeApi, start_kube_api
 from rtune.pipelines.rehearsal.objectstore import ObjectStore, start_object_store
 from rtune.pipelines.rehearsal.teacher import TeacherStandIn, start_teacher
 
@@ -35,6 +36,7 @@ KFP_ARTIFACT_HOST = "seaweedfs.kubeflow"  # KFP's default artifact store (minio:
 PIPELINE_ROOT = "minio://mlpipeline/v2/artifacts"
 KFP_ARTIFACT_SECRET = "mlpipeline-minio-artifact"  # KFP's own, keys accesskey/secretkey
 MLFLOW_BUCKET = "rtune-mlflow"
+KUBERNETES_HOST, KUBERNETES_PORT = "kubernetes.default.svc", 443
 
 
 class ClusterProblem(RuntimeError):
@@ -49,6 +51,7 @@ class Cluster:
     secrets: dict[str, dict[str, str]] = field(default_factory=dict)
     store: ObjectStore | None = None
     teacher: TeacherStandIn | None = None
+    kube: KubeApi | None = None
     mlflow_url: str = ""
 
     def address_of(self, host: str) -> str:
@@ -75,11 +78,19 @@ def template_secrets(root: Path = ROOT) -> dict[str, list[str]]:
 
 @contextmanager
 def stand_up(
-    work: Path, namespace: str, run_config: Mapping[str, Any], s3_buckets: list[str]
+    work: Path,
+    namespace: str,
+    run_config: Mapping[str, Any],
+    s3_buckets: list[str],
+    crds: list[str] | None = None,
 ) -> Iterator[Cluster]:
-    """Start S3, MLflow and the teacher where ``run_config`` expects them; fill the Secrets."""
+    """Start S3, MLflow, the teacher and the Kubernetes API where the run expects them."""
     cluster = Cluster(namespace, work)
     with ExitStack() as stack:
+        address = cluster.address_of(KUBERNETES_HOST)
+        custom = list(CUSTOM_RESOURCES) if crds is None else crds
+        cluster.kube = start_kube_api(work, address, KUBERNETES_PORT, custom)
+        stack.callback(cluster.kube._stop)
         cluster.store = _object_store(cluster, s3_buckets)
         stack.callback(cluster.store.stop)
         tracking = run_config.get("tracking", {}).get("tracking_uri", "")

@@ -20,7 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from rtune.pipelines.rehearsal import launcher
-from rtune.pipelines.rehearsal.cluster import PIPELINE_ROOT, Cluster, ClusterProblem
+from rtune.pipelines.rehearsal.cluster import (
+    KFP_ARTIFACT_SECRET,
+    PIPELINE_ROOT,
+    Cluster,
+    ClusterProblem,
+)
 from rtune.pipelines.rehearsal.images import UnknownImage, image_facts
 from rtune.pipelines.rehearsal.ir import CompiledPipeline, Component, Task, UnsupportedPipeline
 from rtune.pipelines.rehearsal.launcher import RuntimeArtifact, TaskOutputs
@@ -240,6 +245,10 @@ class Rehearsal:
         except (ClusterProblem, UnknownImage) as problem:
             report.detail = str(problem)
             return None
+        refused = self._launcher_refused()
+        if refused:
+            report.detail = refused
+            return None
         mapping = _container_paths(attempt_dir, image.env.get("HOME", "/"), spec.mounts)
         store = self.cluster.store
         assert store is not None
@@ -266,6 +275,21 @@ class Rehearsal:
         report.outputs = [a.uri for listed in recorded.values() for a in listed]
         report.detail = ""
         return TaskOutputs(values, recorded)
+
+    def _launcher_refused(self) -> str:
+        """KFP's launcher reads the artifact store's Secret with the run's own identity."""
+        from rtune.pipelines.rehearsal.rbac import Attributes, allowed
+
+        kube, sa_dir = self.cluster.kube, self.context.service_account_dir
+        if kube is None or sa_dir is None:
+            return ""
+        subject, grants = kube.accounts[(sa_dir / "token").read_text()]
+        need = Attributes("get", "", "secrets", self.cluster.namespace, KFP_ARTIFACT_SECRET)
+        if allowed(grants, need):
+            return ""
+        return (
+            f"KFP launcher: secrets {KFP_ARTIFACT_SECRET!r} is forbidden: {need.describe(subject)}"
+        )
 
     def _report(self, report: TaskReport) -> None:
         self.reports.append(report)

@@ -63,7 +63,7 @@ def rehearse(
         )
         _stage(cluster, arguments, out)
         run_id = new_run_id()
-        context = _pod_context(work, run_id, service_account, rendered)
+        context = _pod_context(cluster, run_id, service_account, rendered)
         options = RehearsalOptions(
             until=until, kill=dict(kill or {}), on_report=lambda r: out(r.line())
         )
@@ -84,6 +84,14 @@ def render_overlay(overlay: Path) -> list[dict[str, Any]]:
         [kubectl, "kustomize", str(overlay)], check=True, capture_output=True, text=True
     ).stdout
     return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def platform_documents() -> list[dict[str, Any]]:
+    """What Kubeflow Pipelines installs itself (its runner Role), from ``platform/``."""
+    found = []
+    for path in sorted((Path(__file__).parent / "platform").glob("*.yaml")):
+        found += [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
+    return found
 
 
 def _s3_buckets(arguments: Mapping[str, Any]) -> set[str]:
@@ -131,9 +139,12 @@ def _stage(cluster: Cluster, arguments: Mapping[str, Any], out: Callable[[str], 
 
 
 def _pod_context(
-    work: Path, run_id: str, service_account: str, rendered: list[dict[str, Any]]
+    cluster: Cluster, run_id: str, service_account: str, rendered: list[dict[str, Any]]
 ) -> Any:
+    from rtune.pipelines.rehearsal.rbac import grants_for
     from rtune.pipelines.rehearsal.taskpod import PodContext
+
+    work = cluster.work
 
     pvcs = {}
     for doc in rendered:
@@ -147,7 +158,16 @@ def _pod_context(
     workspace.chmod(0o777)
     sa_dir = work / "serviceaccount" / service_account
     sa_dir.mkdir(parents=True, exist_ok=True)
-    (sa_dir / "token").write_text(f"rehearsal-{service_account}-{secrets.token_hex(8)}")
+    token = f"rehearsal-{service_account}-{secrets.token_hex(8)}"
+    assert cluster.kube is not None
+    (sa_dir / "token").write_text(token)
+    (sa_dir / "namespace").write_text(cluster.namespace)
+    (sa_dir / "ca.crt").write_bytes(cluster.kube.ca_file.read_bytes())
+    documents = [*rendered, *platform_documents()]
+    subject = f"system:serviceaccount:{cluster.namespace}:{service_account}"
+    cluster.kube.add_account(
+        token, subject, grants_for(documents, cluster.namespace, service_account)
+    )
     return PodContext(
         run_id=run_id,
         workflow=f"reflection-tuning-{run_id[:5]}",
