@@ -31,7 +31,7 @@ def _compile(tmp_path: Path, *args: str) -> dict:
 
 def test_compiling_never_imports_torch() -> None:
     code = (
-        "import sys; import rtune.pipelines.reflection_tuning, pipelines.config; "
+        "import sys; import rtune.pipelines.reflection_tuning, rtune.pipelines.config; "
         "from rtune.pipelines.config import load_pipeline_config; load_pipeline_config(); "
         "bad = [m for m in ('torch', 'transformers', 'mlflow') if m in sys.modules]; "
         "assert not bad, bad"
