@@ -40,6 +40,13 @@ BASE_IMAGE_ENV: dict[str, dict[str, str]] = {
         "NVIDIA_DRIVER_CAPABILITIES": "compute,utility",
         "LD_LIBRARY_PATH": "/usr/local/nvidia/lib:/usr/local/nvidia/lib64",
     },
+    "vllm/vllm-openai:v0.30.0": {
+        "PATH": "/opt/venv/bin:/usr/local/nvidia/bin:/usr/local/cuda/bin:/usr/local/sbin:"
+        "/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "VIRTUAL_ENV": "/opt/venv",
+        "NVIDIA_VISIBLE_DEVICES": "all",
+        "NVIDIA_DRIVER_CAPABILITIES": "compute,utility",
+    },
 }
 
 # image path of a Python environment -> the local environment that plays it (relative to ROOT)

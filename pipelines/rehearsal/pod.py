@@ -210,13 +210,12 @@ def _etc_files(spec: PodSpec, attempt_dir: Path) -> list[str]:
 def _exec_line(spec: PodSpec) -> str:
     image = spec.image
     env = [f"{key}={value}" for key, value in sorted(spec.env.items())]
-    inner = 'cd "$0" && exec "$@"'
     argv = [
         "exec", "chroot", '"$R"',
         "/usr/bin/setpriv", f"--reuid={image.uid}", f"--regid={image.gid}", "--clear-groups",
         "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all",
-        "/usr/bin/env", "-i", *[shlex.quote(item) for item in env],
-        "/bin/sh", "-c", shlex.quote(inner), shlex.quote(image.workdir),
+        "/usr/bin/env", "-i", f"--chdir={shlex.quote(image.workdir)}",
+        *[shlex.quote(item) for item in env],
         *[shlex.quote(part) for part in spec.command],
     ]  # fmt: skip
     return " ".join(argv)
