@@ -96,7 +96,10 @@ def test_parquet_nan_is_refused_by_field(tmp_path: Path) -> None:
 def test_utf8_bom_is_read_by_the_stage_reader_like_prepare(tmp_path: Path) -> None:
     path = tmp_path / "bom.jsonl"
     path.write_bytes(
-        b"\xef\xbb\xbf" + GOOD.encode() + b"\r\n" + GOOD.replace('"a"', '"b"').replace("hi", "bye").encode()
+        b"\xef\xbb\xbf"
+        + GOOD.encode()
+        + b"\r\n"
+        + GOOD.replace('"a"', '"b"').replace("hi", "bye").encode()
     )
     assert [r["id"] for r in read_jsonl(path)] == ["a", "b"]
     records, _ = prepare_records(str(path), PrepareConfig(tokenizer=None))

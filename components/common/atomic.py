@@ -19,12 +19,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+_NO_DIR_FSYNC = {errno.EINVAL, errno.ENOTSUP, errno.ENOSYS, errno.EBADF}
+_SWAP_ATTEMPTS = 8
+
 
 def fsync_dir(folder: Path) -> None:
     """Make the entries of ``folder`` (a rename, a new file) durable."""
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
+    except OSError as err:
+        if err.errno not in _NO_DIR_FSYNC:
+            raise  # a real I/O error; some FUSE/network mounts simply cannot sync a folder
     finally:
         os.close(fd)
 
@@ -111,6 +117,3 @@ def _swap_in(
             continue  # another writer moved it aside first
         replaced.append(old)
     raise OSError(errno.EBUSY, "other writers keep replacing it", str(target))
-
-
-_SWAP_ATTEMPTS = 8
