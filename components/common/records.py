@@ -6,13 +6,19 @@ a record silently: a record that leaves the dataset carries ``decision`` and ``r
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from rtune.components.common.atomic import atomic_file
+from rtune.components.common.errors import InputError as InputError
+from rtune.components.common.errors import RecordNotWritable as RecordNotWritable
+from rtune.components.common.jsonl import (
+    encode_record,
+    iter_json_lines,
+    read_json_array,
+    starts_json_array,
+)
 
 Record = dict[str, Any]
 
@@ -20,80 +26,39 @@ REQUIRED_FIELDS = ("instruction", "output")
 OPTIONAL_TEXT_FIELDS = ("input",)
 
 
-@dataclass
-class InputError(ValueError):
-    """Bad user input, told to a person: which file, which line/record, which field, and the fix.
-
-    The CLI prints ``str(error)`` and exits with code 2 instead of showing a traceback.
-    """
-
-    file: str
-    problem: str
-    fix: str
-    line: int | None = None
-    record: str | int | None = None
-    field: str | None = None
-
-    def __str__(self) -> str:
-        where = [self.file]
-        if self.line is not None:
-            where.append(f"line {self.line}")
-        if self.record is not None:
-            where.append(
-                f"record {self.record!r}"
-                if isinstance(self.record, str)
-                else f"record #{self.record}"
-            )
-        if self.field is not None:
-            where.append(f"field {self.field!r}")
-        return f"{': '.join([', '.join(where), self.problem])}\n  fix: {self.fix}"
-
-
 def read_jsonl(path: str | Path) -> list[Record]:
-    """Read a JSONL file written by a stage (one JSON object per line, blank lines ignored)."""
+    """Read a JSONL file (one JSON object per line, blank lines ignored); see :func:`iter_jsonl`."""
     return list(iter_jsonl(path))
 
 
 def iter_jsonl(path: str | Path) -> Iterator[Record]:
+    """The records of a JSONL file through the one strict reader ``prepare`` uses too: UTF-8
+    (a byte-order mark is fine), standard JSON only; any problem is an :class:`InputError`
+    naming the file, line and field."""
+    for _, record in iter_json_lines(Path(path)):
+        yield record
+
+
+def read_records(path: str | Path) -> list[Record]:
+    """Records from JSONL or from one JSON array of objects (``alpaca_data.json``), both read
+    strictly: any problem is an :class:`InputError` naming the file and line or record."""
     path = Path(path)
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InputError(
-                    str(path),
-                    f"invalid JSON ({err.msg}, column {err.colno})",
-                    "each line must be one complete JSON object",
-                    line=number,
-                ) from None
-            if not isinstance(record, dict):
-                raise InputError(
-                    str(path),
-                    f"expected a JSON object, got {type(record).__name__}",
-                    "each line must be one JSON object",
-                    line=number,
-                )
-            yield record
+    return read_json_array(path) if starts_json_array(path) else read_jsonl(path)
 
 
 def write_jsonl(path: str | Path, records: Iterable[Record]) -> int:
-    """Write records atomically (temp file + rename): a reader never sees a half-written file."""
+    """Write records atomically and durably: a reader never sees a half-written file, and once
+    this returns the file survives a crash (so a stage may delete its checkpoint next).
+
+    Only standard JSON is written: a NaN, an Infinity or a lone surrogate raises
+    :class:`RecordNotWritable` naming the record and field, and the old file stays as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     count = 0
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for record in records:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-                count += 1
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as handle:
+        for record in records:
+            handle.write(encode_record(record, str(path)))
+            count += 1
     return count
 
 

@@ -2,14 +2,24 @@
 
 The S3 endpoint comes from ``--s3-endpoint`` or the ``AWS_ENDPOINT_URL`` environment variable;
 credentials only from the environment (or the pod's Kubernetes Secret as env) — never from flags.
+
+Object keys are untrusted: a key such as ``prefix/../../x`` or ``prefix//etc/x`` names a local path
+outside the download folder. Every key is checked before the first byte is fetched, and a
+download is built in a staging folder renamed into place when complete, so a folder that exists
+is a finished download (a killed one leaves only a hidden ``.*.partial-*`` folder behind).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
+import shutil
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
 from typing import Any
+
+from rtune.components.common.atomic import atomic_file, publish_dir, staging_dir
+from rtune.components.common.errors import InputError
 
 S3_SCHEME = "s3://"
 
@@ -49,32 +59,106 @@ def uri_cache_dir(uri: str, kind: str) -> Path:
 
 
 def download_file(uri: str, dest: Path, endpoint_url: str | None = None) -> Path:
+    """Fetch one object to ``dest``: complete and fsync'ed, or not there at all."""
     bucket, key = split_s3(uri)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
-    s3_client(endpoint_url).download_file(bucket, key, str(tmp))
-    os.replace(tmp, dest)
+    with atomic_file(dest) as handle:
+        s3_client(endpoint_url).download_fileobj(bucket, key, handle)
     return dest
 
 
-def download_prefix(uri: str, dest_dir: Path, endpoint_url: str | None = None) -> Path:
-    """Copy every object under an ``s3://`` prefix into ``dest_dir`` keeping relative paths."""
+def download_prefix(
+    uri: str,
+    dest_dir: Path,
+    endpoint_url: str | None = None,
+    check: Callable[[Path], None] | None = None,
+    keep: Callable[[Path], bool] | None = None,
+) -> Path:
+    """Copy every object under an ``s3://`` prefix into ``dest_dir`` keeping relative paths.
+
+    All keys are listed and checked first (:func:`local_relative_path`); the objects land in a
+    staging folder beside ``dest_dir``, ``check`` may refuse the finished copy, and only then does
+    it replace ``dest_dir`` in one rename. A failure at any point leaves ``dest_dir`` as it was.
+    """
     bucket, prefix = split_s3(uri)
     prefix = prefix.rstrip("/") + "/" if prefix else ""
     client = s3_client(endpoint_url)
-    found = 0
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            relative = obj["Key"][len(prefix) :]
-            if not relative or relative.endswith("/"):
-                continue
-            target = dest_dir / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            client.download_file(bucket, obj["Key"], str(target))
-            found += 1
-    if not found:
+    plan = plan_prefix_download(uri, list_keys(client, bucket, prefix), prefix)
+    if not plan:
         raise FileNotFoundError(f"no objects under {uri}")
-    return dest_dir
+    staging = staging_dir(dest_dir)
+    try:
+        for relative, key in plan.items():
+            target = _inside(staging, relative, uri, key)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            client.download_file(bucket, key, str(target))
+        if check is not None:
+            check(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return publish_dir(staging, dest_dir, keep)
+
+
+def list_keys(client: Any, bucket: str, prefix: str) -> list[str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+
+def plan_prefix_download(uri: str, keys: list[str], prefix: str) -> dict[PurePosixPath, str]:
+    """Local relative path -> key for every object to fetch; folder markers (``a/b/``) skipped.
+
+    Any unsafe key refuses the whole download, and so does a key that is both a file and a
+    folder (``a`` and ``a/b``): nothing has been written when this raises.
+    """
+    plan: dict[PurePosixPath, str] = {}
+    for key in keys:
+        remainder = key[len(prefix) :]
+        if remainder in ("", "/"):
+            continue
+        marker = remainder.endswith("/")
+        relative = local_relative_path(uri, key, remainder[:-1] if marker else remainder)
+        if not marker:
+            plan[relative] = key
+    folders = {parent for relative in plan for parent in relative.parents}
+    clash = sorted(str(relative) for relative in plan if relative in folders)
+    if clash:
+        raise InputError(
+            uri,
+            f"object key {plan[PurePosixPath(clash[0])]!r} is both a file and a folder of other "
+            "objects under this prefix, so it cannot be downloaded as a folder",
+            "rename or delete one of them in the bucket",
+        )
+    return plan
+
+
+def local_relative_path(uri: str, key: str, remainder: str) -> PurePosixPath:
+    """The local path (relative to the download folder) for ``key``, or an :class:`InputError`.
+
+    Refused: a leading ``/`` (an absolute path), and empty, ``.`` or ``..`` segments — anything
+    whose local path would differ from the key or leave the download folder.
+    """
+    parts = remainder.split("/")
+    unsafe = remainder.startswith("/") or any(part in ("", ".", "..") for part in parts)
+    if unsafe or "\0" in remainder:
+        raise InputError(
+            uri,
+            f"object key {key!r} would be written outside the download folder or under another "
+            "name (it has an empty, '.' or '..' path segment, or starts with '/'); nothing was "
+            "downloaded",
+            "rename or delete that object in the bucket (S3 keys used as paths need plain "
+            "segments), or point at a prefix that does not hold it",
+        )
+    return PurePosixPath(*parts)
+
+
+def _inside(folder: Path, relative: PurePosixPath, uri: str, key: str) -> Path:
+    """``folder / relative``, refusing a target that resolves outside ``folder`` (symlinks)."""
+    target = folder.joinpath(*relative.parts)
+    if not target.resolve().is_relative_to(folder.resolve()):
+        raise InputError(
+            uri, f"object key {key!r} resolves outside the download folder", "rename the object"
+        )
+    return target
 
 
 def upload_file(path: Path, uri: str, endpoint_url: str | None = None) -> str:
@@ -100,10 +184,10 @@ def s3_object_exists(uri: str, endpoint_url: str | None = None) -> bool:
 
 
 def localize(uri: str, kind: str = "inputs", endpoint_url: str | None = None) -> Path:
-    """Return a local path for ``uri``: the path itself, or a cached download of the S3 object(s).
+    """Return a local path for ``uri``: the path itself, or a fresh download of the S3 object(s).
 
     A single object is fetched as a file; a prefix (a folder such as a saved HF dataset or model) is
-    fetched as a folder.
+    fetched as a folder. Either appears only when complete.
     """
     if not is_s3(uri):
         return Path(uri).expanduser()
@@ -116,5 +200,6 @@ def localize(uri: str, kind: str = "inputs", endpoint_url: str | None = None) ->
     except client.exceptions.ClientError:
         is_object = False
     if is_object:
-        return download_file(uri, dest / key.rsplit("/", 1)[-1], endpoint_url)
+        name = local_relative_path(uri, key, key.rsplit("/", 1)[-1])
+        return download_file(uri, dest / name, endpoint_url)
     return download_prefix(uri, dest, endpoint_url)

@@ -6,7 +6,8 @@ from 0, as ``jq '.[7]'``, pandas and ``datasets`` do; lines count from 1, as edi
 
 The format is taken from the content where the content is unambiguous (Parquet's ``PAR1`` magic,
 a leading ``[`` for a JSON array) and from the extension otherwise, so that a ``.json`` file holding
-JSON lines still reads.
+JSON lines still reads. JSON lines go through the same reader as every stage's input
+(:mod:`rtune.components.common.jsonl`), and JSON documents through the same strict parser.
 """
 
 from __future__ import annotations
@@ -18,6 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rtune.components.common.jsonl import (
+    UTF8_BOM,
+    UTF16_BOMS,
+    ValueProblem,
+    decode_utf8,
+    describe_syntax_error,
+    iter_json_lines,
+    json_type,
+    parse_json,
+    utf16_error,
+)
 from rtune.components.common.records import InputError
 
 FORMATS = ("json", "jsonl", "parquet", "hf_dataset")
@@ -25,8 +37,6 @@ SUPPORTED = (
     "a JSON array (alpaca_data.json), JSON lines, Parquet, or a datasets save_to_disk folder"
 )
 
-UTF8_BOM = b"\xef\xbb\xbf"
-UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 PARQUET_MAGIC = b"PAR1"
 PARQUET_SUFFIXES = (".parquet", ".pq")
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
@@ -80,7 +90,7 @@ def detect_format(path: Path, display: str) -> str:
             "write it with pyarrow/pandas `.to_parquet()`, or rename it to its real format",
         )
     if head.startswith(UTF16_BOMS):
-        raise _utf16_error(display)
+        raise utf16_error(display)
     first = head.removeprefix(UTF8_BOM).lstrip(b" \t\r\n")[:1]
     if not first:
         raise InputError(display, "is empty", f"give {SUPPORTED} with at least one record")
@@ -110,53 +120,36 @@ def iter_raw_records(path: Path, fmt: str, display: str) -> Iterator[RawRecord]:
 
 
 def _iter_jsonl(path: Path, display: str) -> Iterator[RawRecord]:
-    """One JSON object per line; blank lines are skipped; bytes are decoded line by line."""
-    offset = 0
-    with path.open("rb") as handle:
-        for number, raw_line in enumerate(handle, start=1):
-            start, offset = offset, offset + len(raw_line)
-            if number == 1 and raw_line.startswith(UTF8_BOM):
-                raw_line, start = raw_line[len(UTF8_BOM) :], start + len(UTF8_BOM)
-            text = _decode_utf8(raw_line, display, first_line=number, base_offset=start)
-            if not text.strip():
-                continue
-            try:
-                value = json.loads(text.rstrip("\r\n"))
-            except json.JSONDecodeError as err:
-                raise InputError(
-                    display,
-                    f"invalid JSON ({err.msg} at column {err.colno})",
-                    "each line must hold one complete JSON object such as "
-                    '{"instruction": "...", "input": "", "output": "..."}; look for an unescaped '
-                    "quote or newline, or a line cut short",
-                    line=number,
-                ) from None
-            yield RawRecord(_expect_object(value, Location(display, line=number)), value)
+    """One JSON object per line, through the stages' own reader (BOM, CRLF, blank lines)."""
+    for number, value in iter_json_lines(path, display):
+        yield RawRecord(Location(display, line=number), value)
 
 
 def _iter_json_document(path: Path, display: str) -> Iterator[RawRecord]:
     """A ``.json`` file: an array of objects, or JSON lines / one record under a .json name."""
-    text = _decode_utf8(path.read_bytes(), display)
+    text = decode_utf8(path.read_bytes(), display)
     start = _JSON_SPACE.match(text).end()  # type: ignore[union-attr]
     if text.startswith("[", start):
         yield from _iter_json_array(text, start, display)
         return
     try:
-        document = json.loads(text)
+        document, end, problem = parse_json(text, start)
     except json.JSONDecodeError as err:
-        if err.msg == "Extra data":
-            yield from _iter_jsonl(path, display)
-            return
         raise _json_syntax_error(err, display) from None
+    if end > start and _JSON_SPACE.match(text, end).end() < len(text):  # type: ignore[union-attr]
+        yield from _iter_jsonl(path, display)  # more after the first value: JSON lines
+        return
+    location = Location(display, line=1 + text.count("\n", 0, start))
+    if problem is not None:
+        raise _value_error(problem, location)
     if isinstance(document, dict) and any(key in document for key in _RECORD_KEYS):
-        yield RawRecord(Location(display, line=1 + text.count("\n", 0, start)), document)
+        yield RawRecord(location, document)
         return
     raise _not_records_error(document, display)
 
 
 def _iter_json_array(text: str, start: int, display: str) -> Iterator[RawRecord]:
     """Walk ``[obj, obj, ...]`` element by element so each record also knows its line number."""
-    decoder = json.JSONDecoder()
     position, line, counted_to = start + 1, 1, 0
     index = 0
     while True:
@@ -166,10 +159,13 @@ def _iter_json_array(text: str, start: int, display: str) -> Iterator[RawRecord]
         line += text.count("\n", counted_to, position)
         counted_to = position
         try:
-            value, end = decoder.raw_decode(text, position)
+            value, end, problem = parse_json(text, position)
         except json.JSONDecodeError as err:
             raise _json_syntax_error(err, display, record=index) from None
-        yield RawRecord(_expect_object(value, Location(display, line=line, record=index)), value)
+        location = Location(display, line=line, record=index)
+        if problem is not None:
+            raise _value_error(problem, location)
+        yield RawRecord(_expect_object(value, location), value)
         index += 1
         position = _JSON_SPACE.match(text, end).end()  # type: ignore[union-attr]
         if text.startswith(",", position):
@@ -254,36 +250,6 @@ def _iter_hf_dataset(path: Path, display: str) -> Iterator[RawRecord]:
             index += 1
 
 
-def _decode_utf8(data: bytes, display: str, first_line: int = 1, base_offset: int = 0) -> str:
-    """Decode strictly; a bad byte is reported with its line and byte offset in the file."""
-    if base_offset == 0 and data.startswith(UTF16_BOMS):
-        raise _utf16_error(display)
-    skip = len(UTF8_BOM) if base_offset == 0 and data.startswith(UTF8_BOM) else 0
-    try:
-        return data[skip:].decode("utf-8")
-    except UnicodeDecodeError as err:
-        bad = skip + err.start
-        line = first_line + data.count(b"\n", 0, bad)
-        column = bad - (data.rfind(b"\n", 0, bad) + 1) + 1
-        raise InputError(
-            display,
-            f"is not valid UTF-8: byte 0x{data[bad]:02x} at byte offset {base_offset + bad} "
-            f"(byte {column} of the line) cannot be decoded",
-            "re-encode the file as UTF-8, e.g. `iconv -f WINDOWS-1252 -t UTF-8 in.jsonl > "
-            "out.jsonl` (use the encoding it was written in)",
-            line=line,
-        ) from None
-
-
-def _utf16_error(display: str) -> InputError:
-    return InputError(
-        display,
-        "is UTF-16 encoded (it starts with a UTF-16 byte-order mark), not UTF-8",
-        "re-encode the file as UTF-8, e.g. `iconv -f UTF-16 -t UTF-8 in.json > out.json`",
-        line=1,
-    )
-
-
 def _expect_object(value: Any, location: Location) -> Location:
     if not isinstance(value, dict):
         raise location.error(
@@ -293,12 +259,17 @@ def _expect_object(value: Any, location: Location) -> Location:
     return location
 
 
+def _value_error(problem: ValueProblem, location: Location) -> InputError:
+    """A value standard JSON does not allow (NaN, a lone surrogate, ...), named by field."""
+    return location.error(problem.problem, problem.fix, field=problem.field)
+
+
 def _json_syntax_error(
     err: json.JSONDecodeError, display: str, record: int | None = None
 ) -> InputError:
     return InputError(
         display,
-        f"invalid JSON ({err.msg} at column {err.colno})",
+        describe_syntax_error(err),
         "fix the JSON syntax there (often a missing comma or quote); check the file with "
         "`python -m json.tool FILE`",
         line=err.lineno,
@@ -318,20 +289,3 @@ def _not_records_error(document: Any, display: str) -> InputError:
         fix,
         line=1,
     )
-
-
-def json_type(value: Any) -> str:
-    """Name a value's type the way a JSON/Parquet user thinks of it (``null``, a number, ...)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"a boolean ({json.dumps(value)})"
-    if isinstance(value, int | float):
-        return f"a number ({value!r})"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list | tuple):
-        return f"a list of {len(value)} item(s)"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__

@@ -13,6 +13,7 @@ import textwrap
 import unicodedata
 from typing import Any
 
+from rtune.components.common.jsonl import first_problem
 from rtune.components.common.records import Record
 from rtune.components.prepare.loaders import Location, RawRecord, json_type
 
@@ -145,7 +146,8 @@ def _flags(value: Any, where: Location) -> list[str]:
 
 
 def _json_value(key: str, value: Any, where: Location) -> Any:
-    """Extra fields pass through untouched but must be writable as JSON (Parquet may hold dates)."""
+    """Extra fields pass through untouched but must be writable as standard JSON (Parquet may
+    hold dates, or NaN where a value is missing)."""
     try:
         json.dumps(value, ensure_ascii=False)
     except (TypeError, ValueError):
@@ -154,4 +156,7 @@ def _json_value(key: str, value: Any, where: Location) -> Any:
             f"convert the {key!r} column to strings or numbers before preparing, or drop it",
             field=key,
         ) from None
+    problem = first_problem({key: value})
+    if problem is not None:
+        raise where.error(problem.problem, problem.fix, field=problem.field)
     return value

@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rtune.components.common.checkpoint import RecordCheckpoint, fingerprint
-from rtune.components.common.records import InputError, Record, index_by_id, read_jsonl, write_jsonl
+from rtune.components.common.records import (
+    InputError,
+    Record,
+    index_by_id,
+    read_jsonl,
+    read_records,
+    write_jsonl,
+)
 from rtune.components.scoring.config import ScoringConfig
 from rtune.components.scoring.formulas import REASON_FIELD, Scores
 
@@ -174,7 +181,7 @@ def candidate_key(record_id: str, candidate: str) -> str:
 
 def read_flat_records(path: Path) -> list[Record]:
     """Flat records from JSONL or a JSON array, each checked for instruction/output strings."""
-    records = _read_json_array(path) if _is_json_array(path) else read_jsonl(path)
+    records = read_records(path)
     for number, record in enumerate(records, start=1):
         _check_texts(record, str(path), record.get("id") or number, prefix="")
     return records
@@ -279,29 +286,3 @@ def _check_texts(item: Record, source: str, record: str | int, prefix: str) -> N
             record=record,
             field=prefix + "input",
         )
-
-
-def _is_json_array(path: Path) -> bool:
-    with path.open(encoding="utf-8") as handle:
-        head = handle.read(256).lstrip()
-    return head.startswith("[")
-
-
-def _read_json_array(path: Path) -> list[Record]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise InputError(
-            str(path),
-            f"invalid JSON ({err.msg}, line {err.lineno})",
-            "give JSONL (one object per line) or one JSON array of objects",
-        ) from None
-    for number, record in enumerate(data, start=1):
-        if not isinstance(record, dict):
-            raise InputError(
-                str(path),
-                f"expected a JSON object, got {type(record).__name__}",
-                "each array element must be one record object",
-                record=number,
-            )
-    return list(data)
