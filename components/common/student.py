@@ -1,0 +1,92 @@
+"""``StudentConfig``: the student model, configured once and read by every stage that uses it.
+
+The student scores candidates (IFD / r-IFD), is fine-tuned, quantized, served and evaluated. Its
+model, prompt template, token limit, start token and inference dtype are one choice: scoring with
+one template and training with another would teach the student a format it was not selected for.
+A stage config names the student settings it reads with :func:`student_field`; the run config
+fills them from the ``student:`` section, and a stage section that sets one is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from rtune.components.scoring.templates import TEMPLATES
+
+DTYPES = ("float32", "bfloat16", "float16")
+STUDENT_KEY = "student"  # field metadata: which StudentConfig field a stage field mirrors
+
+
+@dataclass
+class StudentConfig:
+    """The student model; defaults run the embedded default (SmolLM2-135M-Instruct) on CPU."""
+
+    model: str = field(
+        default="default",
+        metadata={"help": "student model: 'default' (embedded), a local HF folder or an s3:// prefix"},
+    )
+    template: str = field(
+        default="vicuna",
+        metadata={
+            "help": f"prompt template used to score, train and serve, one of {sorted(TEMPLATES)}"
+        },
+    )
+    max_length: int = field(
+        default=2048, metadata={"help": "token limit of a templated record (score, train, check)"}
+    )
+    start_token: str = field(
+        default="auto",
+        metadata={
+            "help": "token prepended to every scored pass when the tokenizer adds no BOS: 'auto' "
+            "('<|endoftext|>' if in the vocabulary, else bos, else eos), 'none', or a token"
+        },
+    )
+    dtype: str = field(
+        default="float32",
+        metadata={"help": "inference dtype; float32 on CPU (bf16 moves IFD by up to 0.2)"},
+    )
+    tokenizer: str = field(
+        default="",
+        metadata={"help": "tokenizer when it lives elsewhere than the model ('' = the model's)"},
+    )
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ValueError("model must be 'default', a local HF folder or an s3:// prefix")
+        if self.template not in TEMPLATES:
+            raise ValueError(f"template must be one of {sorted(TEMPLATES)}, got {self.template!r}")
+        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int):
+            raise ValueError(f"max_length must be an integer, got {self.max_length!r}")
+        if self.max_length < 2:
+            raise ValueError(f"max_length must be >= 2, got {self.max_length}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+        if not self.start_token:
+            raise ValueError("start_token must be 'auto', 'none' or a token of the vocabulary")
+
+    @property
+    def tokenizer_spec(self) -> str:
+        return self.tokenizer or self.model
+
+
+def student_field(name: str) -> Any:
+    """A stage config field that mirrors ``StudentConfig.<name>`` (filled from ``student:``)."""
+    source = StudentConfig.__dataclass_fields__[name]
+    metadata = {**source.metadata, STUDENT_KEY: name}
+    return field(default=source.default, metadata=metadata)
+
+
+def student_fields(cls: type) -> dict[str, str]:
+    """``{stage field: student field}`` of a stage config class."""
+    return {
+        f.name: f.metadata[STUDENT_KEY]
+        for f in dataclasses.fields(cls)
+        if STUDENT_KEY in f.metadata
+    }
+
+
+def with_student(cls: type, section: dict[str, Any], student: StudentConfig) -> dict[str, Any]:
+    """The section's own values plus the student's for every mirrored field."""
+    return {**section, **{own: getattr(student, name) for own, name in student_fields(cls).items()}}

@@ -1,0 +1,231 @@
+"""The run config: one typed object from YAML to the stage that uses each setting.
+
+A config file (``pipelines/configs/*.yaml``) has one section per concern::
+
+    seed_uri: builtin:seed          # or a path / s3:// URI (JSON, JSONL, Parquet, HF folder)
+    student:   {...}                # StudentConfig: model, template, max_length, start token, dtype
+    teacher:   {...}                # TeacherConfig (the judge defaults to it)
+    prepare | scoring | selection | finetune | quantize | serve | evaluate: {...}   # each stage's own
+    tracking:  {...}                # MLflow
+    checkpoint_root: ""             # durable checkpoints (default $RTUNE_CACHE/checkpoints)
+    cluster:   {...}                # ClusterConfig: images, pod sizes, scheduling (compile time)
+    local:     {pipeline_root: rtune-runs}   # kfp.local only
+
+Loading validates every section once, with errors naming the YAML key. The typed config becomes
+plain data once, at the KFP boundary (:meth:`RunConfig.pipeline_arguments`); a stage turns its
+section back into its typed config with :func:`stage_config`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from rtune.components.common.records import InputError
+from rtune.components.common.student import StudentConfig, student_fields
+
+T = TypeVar("T")
+CONFIG_DIR = Path(__file__).parent / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "local.yaml"
+# KFP parameter name of each section (``prepare`` is also the name of a component in the DAG)
+PARAMETER_NAMES = {"prepare": "prepare_config"}
+
+
+def section_classes() -> dict[str, type]:
+    """YAML section -> typed config class (imported late: compiling must not import torch)."""
+    from rtune.components.common.tracking import TrackingConfig
+    from rtune.components.evaluate.config import EvaluateConfig
+    from rtune.components.finetune.config import FinetuneConfig
+    from rtune.components.prepare.config import PrepareConfig
+    from rtune.components.quantize.config import QuantizeConfig
+    from rtune.components.scoring.config import ScoringConfig
+    from rtune.components.select_rifd.rules import SelectionConfig
+    from rtune.components.serve.config import ServeConfig
+    from rtune.components.teacher.config import TeacherConfig
+
+    return {
+        "student": StudentConfig,
+        "teacher": TeacherConfig,
+        "prepare": PrepareConfig,
+        "scoring": ScoringConfig,
+        "selection": SelectionConfig,
+        "finetune": FinetuneConfig,
+        "quantize": QuantizeConfig,
+        "serve": ServeConfig,
+        "evaluate": EvaluateConfig,
+        "tracking": TrackingConfig,
+    }
+
+
+@dataclass
+class PodSize:
+    """Requests of one task's pod (limits: Kubernetes copies the GPU limit to the request)."""
+
+    cpu: str = field(default="2", metadata={"help": "CPU request, e.g. '8'"})
+    memory: str = field(default="8Gi", metadata={"help": "memory request, e.g. '64Gi'"})
+    gpus: int = field(default=0, metadata={"help": "nvidia.com/gpu limit"})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.gpus, bool) or not isinstance(self.gpus, int) or self.gpus < 0:
+            raise ValueError(f"gpus must be an integer >= 0, got {self.gpus!r}")
+
+
+@dataclass
+class ImagesConfig:
+    registry: str = field(default="", metadata={"help": "'' = ghcr.io/rtune"})
+    tag: str = field(default="", metadata={"help": "'' = the package version"})
+
+
+@dataclass
+class ClusterConfig:
+    """What only a cluster uses, fixed when the pipeline is compiled: images, pod sizes."""
+
+    images: ImagesConfig = field(default_factory=ImagesConfig)
+    default: PodSize = field(default_factory=PodSize)
+    scoring: PodSize = field(default_factory=lambda: PodSize(cpu="8", memory="32Gi", gpus=1))
+    finetune: PodSize = field(default_factory=lambda: PodSize(cpu="16", memory="128Gi"))
+    quantize: PodSize = field(default_factory=lambda: PodSize(cpu="8", memory="64Gi", gpus=1))
+
+
+@dataclass
+class LocalConfig:
+    pipeline_root: str = field(default="rtune-runs", metadata={"help": "kfp.local output folder"})
+
+
+@dataclass
+class RunConfig:
+    seed_uri: str = "builtin:seed"
+    sections: dict[str, Any] = field(default_factory=dict)  # section name -> typed config
+    checkpoint_root: str = ""
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    local: LocalConfig = field(default_factory=LocalConfig)
+    source: str = "<defaults>"
+
+    def section(self, name: str) -> Any:
+        return self.sections[name]
+
+    @property
+    def student(self) -> StudentConfig:
+        return self.sections["student"]  # type: ignore[no-any-return]
+
+    def pipeline_arguments(self) -> dict[str, Any]:
+        """Keyword arguments of ``reflection_tuning(...)``: each section as plain data, once.
+
+        A stage section leaves out the settings it mirrors from ``student`` (they travel once,
+        in the ``student`` argument).
+        """
+        arguments: dict[str, Any] = {"seed_uri": self.seed_uri}
+        for name, config in self.sections.items():
+            mirrored = set(student_fields(type(config)))
+            plain = {k: v for k, v in dataclasses.asdict(config).items() if k not in mirrored}
+            arguments[PARAMETER_NAMES.get(name, name)] = plain
+        arguments["checkpoint_root"] = self.checkpoint_root
+        return arguments
+
+
+def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML run config, apply ``section.key=value`` overrides, validate every section."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    data = _read_yaml(path)
+    for item in overrides or []:
+        apply_override(data, item, str(path))
+    return build_run_config(data, str(path))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        shipped = sorted(p.name for p in CONFIG_DIR.glob("*.yaml"))
+        raise InputError(str(path), "config file not found", f"pass an existing file, e.g. one of {shipped}") from None
+    except yaml.YAMLError as err:
+        raise InputError(str(path), f"invalid YAML: {err}", "fix the YAML syntax") from None
+    if not isinstance(data, dict):
+        raise InputError(str(path), "top level must be a mapping", "see pipelines/configs/local.yaml")
+    return data
+
+
+def apply_override(data: dict[str, Any], item: str, source: str) -> None:
+    """``student.template=alpaca`` -> data["student"]["template"] = "alpaca" (value read as YAML)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise InputError(source, f"bad --set {item!r}", "write --set section.key=value, e.g. --set prepare.limit=8")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as err:
+        problem = f"--set {key}: the value is not valid YAML ({str(err).splitlines()[0]})"
+        raise InputError(source, problem, "quote the value, e.g. --set 'teacher.url=\"http://...\"'", field=key) from None
+    target = data
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            where = ".".join(parts[: depth + 1])
+            raise InputError(source, f"--set {key}: {where!r} is not a section", "override a key inside a section", field=where)
+    target[parts[-1]] = value
+
+
+def build_run_config(data: Mapping[str, Any], source: str) -> RunConfig:
+    """Typed sections from plain data; one error naming the YAML key for anything wrong."""
+    from rtune.components.common.config import from_dict
+
+    data = copy.deepcopy(dict(data))
+    classes = section_classes()
+    known = {*classes, "seed_uri", "checkpoint_root", "cluster", "local"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise InputError(source, f"unknown section(s) {unknown}", f"valid sections: {sorted(known)}", field=unknown[0])
+    for name in classes:
+        if data.get(name) is not None and not isinstance(data[name], Mapping):
+            raise InputError(source, f"section {name!r} must be a mapping, got {type(data[name]).__name__}", f"write {name}: {{key: value}}", field=name)
+    student = from_dict(StudentConfig, data.get("student"), f"{source}: student")
+    sections: dict[str, Any] = {"student": student}
+    for name, cls in classes.items():
+        if name != "student":
+            sections[name] = section_from_yaml(cls, name, data.get(name) or {}, student, source)
+    _judge_defaults_to_teacher(sections)
+    return RunConfig(
+        seed_uri=str(data.get("seed_uri", "builtin:seed")),
+        sections=sections,
+        checkpoint_root=str(data.get("checkpoint_root") or ""),
+        cluster=from_dict(ClusterConfig, data.get("cluster"), f"{source}: cluster"),
+        local=from_dict(LocalConfig, data.get("local"), f"{source}: local"),
+        source=source,
+    )
+
+
+def section_from_yaml(cls: type[T], name: str, section: Mapping[str, Any], student: StudentConfig, source: str) -> T:
+    """A stage's typed config from its YAML section; student settings must not be set there."""
+    from rtune.components.common.config import from_dict
+
+    mirrored = student_fields(cls)
+    for key in section:
+        if key in mirrored:
+            raise InputError(
+                f"{source}: {name}",
+                f"{name}.{key} belongs to the student, which is configured once",
+                f"move it to student.{mirrored[key]} (every stage reads it from there)",
+                field=f"{name}.{key}",
+            )
+    values = {**section, **{own: getattr(student, theirs) for own, theirs in mirrored.items()}}
+    return from_dict(cls, values, f"{source}: {name}")
+
+
+def stage_config(cls: type[T], section: Mapping[str, Any] | None, student: Mapping[str, Any] | None, name: str) -> T:
+    """The stage side of the KFP boundary: the section's plain data + the student's -> typed."""
+    from rtune.components.common.config import from_dict
+
+    typed_student = from_dict(StudentConfig, student, "student")
+    return section_from_yaml(cls, name, dict(section or {}), typed_student, "pipeline parameters")
+
+
+def _judge_defaults_to_teacher(sections: dict[str, Any]) -> None:
+    evaluate = sections["evaluate"]
+    if not evaluate.judge:
+        evaluate.judge = dataclasses.asdict(sections["teacher"])
