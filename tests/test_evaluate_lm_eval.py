@@ -221,8 +221,9 @@ def test_a_failing_harness_is_an_error(
     fake_lm_eval: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _fake_settings(fake_lm_eval.parent / "site" / "lm_eval", log=str(fake_lm_eval), fail=True)
-    with pytest.raises(RuntimeError, match="lm_eval exited with code 3"):
-        run_lm_eval("http://127.0.0.1:9/v1", "m", ["gsm8k"], tmp_path / "out")
+    with pytest.raises(RuntimeError, match="lm_eval exited with code 3") as info:
+        run_lm_eval("http://user:pw-123@127.0.0.1:9/v1", "m", ["gsm8k"], tmp_path / "out")
+    assert "http://***@127.0.0.1:9/v1" in str(info.value) and "pw-123" not in str(info.value)
 
 
 def test_missing_harness_says_how_to_install_it(

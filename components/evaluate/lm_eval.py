@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rtune.components.common.config import redact_credentials
+
 # What the harness's process may see of the stage's environment: the basics of a process, the
 # Hugging Face/tokenizer/dataset settings (HF_TOKEN goes to the Hub only), locale, proxies and CA
 # bundles. Nothing else - the pod also holds the teacher's key, S3 and MLflow credentials.
@@ -189,7 +191,7 @@ def run_lm_eval(
     if completed.returncode != 0:
         raise RuntimeError(
             f"lm_eval exited with code {completed.returncode} for tasks {list(tasks)} "
-            f"against {base_url} (its log is above)"
+            f"against {redact_credentials(base_url)} (its log is above)"
         )
     results_file = latest_results_file(output_dir)
     return parse_results(json.loads(results_file.read_text(encoding="utf-8")), tasks)
