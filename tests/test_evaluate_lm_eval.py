@@ -142,37 +142,47 @@ def test_latest_results_file_is_found_below_the_model_folder(tmp_path: Path) -> 
 
 
 # A stand-in `lm_eval` package: parses the flags the real 0.4 CLI defines for these options,
-# records argv and the API key it was given, and writes RESULTS where the real one would.
+# records argv and the environment it was given, and writes RESULTS where the real one would.
+# Its settings sit in a file beside it: the harness runs with a scrubbed environment.
 FAKE_MAIN = """
 import argparse, json, os, re, sys
 from pathlib import Path
+settings = json.loads(Path(__file__).with_name("settings.json").read_text())
 parser = argparse.ArgumentParser()
 for flag in ("--model", "--model_args", "--tasks", "--output_path", "--limit", "--use_cache"):
     parser.add_argument(flag)
 parser.add_argument("--apply_chat_template", nargs="?", const=True)
 args = parser.parse_args()
 model_args = dict(kv.split("=", 1) for kv in args.model_args.split(","))
-Path(os.environ["FAKE_LM_EVAL_LOG"]).write_text(json.dumps(
-    {"argv": sys.argv[1:], "key": os.environ.get("OPENAI_API_KEY", "")}))
-if os.environ.get("FAKE_LM_EVAL_FAIL"):
+Path(settings["log"]).write_text(json.dumps({"argv": sys.argv[1:], "env": dict(os.environ)}))
+if settings.get("fail"):
     sys.exit(3)
 folder = Path(args.output_path) / re.sub(r'[\\"<>:/|\\\\?*\\[\\]]+', "__", model_args["model"])
 folder.mkdir(parents=True, exist_ok=True)
-(folder / "results_2025-11-25T05-00-00.json").write_text(os.environ["FAKE_LM_EVAL_RESULTS"])
+(folder / "results_2025-11-25T05-00-00.json").write_text(json.dumps(settings["results"]))
 """
+TEACHER_KEY = "sk-teacher-secret"
+
+
+def _fake_settings(package: Path, **values: Any) -> None:
+    (package / "settings.json").write_text(json.dumps(values))
 
 
 @pytest.fixture()
 def fake_lm_eval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The stand-in on PYTHONPATH; the pod's environment holds the teacher's key under the
+    name lm-eval reads, a cloud secret, and the served endpoint's own key."""
     package = tmp_path / "site" / "lm_eval"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
     (package / "__main__.py").write_text(FAKE_MAIN)
+    _fake_settings(package, log=str(tmp_path / "call.json"), results=RESULTS)
     monkeypatch.syspath_prepend(str(package.parent))
     monkeypatch.setenv("PYTHONPATH", str(package.parent))
-    monkeypatch.setenv("FAKE_LM_EVAL_RESULTS", json.dumps(RESULTS))
-    monkeypatch.setenv("FAKE_LM_EVAL_LOG", str(tmp_path / "call.json"))
+    monkeypatch.setenv("OPENAI_API_KEY", TEACHER_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret")
     monkeypatch.setenv("RTUNE_SERVED_KEY", "sk-served-secret")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     return tmp_path / "call.json"
 
 
@@ -188,17 +198,32 @@ def test_run_lm_eval_passes_the_key_by_env_and_reads_the_results(
         "lm_eval/gsm8k/exact_match_flexible-extract": 0.5,
     }
     call = json.loads(fake_lm_eval.read_text())
-    assert call["key"] == "sk-served-secret"
+    assert call["env"]["OPENAI_API_KEY"] == "sk-served-secret"
     assert "sk-served-secret" not in " ".join(call["argv"])  # never on the command line
     assert (tmp_path / "out" / "org__model").is_dir()
+
+
+def test_the_harness_gets_only_its_endpoint_key_never_the_teachers(
+    fake_lm_eval: Path, tmp_path: Path
+) -> None:
+    """lm-eval sends ``OPENAI_API_KEY`` as the Bearer token to the endpoint it evaluates: an
+    endpoint without a key of its own gets a placeholder, never the teacher's key that the
+    pod holds under that name; other secrets of the pod are not passed on at all."""
+    run_lm_eval("http://127.0.0.1:9/v1", "m", ["gsm8k"], tmp_path / "out")
+    env = json.loads(fake_lm_eval.read_text())["env"]
+    assert env["OPENAI_API_KEY"] == "EMPTY"
+    assert TEACHER_KEY not in json.dumps(env)
+    assert "aws-secret" not in json.dumps(env) and "sk-served-secret" not in json.dumps(env)
+    assert env["HF_HOME"] == str(tmp_path / "hf") and env["PATH"]  # what it needs stays
 
 
 def test_a_failing_harness_is_an_error(
     fake_lm_eval: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("FAKE_LM_EVAL_FAIL", "1")
-    with pytest.raises(RuntimeError, match="lm_eval exited with code 3"):
-        run_lm_eval("http://127.0.0.1:9/v1", "m", ["gsm8k"], tmp_path / "out")
+    _fake_settings(fake_lm_eval.parent / "site" / "lm_eval", log=str(fake_lm_eval), fail=True)
+    with pytest.raises(RuntimeError, match="lm_eval exited with code 3") as info:
+        run_lm_eval("http://user:pw-123@127.0.0.1:9/v1", "m", ["gsm8k"], tmp_path / "out")
+    assert "http://***@127.0.0.1:9/v1" in str(info.value) and "pw-123" not in str(info.value)
 
 
 def test_missing_harness_says_how_to_install_it(
@@ -263,6 +288,7 @@ def test_real_harness_against_a_loopback_server(
         lambda *a, **k: [*command(*a, **k), "--include_path", str(tmp_path / "tasks")],
     )
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("OPENAI_API_KEY", TEACHER_KEY)
     answers = {"2 + 3": "5", "7 * 6": "41", "10 - 4": "6"}  # two of three right
 
     def reply(body: dict[str, Any]) -> str:
@@ -277,6 +303,7 @@ def test_real_harness_against_a_loopback_server(
         assert first == {"lm_eval/rtune_arith/exact_match_strict-match": pytest.approx(2 / 3)}
         assert len(server.completions) == 3
         assert server.completions[0].body["messages"][-1]["content"].startswith("Question:")
+        assert set(server.authorizations) == {"Bearer EMPTY"}
         again = run_lm_eval(
             server.url, "rtune-student", ["rtune_arith"], tmp_path / "out2", **options
         )

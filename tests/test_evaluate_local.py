@@ -2,13 +2,17 @@
 serve` on loopback (LocalServer, started by the stage from the endpoint spec and base_model) and
 the judge on the transformers backend. The tiny random-weight Llama keeps it fast: its words are
 noise, so the test checks the plumbing, not the quality (verdicts may be unparseable, and are
-then counted as such)."""
+then counted as such). Python's audit events say what each run started and loaded."""
 
 from __future__ import annotations
 
 import json
-import time
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +20,38 @@ from rtune.components.evaluate.task import run_evaluate
 from rtune.components.serve.endpoint import EndpointSpec
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+
+class Activity:
+    """Processes this process starts and files of one model folder it opens (besides
+    ``config.json``, which identifying a model reads), from the audit events ``subprocess.Popen``
+    and ``open``: a model server is a process, a model or tokenizer load opens its files."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self.model_dir = str(model_dir)
+        self.started: list[str] = []
+        self.opened: set[str] = set()
+        self._on = False
+        sys.addaudithook(self._event)  # stays for the session: a no-op while not recording
+
+    @contextmanager
+    def recording(self) -> Iterator[Activity]:
+        self.started, self.opened, self._on = [], set(), True
+        try:
+            yield self
+        finally:
+            self._on = False
+
+    def _event(self, event: str, args: tuple[Any, ...]) -> None:
+        if not self._on:
+            return
+        if event == "subprocess.Popen":  # (executable, args, cwd, env)
+            command = args[1] if isinstance(args[1], list | tuple) else [args[1]]
+            self.started.append(Path(os.fsdecode(command[0])).name)
+        elif event == "open" and isinstance(args[0], str | bytes):
+            path = os.fsdecode(args[0])
+            if path.startswith(self.model_dir) and Path(path).name != "config.json":
+                self.opened.add(Path(path).name)
 
 
 def test_local_servers_and_local_judge_end_to_end(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -34,10 +70,14 @@ def test_local_servers_and_local_judge_end_to_end(tiny_model_dir: Path, tmp_path
         "server": "transformers",
         "judge": {"model": str(tiny_model_dir), "max_new_tokens": 8},
     }
-    summary = run_evaluate(
-        spec, config, {"enabled": False}, "local", tmp_path / "report.html",
-        tmp_path / "results.json", checkpoint_root=str(tmp_path / "ck"), progress=False,
-    )  # fmt: skip
+    activity = Activity(tiny_model_dir)
+    with activity.recording():
+        summary = run_evaluate(
+            spec, config, {"enabled": False}, "local", tmp_path / "report.html",
+            tmp_path / "results.json", checkpoint_root=str(tmp_path / "ck"), progress=False,
+        )  # fmt: skip
+    assert activity.started == ["transformers", "transformers"]  # candidate and base servers
+    assert "tokenizer_config.json" in activity.opened  # the judge, loaded in this process
     results = json.loads((tmp_path / "results.json").read_text())
     assert [row["id"] for row in results["suite"]] == ["arith-01", "format-01", "arith-02"]
     assert all(isinstance(row["candidate_answer"], str) for row in results["suite"])
@@ -47,10 +87,11 @@ def test_local_servers_and_local_judge_end_to_end(tiny_model_dir: Path, tmp_path
     for row in results["judge"]:
         assert row["verdict_candidate_first"].startswith("Assistant 1 gets a score of")
     assert summary["answer_latency_s_candidate"] > 0
-    began = time.monotonic()
-    again = run_evaluate(
-        spec, config, {"enabled": False}, "local", None, None,
-        checkpoint_root=str(tmp_path / "ck"), progress=False,
-    )  # fmt: skip
-    assert time.monotonic() - began < 10  # everything checkpointed: no server, no model load
+    with activity.recording():
+        again = run_evaluate(
+            spec, config, {"enabled": False}, "local", None, None,
+            checkpoint_root=str(tmp_path / "ck"), progress=False,
+        )  # fmt: skip
+    # everything checkpointed: no server started, no model loaded
+    assert activity.started == [] and activity.opened == set()
     assert again["suite_accuracy_candidate"] == summary["suite_accuracy_candidate"]

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from rtune.components.common.records import InputError
 from rtune.components.evaluate.task import run_evaluate
 from rtune.components.serve.endpoint import EndpointSpec
 from tests.conftest import RecordingMetrics
-from tests.fakes.openai_server import Body, FakeOpenAIServer, last_user_message
+from tests.fakes.openai_server import Body, FakeOpenAIServer, Fault, last_user_message
 
 pytestmark = pytest.mark.integration
 
@@ -58,6 +57,7 @@ ANSWERS = {
     "Reply in lowercase.": ("sure, all lowercase here.", "Sure, Here It Is."),
     "JSON with key k.": ('{"k": 1}', '{"k": 1}'),
 }
+HOLD_UNTIL_CLOSED_S = 3600.0  # a held request is answered when its server closes
 ANSWER = re.compile(r"\[The Start of Assistant (\d)'s Answer\]\n(.*?)\n\[The End", re.DOTALL)
 
 
@@ -292,31 +292,32 @@ run_evaluate(Path(args["spec"]), args["config"], {"enabled": False}, "child", No
 def test_resume_after_sigkill_does_not_re_ask_answered_items(
     servers: dict[str, FakeOpenAIServer], tmp_path: Path
 ) -> None:
-    with FakeOpenAIServer(reply=student(0), model="slow", delay_s=0.3) as slow:
+    """The candidate's server answers three questions and holds the fourth until the child
+    asking it is killed: exactly three answers are checkpointed, and the resumed run asks only
+    the five it lacks (the held one again)."""
+    with FakeOpenAIServer(reply=student(0), model="held") as held:
+        held.inject(Fault(), Fault(), Fault(), Fault(hang_s=HOLD_UNTIL_CLOSED_S))
         config = {**evaluate_config(tmp_path, servers), "concurrency": 1}
-        args = {"spec": str(_spec(tmp_path, slow)), "config": config, "root": str(tmp_path / "ck")}
+        args = {"spec": str(_spec(tmp_path, held)), "config": config, "root": str(tmp_path / "ck")}
         child = subprocess.Popen(
             [sys.executable, "-c", RUN_IN_CHILD, json.dumps(args)], cwd=Path(__file__).parents[1]
         )
         try:
-            deadline = time.monotonic() + 60
-            while len(slow.completions) < 4 and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert child.poll() is None, "the child finished before it could be killed"
+            held.wait_for_completions(4)
+            assert child.poll() is None, "the child ended instead of waiting for its 4th answer"
         finally:
             os.kill(child.pid, signal.SIGKILL)
             child.wait()
         checkpoint = next((tmp_path / "ck" / "evaluate").glob("*/evaluation.partial.jsonl"))
         answered = sum('"key": "candidate/' in line for line in checkpoint.read_text().splitlines())
-        assert 0 < answered < 8
-        asked_before = len(slow.completions)
+        assert answered == 3
         summary = run_evaluate(
             tmp_path / "endpoint.json", config, {"enabled": False}, "resumed", None, None,
             checkpoint_root=str(tmp_path / "ck"), progress=False,
         )  # fmt: skip
-        assert len(slow.completions) - asked_before == 8 - answered
-        asked = [r.body["messages"][-1]["content"] for r in slow.completions]
-        assert len(asked) == len(set(asked)) + (asked_before - answered)  # only in-flight repeats
+        asked = [r.body["messages"][-1]["content"] for r in held.completions]
+    assert len(asked) == 4 + 5 and len(set(asked)) == 8  # only the held question twice
+    assert asked[4] == asked[3]
     assert summary["suite_accuracy_candidate"] == pytest.approx(0.8) and summary["judge_wins"] == 3
 
 

@@ -115,6 +115,8 @@ def test_api_key_comes_from_the_named_env_var_only(monkeypatch: pytest.MonkeyPat
     assert endpoint.client().api_key == "sk-test-value"
     assert "sk-test-value" not in repr(endpoint) and "sk-test" not in str(vars(endpoint))
     assert ChatEndpoint("http://127.0.0.1:1/v1", "m").client().api_key == "EMPTY"
+    shown = repr(ChatEndpoint("https://user:pw-123@served.example/v1", "m"))
+    assert "pw-123" not in shown and "https://***@served.example/v1" in shown
     with pytest.raises(ValueError, match="reasoning_format"):
         ChatEndpoint("http://x/v1", "m", reasoning_format="think")
 

@@ -1,4 +1,8 @@
-"""Typed stage configs: built from dicts/YAML with clear errors, flattened for MLflow params."""
+"""Typed stage configs: built from dicts/YAML with clear errors, flattened for MLflow params.
+
+``redact_credentials`` is the one place that hides credentials written into URLs; the tracking
+boundary (params, tags, logged text) and messages that show a URL go through it.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,17 @@ from rtune.components.common.records import InputError
 T = TypeVar("T")
 
 SECRET_KEY = re.compile(r"(^|_)(api_key|secret|secret_key|password|token|credentials?|access_key)$")
+REDACTED = "***"
+# scheme://userinfo@ - the userinfo (user:password, or a token as user name) is a credential
+URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#@'\"<>]+@")
+# ?name=value / &name=value of a query string
+QUERY_PARAM = re.compile(r"(?P<lead>[?&](?P<name>[\w.-]+)=)(?P<value>[^&#\s'\"<>]*)")
+# query parameters that carry a credential: api_key, access_token, X-Amz-Signature,
+# X-Amz-Credential, X-Amz-Security-Token, sig (Azure SAS), key (Google APIs), password, ...
+SECRET_PARAM = re.compile(
+    r"(^|[_.-])(api[_-]?key|key|token|secret|password|passwd|signature|sig|credential)$",
+    re.IGNORECASE,
+)
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any] | None, source: str = "config") -> T:
@@ -74,8 +89,23 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def redact_credentials(text: str) -> str:
+    """``text`` with every credential written into a URL replaced by ``***``: the userinfo
+    (``https://user:pass@host`` -> ``https://***@host``) and the values of query parameters
+    named like a secret (``?token=...``, presigned ``X-Amz-Signature=...``). Host, path and
+    other parameters stay, so the value still says where it points."""
+    text = URL_USERINFO.sub(rf"\g<scheme>{REDACTED}@", text)
+    return QUERY_PARAM.sub(_redact_param, text)
+
+
+def _redact_param(match: re.Match[str]) -> str:
+    secret = SECRET_PARAM.search(match["name"]) and match["value"]
+    return f"{match['lead']}{REDACTED}" if secret else match.group(0)
+
+
 def flatten(config: Any, prefix: str = "") -> dict[str, str]:
-    """``{"teacher.model": "x", ...}`` for MLflow params; keys that look secret are refused."""
+    """``{"teacher.model": "x", ...}`` for MLflow params; keys that look secret are refused,
+    credentials inside values (URLs) are redacted."""
     data = to_dict(config) if dataclasses.is_dataclass(config) else dict(config)
     flat: dict[str, str] = {}
     for key, value in data.items():
@@ -85,5 +115,5 @@ def flatten(config: Any, prefix: str = "") -> dict[str, str]:
             continue
         if SECRET_KEY.search(key.lower()):
             continue
-        flat[name] = "" if value is None else str(value)
+        flat[name] = "" if value is None else redact_credentials(str(value))
     return flat

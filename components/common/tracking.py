@@ -5,6 +5,10 @@ The parent run is found-or-created by the first stage that runs, looked up by th
 MLflow integration already injected ``MLFLOW_RUN_ID`` into the task, that run is used as the stage
 run instead. The default store is ``sqlite:///mlflow.db`` (absolute path) in the working
 directory; ``MLFLOW_TRACKING_URI`` points at a server (whose artifacts may live on S3).
+
+Whatever text reaches MLflow through a :class:`StageRun` - params, tags, logged text and JSON,
+a dataset's source - passes ``redact_credentials`` first: a URL with ``user:password@`` or a
+``?token=`` in a config or a summary is shown with ``***`` there.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from rtune.components.common.config import redact_credentials
 
 PIPELINE_TAG = "kfp.run_id"
 ROLE_TAG = "rtune.role"
@@ -79,7 +85,7 @@ class StageRun:
         if self.active:
             import mlflow
 
-            mlflow.log_params({k: v[:6000] for k, v in params.items()})
+            mlflow.log_params({k: redact_credentials(str(v))[:6000] for k, v in params.items()})
 
     def log_metrics(self, metrics: Mapping[str, float | int], to_parent: bool = False) -> None:
         if not self.active:
@@ -99,10 +105,11 @@ class StageRun:
             return
         import mlflow
 
-        mlflow.set_tags(dict(tags))
+        shown = {key: redact_credentials(str(value)) for key, value in tags.items()}
+        mlflow.set_tags(shown)
         if to_parent and self.parent_run_id:
             client = mlflow.MlflowClient()
-            for key, value in tags.items():
+            for key, value in shown.items():
                 client.set_tag(self.parent_run_id, key, value)
 
     def log_dataset(
@@ -116,7 +123,7 @@ class StageRun:
         from mlflow.data.pandas_dataset import from_pandas
 
         frame = pd.DataFrame([_flat_row(row) for row in rows])
-        dataset = from_pandas(frame, source=source, name=name)
+        dataset = from_pandas(frame, source=redact_credentials(source), name=name)
         mlflow.log_input(dataset, context=context)
 
     def log_table(self, rows: Sequence[Mapping[str, Any]], artifact_file: str) -> None:
@@ -138,7 +145,7 @@ class StageRun:
         if self.active:
             import mlflow
 
-            mlflow.log_text(text, artifact_file)
+            mlflow.log_text(redact_credentials(text), artifact_file)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         if self.active:

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from rtune.components.common.config import redact_credentials
 from rtune.components.teacher.config import TeacherConfig
 
 REASONING_FORMATS = ("none", "reflection")
@@ -112,7 +113,8 @@ class EvaluateConfig:
         self._check_numbers()
         self._check_primary_metric()
         if self.base_url and not self.base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
+            shown = redact_credentials(self.base_url)
+            raise ValueError(f"base_url must start with http:// or https://, got {shown!r}")
         if self.base_url and not self.base_served_model:
             raise ValueError(
                 "base_url needs base_served_model: the model name the server answers to"

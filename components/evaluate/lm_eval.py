@@ -23,6 +23,28 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rtune.components.common.config import redact_credentials
+
+# What the harness's process may see of the stage's environment: the basics of a process, the
+# Hugging Face/tokenizer/dataset settings (HF_TOKEN goes to the Hub only), locale, proxies and CA
+# bundles. Nothing else - the pod also holds the teacher's key, S3 and MLflow credentials.
+HARNESS_ENV_NAMES = frozenset(
+    {
+        "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TERM",
+        "TMPDIR", "TMP", "TEMP", "VIRTUAL_ENV", "LD_LIBRARY_PATH", "NLTK_DATA",
+        "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+        "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY",
+        "http_proxy", "https_proxy", "no_proxy", "all_proxy",
+        "OMP_NUM_THREADS", "MKL_NUM_THREADS", "DISABLE_MULTIPROC",
+    }
+)  # fmt: skip
+HARNESS_ENV_PREFIXES = (
+    "LC_", "PYTHON", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TOKENIZERS_", "XDG_",
+    "LMEVAL_", "LM_EVAL_", "LM_HARNESS_",
+)  # fmt: skip
+HARNESS_KEY_ENV = "OPENAI_API_KEY"  # what lm-eval's local-(chat-)completions send as Bearer
+NO_KEY = "EMPTY"  # the placeholder the served endpoints' clients send when they have no key
+
 NOT_INSTALLED = (
     "lm-evaluation-harness is not installed in this environment, but evaluate.benchmarks "
     "asks for {tasks}: install the eval extra (pip install 'rtune[eval]') or run the stage in "
@@ -128,6 +150,23 @@ def lm_eval_installed() -> bool:
     return importlib.util.find_spec("lm_eval") is not None
 
 
+def harness_env(api_key_env: str, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The environment of the ``lm_eval`` process: what it needs to run, plus under
+    ``OPENAI_API_KEY`` the evaluated endpoint's own key (from ``api_key_env``) or ``EMPTY``.
+
+    lm-eval sends whatever ``OPENAI_API_KEY`` holds as the Bearer token to the endpoint; in the
+    evaluate pod that variable holds the teacher's key, which must never go to a student or
+    base endpoint. So the environment is built from a list of harmless names, never copied.
+    """
+    env = {
+        name: value
+        for name, value in environ.items()
+        if name in HARNESS_ENV_NAMES or name.startswith(HARNESS_ENV_PREFIXES)
+    }
+    env[HARNESS_KEY_ENV] = (environ.get(api_key_env, "") if api_key_env else "") or NO_KEY
+    return env
+
+
 def run_lm_eval(
     base_url: str,
     model: str,
@@ -139,7 +178,8 @@ def run_lm_eval(
     """Run the harness for ``tasks`` against one endpoint; returns ``lm_eval/...`` metrics.
 
     The harness's local API models read the key from ``OPENAI_API_KEY``; the endpoint's own
-    key variable (``api_key_env``) is passed through under that name, never on the command line.
+    key variable (``api_key_env``) is passed through under that name, never on the command line,
+    in an environment that holds nothing else secret (``harness_env``).
     """
     if not tasks:
         return {}
@@ -147,14 +187,11 @@ def run_lm_eval(
         raise RuntimeError(NOT_INSTALLED.format(tasks=list(tasks)))
     output_dir.mkdir(parents=True, exist_ok=True)
     command = lm_eval_command(base_url, model, tasks, output_dir, **options)
-    env = dict(os.environ)
-    if api_key_env and os.environ.get(api_key_env):
-        env["OPENAI_API_KEY"] = os.environ[api_key_env]
-    completed = subprocess.run(command, env=env, check=False)
+    completed = subprocess.run(command, env=harness_env(api_key_env), check=False)
     if completed.returncode != 0:
         raise RuntimeError(
             f"lm_eval exited with code {completed.returncode} for tasks {list(tasks)} "
-            f"against {base_url} (its log is above)"
+            f"against {redact_credentials(base_url)} (its log is above)"
         )
     results_file = latest_results_file(output_dir)
     return parse_results(json.loads(results_file.read_text(encoding="utf-8")), tasks)

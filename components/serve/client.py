@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from rtune.components.common.config import redact_credentials
 from rtune.components.serve.reasoning import split_reflection
 
 REASONING_FORMATS = ("none", "reflection")
@@ -72,7 +73,7 @@ class ChatEndpoint:
         self._client: Any = None
 
     def __repr__(self) -> str:
-        return f"ChatEndpoint({self.base_url!r}, model={self.model!r})"
+        return f"ChatEndpoint({redact_credentials(self.base_url)!r}, model={self.model!r})"
 
     def client(self) -> Any:
         if self._client is None:
@@ -128,13 +129,17 @@ def message_parts(message: dict[str, Any], reasoning_format: str) -> tuple[str, 
 def smoke_test(
     endpoint: ChatEndpoint, prompt: str = SMOKE_PROMPT, max_tokens: int = 16
 ) -> SmokeResult:
-    """Ask one question; any failure is reported in ``error`` (type and message), not raised."""
+    """Ask one question; any failure is reported in ``error`` (type and message, credentials in
+    URLs redacted), not raised."""
     began = time.perf_counter()
     try:
         reply = endpoint.chat([{"role": "user", "content": prompt}], max_tokens=max_tokens)
     except Exception as error:  # the point is to report whatever broke
         return SmokeResult(
-            False, time.perf_counter() - began, None, f"{type(error).__name__}: {error}"
+            False,
+            time.perf_counter() - began,
+            None,
+            redact_credentials(f"{type(error).__name__}: {error}"),
         )
     if not (reply.content.strip() or (reply.reasoning or "").strip()):
         return SmokeResult(False, reply.latency_s, reply, "the endpoint answered with empty text")

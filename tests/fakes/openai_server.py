@@ -13,7 +13,9 @@ sample's instruction inside the markers (or JSON when ``response_format`` asks f
 real server it honours ``max_tokens`` - counting a word as a token, as its ``usage`` does - by
 cutting a longer reply there with ``finish_reason: "length"``; a ``Fault`` can also set the
 ``finish_reason`` outright. The server logs every request and the most requests it ever had in
-flight at once.
+flight at once. It also notes the ``Authorization`` header of every request, whatever its
+method and path (``authorizations``), so a test can check which credentials reached it, and
+lets a test wait until a number of chat completions have arrived (``wait_for_completions``).
 """
 
 from __future__ import annotations
@@ -128,10 +130,12 @@ class FakeOpenAIServer(LoopbackHTTPServer):
         self.reply = reply
         self.report_usage = report_usage
         self.log: list[LoggedRequest] = []
+        self.authorizations: list[str] = []  # of every request, in arrival order
         self.max_in_flight = 0
         self._in_flight = 0
         self._faults: deque[Fault] = deque()
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self._stop = threading.Event()
         super().__init__(self._handler_class())
 
@@ -153,6 +157,17 @@ class FakeOpenAIServer(LoopbackHTTPServer):
         with self._lock:
             return [r for r in self.log if r.path.endswith("/chat/completions")]
 
+    def wait_for_completions(self, count: int, timeout_s: float = 300.0) -> None:
+        """Block until ``count`` chat completions have arrived (an event, not a sleep);
+        ``timeout_s`` only guards against a test hanging forever."""
+        with self._arrived:
+            arrived = self._arrived.wait_for(
+                lambda: sum(r.path.endswith("/chat/completions") for r in self.log) >= count,
+                timeout_s,
+            )
+        if not arrived:
+            raise TimeoutError(f"fewer than {count} chat completions arrived")
+
     def requests_per_instruction(self) -> Counter[str]:
         return Counter(r.instruction for r in self.completions)
 
@@ -161,11 +176,16 @@ class FakeOpenAIServer(LoopbackHTTPServer):
 
     # -- request handling (runs in the server's threads) --
 
+    def _saw(self, authorization: str) -> None:
+        with self._lock:
+            self.authorizations.append(authorization)
+
     def _arrive(self, path: str, body: Body, authorization: str) -> Fault | None:
         with self._lock:
             self.log.append(
                 LoggedRequest(path, body, authorization, time.monotonic(), sample_instruction(body))
             )
+            self._arrived.notify_all()
             self._in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self._in_flight)
             return self._faults.popleft() if self._faults else None
@@ -236,6 +256,7 @@ class FakeOpenAIServer(LoopbackHTTPServer):
                     self.close_connection = True  # the client gave up (timeout or killed)
 
             def do_GET(self) -> None:
+                server._saw(self.headers.get("Authorization", ""))
                 if self.path.rstrip("/").endswith("/models"):
                     self._send(
                         200,
@@ -256,6 +277,7 @@ class FakeOpenAIServer(LoopbackHTTPServer):
                     self._send(404, {"error": {"message": "not found"}}, {})
 
             def do_POST(self) -> None:
+                server._saw(self.headers.get("Authorization", ""))
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
                 if not self.path.rstrip("/").endswith("/chat/completions"):
