@@ -57,7 +57,8 @@ def reflect_command(server_url: str, source: Path, output: Path) -> list[str]:
 
 
 def checkpointed_ids(path: Path) -> list[str]:
-    """Keys of complete result lines (a torn last line from the kill is not a result)."""
+    """Record ids of complete result lines (a torn last line from the kill is not a result); a
+    line's key is the record id, ``#`` and a digest of the sample."""
     if not path.exists():
         return []
     keys = []
@@ -67,7 +68,7 @@ def checkpointed_ids(path: Path) -> list[str]:
         except json.JSONDecodeError:
             continue
         if "key" in entry:
-            keys.append(entry["key"])
+            keys.append(entry["key"].rsplit("#", 1)[0])
     return keys
 
 
