@@ -102,6 +102,7 @@ def test_persistent_500s_end_in_fallback_error_with_attempts_counted(tmp_path: P
                 max_attempts=3,
                 backoff_s=0.01,
                 max_backoff_s=0.05,
+                max_error_rate=1.0,  # the one record fails for good: keep the stage going
             ),
         )
         requests = len(server.completions)
@@ -228,6 +229,7 @@ def test_api_key_is_used_but_never_written_or_logged(
             "backend": "openai",
             "url": "http://127.0.0.1:1/v1",
             "api_key_env": "RTUNE_TEST_TEACHER_KEY",
+            "max_error_rate": 1.0,
         },
     )
     with FakeOpenAIServer() as server:

@@ -8,7 +8,9 @@ saw (instruction, input, answer), so a record edited between a killed run and it
 again while untouched ones - and records added since - reuse or get their answers. The file as a
 whole is fingerprinted by the phase's prompt wording and the config fields that shape answers; a
 mismatching checkpoint is set aside rather than mixed in. The final file is written atomically,
-every input id exactly once, in input order; then the checkpoint is deleted.
+every input id exactly once, in input order; then the checkpoint is deleted - unless the teacher
+failed for good on more than ``max_error_rate`` of the records: then nothing is written, the
+checkpoint stays and ``TeacherUnavailable`` says why (see ``health``).
 
 Backends that prefill the assistant turn get a second round for replies that ended their turn
 early: a small model often writes the new instruction and stops without ever writing
@@ -31,6 +33,7 @@ from typing import Any
 from rtune.components.common.checkpoint import RecordCheckpoint, fingerprint
 from rtune.components.common.records import Record, index_by_id, read_jsonl, write_jsonl
 from rtune.components.teacher.config import TeacherConfig
+from rtune.components.teacher.health import check_error_rate
 from rtune.components.teacher.parsing import (
     FALLBACK_ERROR,
     FALLBACK_PARSE,
@@ -230,7 +233,8 @@ def reflect_stage(
     """Reflect every record of ``input_path`` into ``output_path``; resumable (see module doc).
 
     The teacher is built only if some record still needs it, so re-running a finished stage
-    never loads a model.
+    never loads a model. Raises ``TeacherUnavailable`` (output not written, checkpoint kept) when
+    more than ``config.max_error_rate`` of the records failed for good.
     """
     started = time.perf_counter()
     records = index_by_id(read_jsonl(input_path), str(input_path))
@@ -251,12 +255,19 @@ def reflect_stage(
                 _progress_bar(plan.phase.name, len(records), todo, progress),
             )
         results = {rid: checkpoint.done[key] for rid, key in keys.items()}
+    summary = summarize(results.values(), len(todo), time.perf_counter() - started)
+    check_error_rate(
+        [result["meta"] for result in results.values()],
+        config.max_error_rate,
+        output_path,
+        checkpoint.path,
+        summary.as_dict(),
+    )
     write_jsonl(
         output_path,
         (plan.attach(record, samples[rid], results[rid]) for rid, record in records.items()),
     )
     checkpoint.remove()
-    summary = summarize(results.values(), len(todo), time.perf_counter() - started)
     log.debug("%s -> %s", summary.line(plan.phase.name), output_path)
     return summary
 
