@@ -134,7 +134,7 @@ def test_every_failure_keeps_ori_as_Q_and_says_why(tmp_path: Path) -> None:
     summary = reflect_instructions(
         tmp_path / "in.jsonl",
         tmp_path / "out.jsonl",
-        CONFIG,
+        TeacherConfig(max_error_rate=1.0),  # 1 of 3 failed for good: accepted here
         teacher=ScriptedTeacher(replies.__getitem__),
         progress=False,
     )
@@ -302,6 +302,64 @@ def test_records_the_teacher_failed_on_are_retried_when_resuming(tmp_path: Path)
         "Task 3: explain rain.",
     ]
     assert summary.resumed_from_checkpoint == 1 and summary.fallback_error == 0
+
+
+def test_a_record_edited_between_a_crash_and_the_rerun_is_asked_again(tmp_path: Path) -> None:
+    """The checkpoint remembers what the teacher saw: a record whose instruction, input or answer
+    changed since the crash is redone; untouched records are reused."""
+    write_jsonl(tmp_path / "in.jsonl", prepared(4))
+    with pytest.raises(Crash):
+        reflect_instructions(
+            tmp_path / "in.jsonl",
+            tmp_path / "out.jsonl",
+            CONFIG,
+            teacher=ScriptedTeacher(crash_after=3),
+            progress=False,
+        )
+    edited = prepared(4)
+    edited[0]["instruction"] = "Task 0: explain snow."
+    edited[1]["input"] = "In two lines."
+    edited[2]["output"] = "A better answer 2."
+    write_jsonl(tmp_path / "in.jsonl", edited)
+    again = ScriptedTeacher()
+    summary = reflect_instructions(
+        tmp_path / "in.jsonl", tmp_path / "out.jsonl", CONFIG, teacher=again, progress=False
+    )
+    assert again.asked == [
+        "Task 0: explain snow.",
+        "Task 1: explain rain.",
+        "Task 2: explain rain.",
+        "Task 3: explain rain.",
+    ]
+    assert summary.resumed_from_checkpoint == 0 and summary.completed_now == 4
+    q0 = read_jsonl(tmp_path / "out.jsonl")[0]["candidates"]["Q"]
+    assert q0["instruction"].startswith("Task 0: explain snow.")
+
+
+def test_an_untouched_record_is_reused_when_others_are_edited_or_added(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "in.jsonl", prepared(3))
+    with pytest.raises(Crash):
+        reflect_instructions(
+            tmp_path / "in.jsonl",
+            tmp_path / "out.jsonl",
+            CONFIG,
+            teacher=ScriptedTeacher(crash_after=2),
+            progress=False,
+        )
+    edited = prepared(4)
+    edited[0]["output"] = "A better answer 0."
+    write_jsonl(tmp_path / "in.jsonl", edited)
+    again = ScriptedTeacher()
+    summary = reflect_instructions(
+        tmp_path / "in.jsonl", tmp_path / "out.jsonl", CONFIG, teacher=again, progress=False
+    )
+    assert again.asked == [
+        "Task 0: explain rain.",
+        "Task 2: explain rain.",
+        "Task 3: explain rain.",
+    ]
+    assert summary.resumed_from_checkpoint == 1
+    assert [r["id"] for r in read_jsonl(tmp_path / "out.jsonl")] == ["r0", "r1", "r2", "r3"]
 
 
 def test_a_checkpoint_made_with_other_settings_is_set_aside(tmp_path: Path) -> None:
@@ -492,6 +550,6 @@ def test_checkpoint_lines_hold_results_not_prompts(tmp_path: Path) -> None:
         )
     lines = (tmp_path / "out.jsonl.partial.jsonl").read_text().splitlines()
     entry = json.loads(lines[1])
-    assert entry["key"] == "r0"
+    assert entry["key"].startswith("r0#")  # the id and a digest of the sample the teacher saw
     assert set(entry["result"]) == {"fields", "meta"}
     assert set(entry["result"]["meta"]) == META_KEYS

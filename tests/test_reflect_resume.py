@@ -1,28 +1,35 @@
 """Kill ``rtune reflect`` with SIGKILL mid-run, run it again: it finishes only what was left.
 
-The CLI runs as a real subprocess against the loopback OpenAI-compatible server, which answers
-slowly (0.3 s, two requests in flight) so the kill lands while some records are checkpointed
-and others are not. The server's request log shows which records were asked, and how often.
+The CLI runs as a real subprocess against the loopback OpenAI-compatible server. The server
+answers the first ``ANSWERED`` requests and holds every later one until the test opens a gate,
+so the kill lands in a known state - ``ANSWERED`` records checkpointed, ``CONCURRENCY`` requests
+in flight, nothing else sent - without depending on how fast the machine is. The server's
+request log shows which records were asked, and how often.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from rtune.components.common.records import read_jsonl, write_jsonl
-from tests.fakes.openai_server import FakeOpenAIServer
+from tests.fakes.openai_server import Body, FakeOpenAIServer, echo_reply
 
 pytestmark = pytest.mark.integration
 RECORDS = 16
 CONCURRENCY = 2
+ANSWERED = 4  # requests answered before the gate; later ones wait for it
+WAIT_S = 90.0  # a guard against a run that stalls, not a measurement
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -57,7 +64,8 @@ def reflect_command(server_url: str, source: Path, output: Path) -> list[str]:
 
 
 def checkpointed_ids(path: Path) -> list[str]:
-    """Keys of complete result lines (a torn last line from the kill is not a result)."""
+    """Record ids of complete result lines (a torn last line from the kill is not a result); a
+    line's key is the record id, ``#`` and a digest of the sample."""
     if not path.exists():
         return []
     keys = []
@@ -67,21 +75,37 @@ def checkpointed_ids(path: Path) -> list[str]:
         except json.JSONDecodeError:
             continue
         if "key" in entry:
-            keys.append(entry["key"])
+            keys.append(entry["key"].rsplit("#", 1)[0])
     return keys
 
 
-def kill_when_partly_done(process: subprocess.Popen[bytes], checkpoint: Path) -> list[str]:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and process.poll() is None:
-        done = checkpointed_ids(checkpoint)
-        if len(done) >= 4:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
-            return checkpointed_ids(checkpoint)
+class Gate:
+    """The server's reply: the first ``ANSWERED`` requests at once, later ones once ``opened``.
+    ``all_in`` is set when ``ANSWERED + CONCURRENCY`` requests have arrived: the client then has
+    its whole concurrency waiting and sends nothing more."""
+
+    def __init__(self) -> None:
+        self.arrivals = itertools.count(1)
+        self.opened = threading.Event()
+        self.all_in = threading.Event()
+
+    def __call__(self, body: Body) -> str:
+        arrival = next(self.arrivals)
+        if arrival >= ANSWERED + CONCURRENCY:
+            self.all_in.set()
+        if arrival > ANSWERED:
+            self.opened.wait(WAIT_S)
+        return echo_reply(body)
+
+
+def wait_for(condition: Callable[[], bool], process: subprocess.Popen[bytes]) -> None:
+    """Poll ``condition`` while ``process`` runs (a file another process writes has no event)."""
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"the run ended or stalled before the kill (exit {process.poll()})")
         time.sleep(0.02)
-    process.kill()
-    pytest.fail(f"the run ended or stalled before the kill (exit {process.poll()})")
 
 
 def test_sigkilled_run_resumes_with_only_the_remaining_records(tmp_path: Path) -> None:
@@ -100,17 +124,23 @@ def test_sigkilled_run_resumes_with_only_the_remaining_records(tmp_path: Path) -
             for i, rid in enumerate(ids)
         ],
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # The CLI must import `rtune` from where this test does (a worktree's shim, an install).
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, sys.path))}
     env.pop("RTUNE_RESUME_TEST_KEY", None)
-    with FakeOpenAIServer(delay_s=0.3) as server:
+    gate = Gate()
+    with FakeOpenAIServer(reply=gate) as server:
         command = reflect_command(server.url, source, output)
         first = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        done_before = kill_when_partly_done(first, checkpoint)
-        assert 4 <= len(done_before) < RECORDS and not output.exists()
-        time.sleep(0.5)  # let requests already on the wire reach the server's log
+        wait_for(lambda: len(checkpointed_ids(checkpoint)) >= ANSWERED, first)
+        wait_for(gate.all_in.is_set, first)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        done_before = checkpointed_ids(checkpoint)
         asked_before = server.requests_per_instruction()
+        written_before = output.exists()
+        gate.opened.set()  # the rerun's requests (and the dead run's held ones) are answered
         second = subprocess.run(
             command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180
         )
@@ -123,13 +153,12 @@ def test_sigkilled_run_resumes_with_only_the_remaining_records(tmp_path: Path) -
     assert not checkpoint.exists()
 
     by_id = {rid: instruction(i) for i, rid in enumerate(ids)}
-    for rid in done_before:  # finished before the kill: never asked again
-        assert asked_total[by_id[rid]] == 1, rid
-    asked_twice = [rid for rid in ids if asked_total[by_id[rid]] > 1]
+    assert len(done_before) == ANSWERED and not written_before
     in_flight_at_kill = {rid for rid in ids if asked_before[by_id[rid]]} - set(done_before)
-    assert set(asked_twice) <= in_flight_at_kill and len(in_flight_at_kill) <= CONCURRENCY
-    assert all(asked_total[by_id[rid]] >= 1 for rid in ids)
-    assert sum(asked_total.values()) <= RECORDS + CONCURRENCY
+    assert len(in_flight_at_kill) == CONCURRENCY
+    assert sum(asked_before.values()) == ANSWERED + CONCURRENCY
+    for rid in ids:  # finished before the kill: never asked again; in flight: asked again
+        assert asked_total[by_id[rid]] == (2 if rid in in_flight_at_kill else 1), rid
 
     summary = second.stdout.strip().splitlines()[-1]
     assert f"resumed={len(done_before)}" in summary

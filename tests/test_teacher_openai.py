@@ -3,9 +3,12 @@ bounded concurrency, structured output, and an API key that never leaks."""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import socket
-import time
+import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -17,11 +20,13 @@ from rtune.components.teacher.config import TeacherConfig
 from rtune.components.teacher.openai_backend import OpenAITeacher, retry_after_seconds, retry_delay
 from rtune.components.teacher.parsing import OK, parse_reply
 from rtune.components.teacher.prompts import INSTRUCTION_PHASE, build_request
-from rtune.components.teacher.protocol import Completion
-from tests.fakes.openai_server import Body, FakeOpenAIServer, Fault
+from rtune.components.teacher.protocol import Completion, TeacherRequest
+from tests.fakes.openai_server import Body, FakeOpenAIServer, Fault, echo_reply, sample_instruction
 
 pytestmark = pytest.mark.integration
 SECRET = "sk-test-SECRET-0123456789"
+WAIT_S = 30.0  # how long a held reply waits for its event: only a broken backend runs into it
+Sleep = Callable[[float], Awaitable[None]]
 
 
 def sample(i: int | str) -> dict[str, str]:
@@ -29,9 +34,13 @@ def sample(i: int | str) -> dict[str, str]:
 
 
 def ask(
-    url: str, samples: list[dict[str, str]], **overrides: object
+    url: str,
+    samples: list[dict[str, str]],
+    sleep: Sleep | None = None,
+    **overrides: object,
 ) -> list[tuple[int, Completion]]:
-    """Run the backend on ``samples``; return (index, completion) in the order they arrived."""
+    """Run the backend on ``samples``; return (index, completion) in the order they arrived.
+    ``sleep`` replaces the backend's wait between attempts."""
     settings: dict[str, object] = {
         "backend": "openai",
         "url": url,
@@ -41,7 +50,8 @@ def ask(
         "max_attempts": 3,
     }
     settings.update(overrides)
-    teacher = OpenAITeacher(TeacherConfig(**settings), api_key="test-key")  # type: ignore[arg-type]
+    config = TeacherConfig(**settings)  # type: ignore[arg-type]
+    teacher = OpenAITeacher(config, api_key="test-key", **({"sleep": sleep} if sleep else {}))
     requests = [
         build_request(
             INSTRUCTION_PHASE, s, few_shot=False, structured=teacher.structured, prefill=False
@@ -69,22 +79,46 @@ def test_every_request_comes_back_once_with_text_usage_and_model() -> None:
         assert parsed.fields and f"Task {index}:" in parsed.fields["new_instruction"]
 
 
+class RecordedWaits:
+    """The backend's wait between attempts, recorded instead of slept: the test reads which
+    delays the client chose, not how long the machine took."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+
+
 def test_429_is_retried_after_the_servers_retry_after() -> None:
+    waits = RecordedWaits()
     with FakeOpenAIServer() as server:
         server.inject(Fault(status=429, retry_after=0.8))
-        [(_, completion)] = ask(server.url, [sample(0)])
-        first, second = server.completions
-    assert completion.error is None and completion.attempts == 2
-    assert second.arrived - first.arrived >= 0.75  # backoff_s is 0.01: the header set the wait
+        [(_, completion)] = ask(server.url, [sample(0)], sleep=waits)
+        asked = len(server.completions)
+    assert completion.error is None and completion.attempts == 2 and asked == 2
+    assert waits.delays == [0.8]  # backoff_s is 0.01: the header set the wait
 
 
 def test_retry_after_is_capped_by_max_backoff() -> None:
+    waits = RecordedWaits()
     with FakeOpenAIServer() as server:
         server.inject(Fault(status=429, retry_after=60))
-        started = time.monotonic()
-        [(_, completion)] = ask(server.url, [sample(0)], max_backoff_s=0.3)
+        [(_, completion)] = ask(server.url, [sample(0)], sleep=waits, max_backoff_s=0.3)
     assert completion.attempts == 2 and completion.error is None
-    assert time.monotonic() - started < 5
+    assert waits.delays == [0.3]
+
+
+def test_without_retry_after_the_backoff_doubles() -> None:
+    waits = RecordedWaits()
+    with FakeOpenAIServer() as server:
+        server.inject(Fault(status=503), Fault(status=503), Fault(status=503))
+        [(_, completion)] = ask(
+            server.url, [sample(0)], sleep=waits, max_attempts=4, backoff_s=1, max_backoff_s=10
+        )
+    assert completion.attempts == 4 and completion.error is None
+    low = [0.5, 1.0, 2.0]  # "equal jitter": between half of base * 2**(n-1) and all of it
+    assert all(lo <= d <= 2 * lo for lo, d in zip(low, waits.delays, strict=True))
 
 
 def test_persistent_500s_end_in_fallback_error_with_attempts_counted(tmp_path: Path) -> None:
@@ -102,6 +136,7 @@ def test_persistent_500s_end_in_fallback_error_with_attempts_counted(tmp_path: P
                 max_attempts=3,
                 backoff_s=0.01,
                 max_backoff_s=0.05,
+                max_error_rate=1.0,  # the one record fails for good: keep the stage going
             ),
         )
         requests = len(server.completions)
@@ -116,10 +151,11 @@ def test_persistent_500s_end_in_fallback_error_with_attempts_counted(tmp_path: P
 
 def test_a_hang_past_the_timeout_is_cut_and_retried() -> None:
     with FakeOpenAIServer() as server:
-        server.inject(Fault(hang_s=3.0))
-        [(_, completion)] = ask(server.url, [sample(0)], timeout_s=0.4)
-    assert completion.error is None and completion.attempts == 2
-    assert 0.4 <= completion.latency_s < 2.5
+        server.inject(Fault(hang_s=600))  # ends only when the server closes
+        [(_, completion)] = ask(server.url, [sample(0)], timeout_s=2.0)
+        asked = len(server.completions)
+    assert completion.error is None and completion.attempts == 2 and asked == 2
+    assert completion.latency_s >= 2.0  # the first attempt waited out its deadline
 
 
 @pytest.mark.parametrize(
@@ -159,28 +195,56 @@ def test_client_errors_are_not_retried() -> None:
     assert completion.error is not None and completion.error.startswith("HTTP 400")
 
 
+class FullHouse:
+    """A reply that holds the first ``size`` requests until all of them are being answered at
+    once, then answers everyone: the server's peak in flight reaches ``size`` exactly when the
+    client really sends that many together (a client that does not is caught by the timeout)."""
+
+    def __init__(self, size: int) -> None:
+        self.barrier = threading.Barrier(size, timeout=WAIT_S)
+        self.full = threading.Event()
+
+    def __call__(self, body: Body) -> str:
+        if not self.full.is_set():
+            with contextlib.suppress(threading.BrokenBarrierError):
+                self.barrier.wait()
+            self.full.set()
+        return echo_reply(body)
+
+
 def test_concurrency_is_bounded_and_used() -> None:
-    with FakeOpenAIServer(delay_s=0.15) as server:
-        started = time.monotonic()
+    with FakeOpenAIServer(reply=FullHouse(3)) as server:
         arrived = ask(server.url, [sample(i) for i in range(12)], concurrency=3)
-        elapsed = time.monotonic() - started
         peak = server.max_in_flight
-    assert len(arrived) == 12
-    assert peak == 3
-    assert elapsed < 12 * 0.15 * 0.7  # far from one at a time
+    assert sorted(index for index, _ in arrived) == list(range(12))
+    assert peak == 3  # three really overlapped, and never a fourth
 
 
 def test_results_are_handed_back_as_they_complete() -> None:
-    def slow_first(body: Body) -> str:
-        from tests.fakes.openai_server import echo_reply, sample_instruction
+    """The slow record's reply is released only by the caller having received the other two:
+    a backend that held results back until every request was done would never release it."""
+    others_delivered = threading.Event()
+    released: list[bool] = []
 
+    def slow_until_others_delivered(body: Body) -> str:
         if "slow" in sample_instruction(body):
-            time.sleep(0.6)
+            released.append(others_delivered.wait(WAIT_S))
         return echo_reply(body)
 
-    with FakeOpenAIServer(reply=slow_first) as server:
-        arrived = ask(server.url, [sample("slow"), sample(1), sample(2)], concurrency=3)
-    assert [index for index, _ in arrived][-1] == 0
+    arrived: list[int] = []
+
+    def on_done(index: int, completion: Completion) -> None:
+        arrived.append(index)
+        if sorted(arrived) == [1, 2]:
+            others_delivered.set()
+
+    config = TeacherConfig(backend="openai", model="m", concurrency=3, url="http://127.0.0.1:9/v1")
+    with FakeOpenAIServer(reply=slow_until_others_delivered) as server:
+        config.url = server.url
+        OpenAITeacher(config, api_key="k").complete_many(
+            [request_for(sample("slow")), request_for(sample(1)), request_for(sample(2))], on_done
+        )
+    assert released == [True] and arrived[-1] == 0
 
 
 def test_unreachable_server_fails_each_record_after_its_attempts() -> None:
@@ -228,6 +292,7 @@ def test_api_key_is_used_but_never_written_or_logged(
             "backend": "openai",
             "url": "http://127.0.0.1:1/v1",
             "api_key_env": "RTUNE_TEST_TEACHER_KEY",
+            "max_error_rate": 1.0,
         },
     )
     with FakeOpenAIServer() as server:
@@ -254,6 +319,10 @@ def test_api_key_is_used_but_never_written_or_logged(
     ):
         assert SECRET not in text
     assert summary.records == 3 and summary.fallback_error == 1
+
+
+def request_for(s: dict[str, str]) -> TeacherRequest:
+    return build_request(INSTRUCTION_PHASE, s, few_shot=False, structured=False, prefill=False)
 
 
 def test_unset_key_variable_sends_a_placeholder_and_names_the_variable(
@@ -293,19 +362,31 @@ def test_retry_after_header_forms() -> None:
 
 
 def test_a_failing_callback_stops_the_run_and_cancels_what_is_in_flight() -> None:
+    """Only the first request is answered; the others hang until the test lets them go. The
+    failing callback must end ``complete_many`` while they still hang: a backend that waited
+    for its requests in flight, or went on sending, would be held until the gate opened."""
+    gate = threading.Event()
+    arrivals = itertools.count()
+    answered: list[int] = []
+
+    def first_only(body: Body) -> str:
+        if next(arrivals) > 0:
+            gate.wait(WAIT_S)
+        answered.append(1)
+        return echo_reply(body)
+
     def disk_full(index: int, completion: Completion) -> None:
         raise OSError("No space left on device")
 
     config = TeacherConfig(backend="openai", model="m", concurrency=2, url="http://127.0.0.1:9/v1")
-    requests = [
-        build_request(INSTRUCTION_PHASE, sample(i), few_shot=False, structured=False, prefill=False)
-        for i in range(8)
-    ]
-    with FakeOpenAIServer(delay_s=0.4) as server:
+    with FakeOpenAIServer(reply=first_only) as server:
         config.url = server.url
-        started = time.monotonic()
         with pytest.raises(OSError, match="No space left"):
-            OpenAITeacher(config, api_key="k").complete_many(requests, disk_full)
-        elapsed = time.monotonic() - started
+            OpenAITeacher(config, api_key="k").complete_many(
+                [request_for(sample(i)) for i in range(8)], disk_full
+            )
+        answered_when_stopped = len(answered)
         asked = len(server.completions)
-    assert elapsed < 1.5 and asked <= 4
+        gate.set()
+    assert answered_when_stopped == 1
+    assert asked <= 3  # the two first in flight, and at most the one sent after the first answer

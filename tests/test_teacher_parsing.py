@@ -12,12 +12,15 @@ from rtune.components.teacher.parsing import (
     FALLBACK_PLACEHOLDER,
     OK,
     extract_markers,
+    leading_fields,
     parse_reply,
+    unfinished_field,
 )
 from rtune.components.teacher.prompts import (
     INSTRUCTION_PHASE,
     PHASES,
     RESPONSE_PHASE,
+    PhaseSpec,
     build_request,
     render_reply,
 )
@@ -275,3 +278,53 @@ def test_reasoning_blocks_are_not_mistaken_for_the_answer(reply: str) -> None:
 def test_unfinished_thinking_is_no_answer() -> None:
     parsed = parse_reply(INSTRUCTION_PHASE, "<think>[New Instruction] x [New Answer] y", SAMPLE)
     assert parsed.status == FALLBACK_PARSE
+
+
+# A marker followed by its text with no space or newline in between, in every marker shape, for
+# every field of both phases: the text's first character belongs to the field.
+GLUED_SHAPES = [
+    "[{m}]{v}",
+    "**[{m}]**{v}",
+    "[{m}]:{v}",
+    "**[{m}]:**{v}",
+    "{m}:{v}",
+    "**{m}:**{v}",
+    "**{m}**:{v}",
+    "### {m}:{v}",
+]
+
+
+def glued_fields(phase: PhaseSpec) -> dict[str, str]:
+    return {
+        spec.key: f"T{spec.key} rewritten, {number}." for number, spec in enumerate(phase.outputs)
+    }
+
+
+@pytest.mark.parametrize("phase", list(PHASES.values()), ids=list(PHASES))
+@pytest.mark.parametrize("shape", GLUED_SHAPES)
+@pytest.mark.parametrize("feedback", ["", "[Feedback]Too vague.\n"])
+def test_text_glued_to_its_marker_keeps_its_first_character(
+    phase: PhaseSpec, shape: str, feedback: str
+) -> None:
+    want = glued_fields(phase)
+    reply = feedback + "\n".join(shape.format(m=f.marker, v=want[f.key]) for f in phase.outputs)
+    parsed = parse_reply(phase, reply, SAMPLE)
+    assert parsed.status == OK, parsed.reason
+    assert parsed.fields == want
+
+
+@pytest.mark.parametrize("phase", list(PHASES.values()), ids=list(PHASES))
+def test_glued_text_after_a_prefilled_or_repeated_marker_keeps_its_first_character(
+    phase: PhaseSpec,
+) -> None:
+    want = glued_fields(phase)
+    first, *rest = phase.outputs
+    tail = "".join(f"\n[{f.marker}]{want[f.key]}" for f in rest)
+    continued = want[first.key] + tail  # the model goes on right after the prefilled marker
+    repeated = f"[{first.marker}]{want[first.key]}{tail}"  # ... or writes the marker again
+    for reply in (continued, repeated):
+        parsed = parse_reply(phase, reply, SAMPLE, prefill=phase.prefill)
+        assert parsed.status == OK, parsed.reason
+        assert parsed.fields == want
+        assert leading_fields(phase, reply, SAMPLE, phase.prefill) == want
+        assert unfinished_field(phase, reply + "\n</answer>", phase.prefill) is None

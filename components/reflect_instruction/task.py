@@ -12,15 +12,20 @@ from rtune.components.common.records import Record, read_jsonl
 from rtune.components.common.stage import MetricsSink, publish_metrics, tracked_stage
 from rtune.components.common.storage import cache_root
 from rtune.components.teacher.config import TeacherConfig
+from rtune.components.teacher.health import TeacherUnavailable
 
 
 def checkpoint_for(stage: str, input_path: Path, teacher: TeacherConfig, root: str = "") -> Path:
-    """A durable checkpoint path keyed by the stage input and teacher config.
+    """A durable checkpoint path keyed by the stage input and the teacher settings that shape
+    its answers.
 
     A KFP retry (or a re-run of the same pipeline on the same data) lands on the same file and
-    resumes. ``root`` defaults to ``$RTUNE_CACHE/checkpoints``; mount a PVC there in a cluster.
+    resumes - also after the teacher's URL, concurrency, retries or ``max_error_rate`` changed,
+    which is how a run stopped by a dead teacher is finished. ``root`` defaults to
+    ``$RTUNE_CACHE/checkpoints``; mount a PVC there in a cluster.
     """
-    key = fingerprint(stage, Path(input_path).read_bytes().decode("utf-8", "replace"), str(teacher))
+    text = Path(input_path).read_bytes().decode("utf-8", "replace")
+    key = fingerprint(stage, text, teacher.result_shaping())
     return Path(root or cache_root() / "checkpoints") / stage / f"{key}.partial.jsonl"
 
 
@@ -53,12 +58,23 @@ def run_reflect_phase(
     checkpoint_root: str = "",
     metrics: MetricsSink | None = None,
 ) -> dict[str, float]:
-    """One teacher phase (``instruction`` or ``response``) with its checkpoint, run and metrics."""
+    """One teacher phase (``instruction`` or ``response``) with its checkpoint, run and metrics.
+
+    Raises ``TeacherUnavailable`` (after logging the metrics) when the teacher failed for good on
+    more than ``teacher.max_error_rate`` of the records, so the pipeline stops here instead of
+    training on answers that were never reflected.
+    """
     stage = f"reflect_{phase}"
     config = from_dict(TeacherConfig, teacher, "teacher")
     checkpoint = checkpoint_for(stage, Path(records_path), config, checkpoint_root)
     with tracked_stage(stage, kfp_run_id, tracking, config) as run:
-        summary = reflect(Path(records_path), Path(output_path), config, checkpoint_path=checkpoint)
+        try:
+            summary = reflect(
+                Path(records_path), Path(output_path), config, checkpoint_path=checkpoint
+            )
+        except TeacherUnavailable as err:  # the run fails, with what it cost on record
+            publish_metrics(run, metrics, err.metrics)
+            raise
         records = read_jsonl(output_path)
         run.log_dataset(
             candidate_rows(records, candidates),

@@ -37,6 +37,13 @@ class TeacherConfig:
     max_attempts: int = field(default=5, metadata={"help": "attempts per record incl. the first"})
     backoff_s: float = field(default=1.0, metadata={"help": "first retry delay; doubles each time"})
     max_backoff_s: float = field(default=60.0, metadata={"help": "cap on any retry delay"})
+    max_error_rate: float = field(
+        default=0.2,
+        metadata={
+            "help": "largest fraction of records whose request failed for good (fallback_error) "
+            "a stage accepts; above it the stage fails, writes no output and keeps its checkpoint"
+        },
+    )
     max_new_tokens: int = field(default=512, metadata={"help": "generation budget per record"})
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy"})
     batch_size: int = field(default=8, metadata={"help": "records per batch (local backends)"})
@@ -72,6 +79,8 @@ class TeacherConfig:
             raise ValueError(
                 f"need 0 <= backoff_s <= max_backoff_s, got {self.backoff_s} and {self.max_backoff_s}"
             )
+        if not 0.0 <= self.max_error_rate <= 1.0:
+            raise ValueError(f"max_error_rate must be between 0 and 1, got {self.max_error_rate}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
 

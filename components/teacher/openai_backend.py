@@ -145,11 +145,19 @@ class OpenAITeacher:
 
     prefills = False
 
-    def __init__(self, config: TeacherConfig, api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        config: TeacherConfig,
+        api_key: str | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        """``sleep`` waits out each retry delay; a test passes one that records the delays the
+        client chose instead of asserting on how long the machine took."""
         import openai  # noqa: F401  (fail at construction, not mid-run, if it is missing)
 
         self.config = config
         self._api_key = api_key if api_key is not None else read_api_key(config.api_key_env)
+        self._sleep = sleep
 
     @property
     def structured(self) -> bool:
@@ -294,5 +302,5 @@ class OpenAITeacher:
                     attempt, retry_after_seconds(headers), cfg.backoff_s, cfg.max_backoff_s
                 )
                 log.debug("attempt %d failed (%s); retrying in %.2f s", attempt, error, delay)
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
         return None, attempt, error

@@ -3,10 +3,14 @@
 Each record's result (parsed fields + teacher metadata) is appended to a per-record checkpoint
 the moment the teacher finishes it, so a run killed at any point - SIGKILL included - resumes
 with only the records that never finished (and those whose teacher failed for good, which get
-another chance). The checkpoint is keyed by record id and fingerprinted by the input ids, the
-phase's prompt wording and the config fields that shape answers; a mismatching checkpoint is set
-aside rather than mixed in. The final file is written atomically, every input id exactly once,
-in input order; then the checkpoint is deleted.
+another chance). Each result is keyed by the record's id *and* a digest of the sample the teacher
+saw (instruction, input, answer), so a record edited between a killed run and its rerun is asked
+again while untouched ones - and records added since - reuse or get their answers. The file as a
+whole is fingerprinted by the phase's prompt wording and the config fields that shape answers; a
+mismatching checkpoint is set aside rather than mixed in. The final file is written atomically,
+every input id exactly once, in input order; then the checkpoint is deleted - unless the teacher
+failed for good on more than ``max_error_rate`` of the records: then nothing is written, the
+checkpoint stays and ``TeacherUnavailable`` says why (see ``health``).
 
 Backends that prefill the assistant turn get a second round for replies that ended their turn
 early: a small model often writes the new instruction and stops without ever writing
@@ -29,6 +33,7 @@ from typing import Any
 from rtune.components.common.checkpoint import RecordCheckpoint, fingerprint
 from rtune.components.common.records import Record, index_by_id, read_jsonl, write_jsonl
 from rtune.components.teacher.config import TeacherConfig
+from rtune.components.teacher.health import check_error_rate
 from rtune.components.teacher.parsing import (
     FALLBACK_ERROR,
     FALLBACK_PARSE,
@@ -204,6 +209,12 @@ def combined_result(first: Mapping[str, Any], second: Result) -> Result:
     }
 
 
+def record_key(rid: str, sample: Sample) -> str:
+    """A record's checkpoint key: its id and a digest of the sample the teacher judges. An answer
+    is only reused for the very text it was written about."""
+    return f"{rid}#{fingerprint(sample)[:16]}"
+
+
 def needs_teacher(result: Result | None) -> bool:
     """Not done yet, waiting for its second round, or the teacher failed for good last time
     (worth another run's try)."""
@@ -222,34 +233,41 @@ def reflect_stage(
     """Reflect every record of ``input_path`` into ``output_path``; resumable (see module doc).
 
     The teacher is built only if some record still needs it, so re-running a finished stage
-    never loads a model.
+    never loads a model. Raises ``TeacherUnavailable`` (output not written, checkpoint kept) when
+    more than ``config.max_error_rate`` of the records failed for good.
     """
     started = time.perf_counter()
     records = index_by_id(read_jsonl(input_path), str(input_path))
     samples = {rid: plan.sample(record, str(input_path)) for rid, record in records.items()}
-    work = fingerprint(
-        plan.phase.name, plan.phase.version(), list(records), config.result_shaping()
-    )
+    keys = {rid: record_key(rid, sample) for rid, sample in samples.items()}
+    work = fingerprint(plan.phase.name, plan.phase.version(), config.result_shaping())
     checkpoint = RecordCheckpoint(checkpoint_path or default_checkpoint_path(output_path), work)
     with checkpoint:
-        todo = [rid for rid in records if needs_teacher(checkpoint.done.get(rid))]
+        todo = [keys[rid] for rid in records if needs_teacher(checkpoint.done.get(keys[rid]))]
         if todo:
             _ask_teacher(
                 plan.phase,
                 todo,
-                samples,
+                {keys[rid]: sample for rid, sample in samples.items()},
                 checkpoint,
                 teacher or _build(config),
                 config,
                 _progress_bar(plan.phase.name, len(records), todo, progress),
             )
-        results: dict[str, Result] = dict(checkpoint.done)
+        results = {rid: checkpoint.done[key] for rid, key in keys.items()}
+    summary = summarize(results.values(), len(todo), time.perf_counter() - started)
+    check_error_rate(
+        [result["meta"] for result in results.values()],
+        config.max_error_rate,
+        output_path,
+        checkpoint.path,
+        summary.as_dict(),
+    )
     write_jsonl(
         output_path,
         (plan.attach(record, samples[rid], results[rid]) for rid, record in records.items()),
     )
     checkpoint.remove()
-    summary = summarize(results.values(), len(todo), time.perf_counter() - started)
     log.debug("%s -> %s", summary.line(plan.phase.name), output_path)
     return summary
 
@@ -282,54 +300,55 @@ def _ask_teacher(
     config: TeacherConfig,
     bar: Any,
 ) -> None:
-    """Send the pending records; checkpoint each result as it lands. Records whose first-round
+    """Send the pending records (``todo`` and ``samples`` go by ``record_key``); checkpoint each
+    result as it lands. Records whose first-round
     reply stopped early (see ``continuation``) go to a second round once the first is over;
     records resumed while pending start there."""
     continues = teacher.prefills and not teacher.structured
     counts = {"fallbacks": 0, "continued": 0}
 
-    def request(rid: str, prefill: str | None = None) -> TeacherRequest:
+    def request(key: str, prefill: str | None = None) -> TeacherRequest:
         base = build_request(
             phase,
-            samples[rid],
+            samples[key],
             few_shot=config.few_shot,
             structured=teacher.structured,
             prefill=teacher.prefills,
         )
         return base if prefill is None else replace(base, prefill=prefill)
 
-    def finish(rid: str, result: Result) -> None:
-        checkpoint.add(rid, result)
+    def finish(key: str, result: Result) -> None:
+        checkpoint.add(key, result)
         counts["fallbacks"] += result["meta"]["parse_status"] != OK
         counts["continued"] += result["meta"]["rounds"] > 1
         bar.set_postfix(refresh=False, **counts)
         bar.update(1)
 
-    def first_round(rid: str, completion: Completion) -> None:
-        result = reflection_result(phase, completion, samples[rid], config.max_new_tokens)
-        follow = continuation(phase, completion, samples[rid], result) if continues else None
+    def first_round(key: str, completion: Completion) -> None:
+        result = reflection_result(phase, completion, samples[key], config.max_new_tokens)
+        follow = continuation(phase, completion, samples[key], result) if continues else None
         if follow is None:
-            finish(rid, result)
+            finish(key, result)
         else:
-            checkpoint.add(rid, {**result, PENDING: follow})
+            checkpoint.add(key, {**result, PENDING: follow})
 
-    def second_round(rid: str, completion: Completion) -> None:
-        result = reflection_result(phase, completion, samples[rid], config.max_new_tokens)
-        finish(rid, combined_result(checkpoint.done[rid]["meta"], result))
+    def second_round(key: str, completion: Completion) -> None:
+        result = reflection_result(phase, completion, samples[key], config.max_new_tokens)
+        finish(key, combined_result(checkpoint.done[key]["meta"], result))
 
-    def pending(rid: str) -> bool:
-        return PENDING in (checkpoint.done.get(rid) or {})
+    def pending(key: str) -> bool:
+        return PENDING in (checkpoint.done.get(key) or {})
 
     with bar:
-        fresh = [rid for rid in todo if not pending(rid)]
-        _run(teacher, [(rid, request(rid)) for rid in fresh], first_round)
-        waiting = [rid for rid in todo if pending(rid)]
+        fresh = [key for key in todo if not pending(key)]
+        _run(teacher, [(key, request(key)) for key in fresh], first_round)
+        waiting = [key for key in todo if pending(key)]
         _run(
             teacher,
-            [(rid, request(rid, checkpoint.done[rid][PENDING])) for rid in waiting],
+            [(key, request(key, checkpoint.done[key][PENDING])) for key in waiting],
             second_round,
         )
-    missing = [rid for rid in todo if rid not in checkpoint.done or pending(rid)]
+    missing = [key for key in todo if key not in checkpoint.done or pending(key)]
     if missing:
         raise RuntimeError(
             f"the teacher returned no result for {len(missing)} record(s), "
@@ -342,14 +361,14 @@ def _run(
     jobs: list[tuple[str, TeacherRequest]],
     handle: Callable[[str, Completion], None],
 ) -> None:
-    """Ask the teacher for every (record id, request) job and hand each completion, with its
+    """Ask the teacher for every (record key, request) job and hand each completion, with its
     request's prefill attached (the parser puts it back), to ``handle``."""
     if not jobs:
         return
 
     def on_done(index: int, completion: Completion) -> None:
-        rid, request = jobs[index]
-        handle(rid, completion.with_prefill(request.prefill))
+        key, request = jobs[index]
+        handle(key, completion.with_prefill(request.prefill))
 
     teacher.complete_many([request for _, request in jobs], on_done)
 

@@ -6,13 +6,16 @@
         --teacher openai --teacher-url http://vllm:8000/v1 --concurrency 32
 
 A killed run resumes from ``<output>.partial.jsonl`` (or --checkpoint) when re-run with the same
-input, teacher model and generation settings (concurrency, timeouts and batch size may change).
+teacher model and generation settings (concurrency, timeouts and batch size may change); records
+edited since are asked again. When more than --max-error-rate of the records failed for good (a
+dead or refusing teacher) the command exits 1 without writing the output and keeps the checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,7 @@ CONFIG_FLAGS = {
     "batch_size": "batch_size",
     "temperature": "temperature",
     "structured_output": "structured_output",
+    "max_error_rate": "max_error_rate",
 }
 
 
@@ -76,6 +80,12 @@ def register(subparsers: Any) -> None:
         help="ask for JSON via response_format (openai backend)",
     )
     parser.add_argument(
+        "--max-error-rate",
+        type=float,
+        help="largest fraction of records whose request failed for good that still counts as "
+        "success (default 0.2); above it: exit 1, no output, the checkpoint kept for a rerun",
+    )
+    parser.add_argument(
         "--checkpoint", type=Path, help="checkpoint file (default: <output>.partial.jsonl)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -98,17 +108,22 @@ def teacher_config(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     from rtune.components.reflect_instruction.reflect import reflect_instructions
     from rtune.components.reflect_response.reflect import reflect_responses
+    from rtune.components.teacher.health import TeacherUnavailable
 
     if not getattr(args, "verbose", False):
         for name in CHATTY_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
     stage = reflect_instructions if args.stage == "instruction" else reflect_responses
-    summary = stage(
-        args.input,
-        args.output,
-        teacher_config(args),
-        checkpoint_path=args.checkpoint,
-        progress=not args.no_progress,
-    )
+    try:
+        summary = stage(
+            args.input,
+            args.output,
+            teacher_config(args),
+            checkpoint_path=args.checkpoint,
+            progress=not args.no_progress,
+        )
+    except TeacherUnavailable as err:  # not bad input (exit 2): the teacher is down
+        print(f"rtune reflect: error: {err}", file=sys.stderr)
+        return 1
     print(f"{summary.line(args.stage)} -> {args.output}")
     return 0
