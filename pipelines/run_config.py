@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import yaml
 
 from rtune.components.common.records import InputError
-from rtune.components.common.student import StudentConfig, student_fields
+from rtune.components.common.student import StudentConfig, own_values, section_config
 
 T = TypeVar("T")
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -122,14 +122,14 @@ class RunConfig:
         """
         arguments: dict[str, Any] = {"seed_uri": self.seed_uri}
         for name, config in self.sections.items():
-            mirrored = set(student_fields(type(config)))
-            plain = {k: v for k, v in dataclasses.asdict(config).items() if k not in mirrored}
-            arguments[PARAMETER_NAMES.get(name, name)] = plain
+            arguments[PARAMETER_NAMES.get(name, name)] = own_values(config)
         arguments["checkpoint_root"] = self.checkpoint_root
         return arguments
 
 
-def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+def load_run_config(
+    path: str | Path | None = None, overrides: list[str] | None = None
+) -> RunConfig:
     """Read a YAML run config, apply ``section.key=value`` overrides, validate every section."""
     path = Path(path) if path else DEFAULT_CONFIG
     data = _read_yaml(path)
@@ -143,11 +143,15 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         shipped = sorted(p.name for p in CONFIG_DIR.glob("*.yaml"))
-        raise InputError(str(path), "config file not found", f"pass an existing file, e.g. one of {shipped}") from None
+        raise InputError(
+            str(path), "config file not found", f"pass an existing file, e.g. one of {shipped}"
+        ) from None
     except yaml.YAMLError as err:
         raise InputError(str(path), f"invalid YAML: {err}", "fix the YAML syntax") from None
     if not isinstance(data, dict):
-        raise InputError(str(path), "top level must be a mapping", "see pipelines/configs/local.yaml")
+        raise InputError(
+            str(path), "top level must be a mapping", "see pipelines/configs/local.yaml"
+        )
     return data
 
 
@@ -155,19 +159,30 @@ def apply_override(data: dict[str, Any], item: str, source: str) -> None:
     """``student.template=alpaca`` -> data["student"]["template"] = "alpaca" (value read as YAML)."""
     key, sep, raw = item.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
-        raise InputError(source, f"bad --set {item!r}", "write --set section.key=value, e.g. --set prepare.limit=8")
+        raise InputError(
+            source,
+            f"bad --set {item!r}",
+            "write --set section.key=value, e.g. --set prepare.limit=8",
+        )
     try:
         value = yaml.safe_load(raw) if raw else ""
     except yaml.YAMLError as err:
         problem = f"--set {key}: the value is not valid YAML ({str(err).splitlines()[0]})"
-        raise InputError(source, problem, "quote the value, e.g. --set 'teacher.url=\"http://...\"'", field=key) from None
+        raise InputError(
+            source, problem, "quote the value, e.g. --set 'teacher.url=\"http://...\"'", field=key
+        ) from None
     target = data
     parts = key.split(".")
     for depth, part in enumerate(parts[:-1]):
         target = target.setdefault(part, {})
         if not isinstance(target, dict):
             where = ".".join(parts[: depth + 1])
-            raise InputError(source, f"--set {key}: {where!r} is not a section", "override a key inside a section", field=where)
+            raise InputError(
+                source,
+                f"--set {key}: {where!r} is not a section",
+                "override a key inside a section",
+                field=where,
+            )
     target[parts[-1]] = value
 
 
@@ -180,15 +195,25 @@ def build_run_config(data: Mapping[str, Any], source: str) -> RunConfig:
     known = {*classes, "seed_uri", "checkpoint_root", "cluster", "local"}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise InputError(source, f"unknown section(s) {unknown}", f"valid sections: {sorted(known)}", field=unknown[0])
+        raise InputError(
+            source,
+            f"unknown section(s) {unknown}",
+            f"valid sections: {sorted(known)}",
+            field=unknown[0],
+        )
     for name in classes:
         if data.get(name) is not None and not isinstance(data[name], Mapping):
-            raise InputError(source, f"section {name!r} must be a mapping, got {type(data[name]).__name__}", f"write {name}: {{key: value}}", field=name)
+            raise InputError(
+                source,
+                f"section {name!r} must be a mapping, got {type(data[name]).__name__}",
+                f"write {name}: {{key: value}}",
+                field=name,
+            )
     student = from_dict(StudentConfig, data.get("student"), f"{source}: student")
     sections: dict[str, Any] = {"student": student}
     for name, cls in classes.items():
         if name != "student":
-            sections[name] = section_from_yaml(cls, name, data.get(name) or {}, student, source)
+            sections[name] = section_config(cls, name, data.get(name), student, source)
     _judge_defaults_to_teacher(sections)
     return RunConfig(
         seed_uri=str(data.get("seed_uri", "builtin:seed")),
@@ -198,31 +223,6 @@ def build_run_config(data: Mapping[str, Any], source: str) -> RunConfig:
         local=from_dict(LocalConfig, data.get("local"), f"{source}: local"),
         source=source,
     )
-
-
-def section_from_yaml(cls: type[T], name: str, section: Mapping[str, Any], student: StudentConfig, source: str) -> T:
-    """A stage's typed config from its YAML section; student settings must not be set there."""
-    from rtune.components.common.config import from_dict
-
-    mirrored = student_fields(cls)
-    for key in section:
-        if key in mirrored:
-            raise InputError(
-                f"{source}: {name}",
-                f"{name}.{key} belongs to the student, which is configured once",
-                f"move it to student.{mirrored[key]} (every stage reads it from there)",
-                field=f"{name}.{key}",
-            )
-    values = {**section, **{own: getattr(student, theirs) for own, theirs in mirrored.items()}}
-    return from_dict(cls, values, f"{source}: {name}")
-
-
-def stage_config(cls: type[T], section: Mapping[str, Any] | None, student: Mapping[str, Any] | None, name: str) -> T:
-    """The stage side of the KFP boundary: the section's plain data + the student's -> typed."""
-    from rtune.components.common.config import from_dict
-
-    typed_student = from_dict(StudentConfig, student, "student")
-    return section_from_yaml(cls, name, dict(section or {}), typed_student, "pipeline parameters")
 
 
 def _judge_defaults_to_teacher(sections: dict[str, Any]) -> None:

@@ -107,7 +107,10 @@ def run_stage(stage: Stage[S], settings: StageSettings = StageSettings()) -> S:
     with stage_run(stage.name, run_id, tracking) as run:
         run.log_params({**flatten(stage.config), **dict(settings.extra_params)})
         context = StageContext(
-            stage.name, run, run_id, checkpoint_dir(settings.checkpoint_root, stage_group(stage.name))
+            stage.name,
+            run,
+            run_id,
+            checkpoint_dir(settings.checkpoint_root, stage_group(stage.name)),
         )
         summary = stage.run(context)
         publish_metrics(run, settings.metrics, summary.as_dict(), settings.to_parent)

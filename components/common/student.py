@@ -10,12 +10,14 @@ fills them from the ``student:`` section, and a stage section that sets one is r
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from rtune.components.scoring.templates import TEMPLATES
 
 DTYPES = ("float32", "bfloat16", "float16")
+T = TypeVar("T")
 STUDENT_KEY = "student"  # field metadata: which StudentConfig field a stage field mirrors
 
 
@@ -25,7 +27,9 @@ class StudentConfig:
 
     model: str = field(
         default="default",
-        metadata={"help": "student model: 'default' (embedded), a local HF folder or an s3:// prefix"},
+        metadata={
+            "help": "student model: 'default' (embedded), a local HF folder or an s3:// prefix"
+        },
     )
     template: str = field(
         default="vicuna",
@@ -87,6 +91,42 @@ def student_fields(cls: type) -> dict[str, str]:
     }
 
 
-def with_student(cls: type, section: dict[str, Any], student: StudentConfig) -> dict[str, Any]:
-    """The section's own values plus the student's for every mirrored field."""
-    return {**section, **{own: getattr(student, name) for own, name in student_fields(cls).items()}}
+def section_config(
+    cls: type[T], name: str, section: Mapping[str, Any] | None, student: StudentConfig, source: str
+) -> T:
+    """A stage's typed config: its section's own values plus the student's mirrored ones.
+
+    A section that sets a student setting itself is refused with the key to move, so one run
+    cannot score with one template and train with another.
+    """
+    from rtune.components.common.config import from_dict
+    from rtune.components.common.errors import InputError
+
+    section = dict(section or {})
+    mirrored = student_fields(cls)
+    for key in section:
+        if key in mirrored:
+            raise InputError(
+                f"{source}: {name}",
+                f"{name}.{key} belongs to the student, which is configured once",
+                f"move it to student.{mirrored[key]} (every stage reads it from there)",
+                field=f"{name}.{key}",
+            )
+    values = {**section, **{own: getattr(student, theirs) for own, theirs in mirrored.items()}}
+    return from_dict(cls, values, f"{source}: {name}")
+
+
+def stage_config(
+    cls: type[T], name: str, section: Mapping[str, Any] | None, student: Mapping[str, Any] | None
+) -> T:
+    """The stage side of the KFP boundary: a section's plain data and the student's -> typed."""
+    from rtune.components.common.config import from_dict
+
+    typed = from_dict(StudentConfig, student, "pipeline parameter student")
+    return section_config(cls, name, section, typed, "pipeline parameters")
+
+
+def own_values(config: Any) -> dict[str, Any]:
+    """A stage config as plain data without the settings it mirrors from the student."""
+    mirrored = set(student_fields(type(config)))
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in mirrored}
