@@ -75,11 +75,15 @@ class StudentConfig:
         return self.tokenizer or self.model
 
 
-def student_field(name: str) -> Any:
-    """A stage config field that mirrors ``StudentConfig.<name>`` (filled from ``student:``)."""
-    source = StudentConfig.__dataclass_fields__[name]
-    metadata = {**source.metadata, STUDENT_KEY: name}
-    return field(default=source.default, metadata=metadata)
+def student_field(name: str, default: Any = dataclasses.MISSING, help: str = "") -> Any:
+    """A stage config field that mirrors ``StudentConfig.<name>`` (filled from ``student:``).
+
+    ``name`` may be a property (``tokenizer_spec``); then give ``default`` and ``help``.
+    """
+    source = StudentConfig.__dataclass_fields__.get(name)
+    metadata = {"help": help or (source.metadata["help"] if source else name), STUDENT_KEY: name}
+    value = source.default if source is not None and default is dataclasses.MISSING else default
+    return field(default=value, metadata=metadata)
 
 
 def student_fields(cls: type) -> dict[str, str]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rtune.components.common.config import redact_credentials
+from rtune.components.common.student import student_field
 from rtune.components.teacher.config import TeacherConfig
 
 REASONING_FORMATS = ("none", "reflection")
@@ -64,10 +65,7 @@ class EvaluateConfig:
         },
     )
     timeout_s: float = field(default=300.0, metadata={"help": "deadline of one answer request"})
-    base_model: str = field(
-        default="default",
-        metadata={"help": "base student served locally: default | HF folder | s3://"},
-    )
+    base_model: str = student_field("model")  # the base student, served to compare with
     base_url: str = field(
         default="", metadata={"help": "served base model (http://host/v1); '' = serve base_model"}
     )

@@ -26,7 +26,13 @@ from rtune.components.common.checkpoint import RecordCheckpoint, fingerprint
 from rtune.components.common.config import from_dict
 from rtune.components.common.stage import MetricsSink, publish_metrics, tracked_stage
 from rtune.components.common.storage import cache_root
-from rtune.components.evaluate.answers import ChatModel, Question, SharedCheckpoint, ask_all, pending
+from rtune.components.evaluate.answers import (
+    ChatModel,
+    Question,
+    SharedCheckpoint,
+    ask_all,
+    pending,
+)
 from rtune.components.evaluate.config import EvaluateConfig
 from rtune.components.evaluate.evaluation import (
     ROLES,

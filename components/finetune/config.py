@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rtune.components.common.student import student_field
 from rtune.components.scoring.templates import TEMPLATES
 
 METHODS = ("lora", "qlora", "full")
@@ -30,10 +31,10 @@ class FinetuneConfig:
     longer record gets a row of its own).
     """
 
-    model: str = field(default="default", metadata={"help": "student: default | folder | s3://"})
+    model: str = student_field("model")
     method: str = field(default="lora", metadata={"help": "lora | qlora (4-bit, GPU) | full"})
-    template: str = field(default="vicuna", metadata={"help": "the scorer's prompt template"})
-    max_length: int = 2048
+    template: str = student_field("template")
+    max_length: int = student_field("max_length")
     epochs: float = 3.0
     max_steps: int = field(default=-1, metadata={"help": "> 0 overrides epochs"})
     learning_rate: float = 2e-5

@@ -4,23 +4,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rtune.components.common.student import student_field
+
 
 @dataclass
 class PrepareConfig:
     """How ``prepare`` reads, checks and flags the seed data.
 
-    ``tokenizer`` counts tokens exactly as the student will: ``"default"`` is the embedded default
-    model, otherwise a local Hugging Face folder or an ``s3://`` prefix holding one. ``None`` counts
+    ``tokenizer`` (the student's, from ``student:``) counts tokens exactly as the student will:
+    ``"default"`` is the embedded default model, otherwise a local Hugging Face folder or an
+    ``s3://`` prefix holding one. ``count_tokens: false`` (or ``tokenizer=None`` in code) counts
     with the rough ``ceil(chars / 4)`` estimate, for runs that have no tokenizer at hand.
     """
 
-    max_length: int = field(
-        default=2048,
-        metadata={"help": "records longer than this many student tokens get the 'too_long' flag"},
+    max_length: int = student_field("max_length")
+    tokenizer: str | None = student_field(
+        "tokenizer_spec", default="default", help="the student's tokenizer (model or tokenizer)"
     )
-    tokenizer: str | None = field(
-        default="default",
-        metadata={"help": "model spec whose tokenizer counts tokens; None = chars/4 estimate"},
+    count_tokens: bool = field(
+        default=True, metadata={"help": "false = estimate tokens as chars/4 (no tokenizer)"}
     )
     limit: int | None = field(
         default=None,

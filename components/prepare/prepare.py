@@ -94,7 +94,8 @@ def prepare_records(input_uri: str, config: PrepareConfig) -> tuple[list[Record]
     kept, read, duplicates = _checked_unique_records(path, fmt, display)
     if read == 0:
         raise InputError(display, "contains no records", "give at least one instruction record")
-    counter, counter_name = make_token_counter(config.tokenizer, config.s3_endpoint)
+    tokenizer = config.tokenizer if config.count_tokens else None
+    counter, counter_name = make_token_counter(tokenizer, config.s3_endpoint)
     summary = PrepareSummary(
         display,
         fmt,

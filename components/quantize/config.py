@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rtune.components.common.student import student_field
 from rtune.components.scoring.templates import TEMPLATES
 
 METHODS = ("w4a16", "fp8_dynamic", "w8a8", "sparse_2of4", "sparse_2of4_w4a16", "none")
@@ -42,7 +43,7 @@ class QuantizeConfig:
     max_perplexity_increase: float = field(
         default=0.5, metadata={"help": "fail when quantized/unquantized perplexity - 1 exceeds it"}
     )
-    template: str = field(default="vicuna", metadata={"help": "the scorer's prompt template"})
+    template: str = student_field("template")
     ignore: list[str] = field(
         default_factory=lambda: ["lm_head"],
         metadata={"help": "modules kept in full precision (names or re:<regex>)"},
