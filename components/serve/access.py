@@ -13,8 +13,8 @@ import ipaddress
 import os
 import re
 
-ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")  # upper case: a mixed-case value is likely a key
-SERVED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")  # upper case: a mixed-case value is likely a key
+SERVED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
 DEFAULT_SERVED_NAME = "rtune-student"  # KServe's default InferenceService name: one name anywhere
 DEFAULT_ALIAS = "default"  # as in the teacher config: "the one model this server serves"
 
@@ -22,7 +22,7 @@ DEFAULT_ALIAS = "default"  # as in the teacher config: "the one model this serve
 def check_env_name(setting: str, name: str) -> None:
     """``name`` must look like an environment variable's name. The value is never echoed: a
     pasted key is the likely mistake."""
-    if name and not ENV_NAME.match(name):
+    if name and not ENV_NAME.fullmatch(name):
         raise ValueError(
             f"{setting} must be the upper-case NAME of an environment variable holding the key "
             "(e.g. RTUNE_SERVE_API_KEY), not the key itself"
@@ -30,7 +30,7 @@ def check_env_name(setting: str, name: str) -> None:
 
 
 def check_served_name(setting: str, name: str) -> None:
-    if name and not SERVED_NAME.match(name):
+    if name and not SERVED_NAME.fullmatch(name):
         raise ValueError(
             f"{setting} {name!r} must be 1-128 characters of letters, digits and . _ : / -, "
             "starting with a letter or digit (clients send it as the request's model)"
