@@ -96,6 +96,7 @@ class ServingFront:
             raise ValueError("served_model_name needs upstream_model, the id it stands for")
         target = urlsplit(upstream)
         self.upstream_host, self.upstream_port = target.hostname or "127.0.0.1", target.port or 80
+        self.host = host
         self.served_model_name = served_model_name
         self.upstream_model = upstream_model
         self.reasoning_format = reasoning_format
@@ -122,7 +123,7 @@ class ServingFront:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self._httpd.server_address[0]}:{self.port}/v1"
+        return f"http://{self.host}:{self.port}/v1"
 
     def start(self) -> ServingFront:
         self._thread.start()
@@ -138,6 +139,11 @@ class ServingFront:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def guarded(self) -> bool:
+        """Whether clients must send the key."""
+        return self._key_check is not None
 
     # -- the rules, per request --
 
@@ -320,7 +326,7 @@ class FrontHandler(BaseHTTPRequestHandler):
 
     def _upstream_headers(self) -> dict[str, str]:
         drop = set(HOP_BY_HOP)
-        if self.front._key_check is not None:
+        if self.front.guarded:
             drop.add("authorization")  # the front's key is not the model server's business
         return {k: v for k, v in self.headers.items() if k.lower() not in drop}
 
