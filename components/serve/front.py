@@ -263,7 +263,8 @@ class FrontHandler(BaseHTTPRequestHandler):
             body_read = True
             listing = self.front.model_listing(self.command, route)
             if listing is not None:
-                self._send_json(200, listing)
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self._send_json(200, listing)
                 return
             forwarded = self.front.upstream_body(self.command, body)
         except Refusal as refusal:
