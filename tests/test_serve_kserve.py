@@ -312,6 +312,59 @@ def test_run_serve_on_kserve_end_to_end(
     assert parent.data.metrics["smoke_ok"] == 1.0 and parent.data.metrics["smoke_latency_s"] > 0
 
 
+@pytest.mark.integration
+def test_kserve_serves_under_the_served_name_and_clients_send_the_key(
+    kube: KubeEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig_for(kube, tmp_path / "kubeconfig")))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("RTUNE_TEST_SERVE_KEY", "k-cluster-123")
+    (tmp_path / "model").mkdir()
+    tracking = {"experiment": "serve-key", "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    serve = {
+        "backend": "kserve",
+        "namespace": NS,
+        "storage_uri": STORE,
+        "poll_interval_s": 0.02,
+        "served_model_name": "student-v2",
+        "api_key_env": "RTUNE_TEST_SERVE_KEY",
+    }
+    with FakeOpenAIServer(reply=lambda body: "Paris.") as server:
+        kube.on_fetch(ISVCS, NS, NAME, ready_after(1, server.base_url))
+        summary = run_serve(tmp_path / "model", serve, tracking, RUN_ID, tmp_path / "endpoint")
+        [smoke] = server.completions
+    assert summary["smoke_ok"] is True and summary["model"] == "student-v2"
+    assert smoke.body["model"] == "student-v2" and smoke.authorization == "Bearer k-cluster-123"
+    stored = kube.object(ISVCS, NS, NAME)
+    assert stored is not None
+    assert "--served-model-name=student-v2" in stored["spec"]["predictor"]["model"]["args"]
+    spec = EndpointSpec.load(tmp_path / "endpoint")
+    assert (spec.model, spec.api_key_env) == ("student-v2", "RTUNE_TEST_SERVE_KEY")
+    mlflow.set_tracking_uri(tracking["tracking_uri"])
+    runs = mlflow.search_runs(experiment_names=["serve-key"], output_format="list")
+    recorded = json.dumps([(r.data.params, r.data.tags) for r in runs])
+    written = (tmp_path / "endpoint").read_text() + json.dumps(stored)
+    assert "RTUNE_TEST_SERVE_KEY" in recorded and "k-cluster-123" not in recorded + written
+
+
+def test_an_unset_key_variable_stops_the_stage_before_it_deploys(
+    kube: KubeEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig_for(kube, tmp_path / "kubeconfig")))
+    monkeypatch.delenv("RTUNE_TEST_SERVE_KEY", raising=False)
+    serve = {"backend": "kserve", "namespace": NS, "storage_uri": STORE}
+    with pytest.raises(InputError, match=r"serve\.api_key_env") as raised:
+        run_serve(
+            tmp_path / "model",
+            {**serve, "api_key_env": "RTUNE_TEST_SERVE_KEY"},
+            {"enabled": False},
+            RUN_ID,
+            tmp_path / "endpoint",
+        )
+    assert "RTUNE_TEST_SERVE_KEY" in str(raised.value)
+    assert kube.object(ISVCS, NS, NAME) is None and not (tmp_path / "endpoint").exists()
+
+
 def test_kserve_without_a_stored_model_says_which_setting_to_use(tmp_path: Path) -> None:
     (tmp_path / "model").mkdir()
     with pytest.raises(InputError) as raised:

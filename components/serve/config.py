@@ -2,7 +2,10 @@
 
 Defaults serve the model locally (``transformers serve`` on CPU, vLLM where a GPU and vLLM are
 there) for the smoke test; ``backend: kserve`` deploys it as a KServe InferenceService on the
-shipped ``rtune-vllm`` runtime instead.
+shipped ``rtune-vllm`` runtime instead. Either way clients name the model ``served_name()``.
+
+The API key never appears here: ``api_key_env`` names the environment variable that holds it, so
+the config can be logged to MLflow, written to YAML and printed without leaking a secret.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from rtune.components.serve.access import check_env_name, check_served_name
 from rtune.components.serve.client import REASONING_FORMATS, SMOKE_PROMPT
 from rtune.components.serve.local_server import SERVERS
 
@@ -28,6 +32,16 @@ class ServeConfig:
     startup_timeout_s: float = 600.0
     reasoning_format: str = field(
         default="none", metadata={"help": "reflection = return <thinking>/<reflection> apart"}
+    )
+    served_model_name: str = field(
+        default="", metadata={"help": "the model name clients send; '' = the name setting"}
+    )
+    api_key_env: str = field(
+        default="",
+        metadata={
+            "help": "NAME of the env var holding the API key clients must send ('' = none); "
+            "local: the front enforces it; kserve: recorded for clients"
+        },
     )
     smoke_prompt: str = SMOKE_PROMPT
     smoke_max_tokens: int = 16
@@ -75,10 +89,17 @@ class ServeConfig:
                 f"name {self.name!r} must be a DNS-1035 label of at most 45 characters "
                 "(a-z, 0-9, '-', starting with a letter): KServe derives service names from it"
             )
+        check_served_name("served_model_name", self.served_model_name)
+        check_env_name("api_key_env", self.api_key_env)
         if self.storage_uri and not self.storage_uri.startswith(_SCHEMES):
             raise ValueError(
                 f"storage_uri {self.storage_uri!r} must start with one of {list(_SCHEMES)}"
             )
+
+    def served_name(self) -> str:
+        """The model name clients send: ``served_model_name``, else the InferenceService
+        ``name`` (so a client reaches a local and a KServe model under the same name)."""
+        return self.served_model_name or self.name
 
 
 def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:

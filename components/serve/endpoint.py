@@ -7,7 +7,12 @@
 A ``kserve`` endpoint keeps running in the cluster: opening it just connects. A ``local`` one
 was a server on loopback that the serve stage stopped when it ended (a pipeline task must not
 leave a process behind), so opening it starts a :class:`LocalServer` for the same model folder,
-server and reasoning format, for the duration of the ``with`` block.
+server, reasoning format, served name and API key variable, for the duration of the ``with``
+block.
+
+A client reaches the model as ``ChatEndpoint(spec.base_url, spec.model,
+api_key_env=spec.api_key_env)``: ``model`` is the served name, ``api_key_env`` the NAME of the
+environment variable holding the key ("" = no key); the key itself is never in the spec.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from rtune.components.serve.access import DEFAULT_SERVED_NAME, check_env_name
 from rtune.components.serve.client import REASONING_FORMATS, ChatEndpoint
 
 KINDS = ("local", "kserve")
@@ -25,8 +31,9 @@ KINDS = ("local", "kserve")
 
 @dataclass
 class EndpointSpec:
-    """``base_url`` ends in ``/v1``; ``model`` is the name the server answers to. Local
-    endpoints also record the ``model_path`` and ``server`` needed to start them again."""
+    """``base_url`` ends in ``/v1``; ``model`` is the name the server answers to (the served
+    name); ``api_key_env`` names the variable holding the key clients send. Local endpoints also
+    record the ``model_path`` and ``server`` needed to start them again."""
 
     kind: str
     base_url: str
@@ -48,6 +55,15 @@ class EndpointSpec:
             )
         if self.kind == "local" and not self.model_path:
             raise ValueError("a local endpoint needs model_path to be started again")
+        check_env_name("api_key_env", self.api_key_env)
+
+    def served_model_name(self) -> str:
+        """The name to serve a local endpoint under again. Files written before models had a
+        served name recorded the folder itself: those are served under the default name (the
+        front still accepts the folder path as the model)."""
+        if self.kind == "local" and self.model in ("", self.model_path):
+            return DEFAULT_SERVED_NAME
+        return self.model
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -83,5 +99,7 @@ def open_endpoint(
         server=spec.server or "auto",
         reasoning_format=spec.reasoning_format,
         startup_timeout_s=startup_timeout_s,
+        served_model_name=spec.served_model_name(),
+        api_key_env=spec.api_key_env,
     ) as server:
         yield server.endpoint(timeout_s=timeout_s)

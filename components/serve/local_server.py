@@ -1,17 +1,20 @@
 """A real OpenAI-compatible server for a model folder, on loopback, for as long as it is needed.
 
-    with LocalServer(model_dir, reasoning_format="reflection") as server:
+    with LocalServer(model_dir, reasoning_format="reflection", api_key_env="RTUNE_SERVE_API_KEY",
+                     served_model_name="rtune-student") as server:
         server.base_url               # http://127.0.0.1:<port>/v1
-        server.endpoint().chat([...])
+        server.endpoint().chat([...])  # model "rtune-student", the key from the variable
 
-- ``vllm``: ``vllm serve <folder>`` (GPU), with the ``rtune-reflection`` reasoning-parser plugin
-  when ``reasoning_format`` is ``reflection``.
+- ``vllm``: ``vllm serve <folder>`` (GPU) with ``--served-model-name``, the key in its
+  environment (``VLLM_API_KEY``: a command line is visible to every local user), and the
+  ``rtune-reflection`` reasoning-parser plugin when ``reasoning_format`` is ``reflection``.
 - ``transformers``: ``transformers serve <folder> --device cpu`` (maintained by Hugging Face;
-  never a home-made model server), ``HF_HUB_OFFLINE=1``. The folder is passed as the forced
-  model, so the weights load before ``/health`` answers and are never unloaded; one warm-up
-  request then runs the first generation, so the first timed request is not a load. With
-  ``reflection`` it runs behind :class:`~rtune.components.serve.reflection_proxy.ReflectionProxy`
-  (transformers serve has no pluggable reasoning parser); ``base_url`` is then the proxy's.
+  never a home-made model server), ``HF_HUB_OFFLINE=1``, on 127.0.0.1 behind rtune's front
+  (:class:`~rtune.components.serve.front.ServingFront`), which adds what it lacks: the API key,
+  the served name and ``/v1/models``, bounded requests, 502s, the reflection split. The folder
+  is passed as the forced model, so the weights load before ``/health`` answers and are never
+  unloaded; one warm-up request then runs the first generation, so the first timed request is
+  not a load.
 - ``auto``: vLLM when it is importable and a CUDA GPU is visible, else transformers.
 
 The server runs in its own process group, which is killed on exit (and at interpreter exit if
@@ -36,9 +39,16 @@ from pathlib import Path
 from typing import Any
 
 from rtune.components.common.ports import free_port
+from rtune.components.serve.access import (
+    DEFAULT_SERVED_NAME,
+    api_key_from_env,
+    check_env_name,
+    check_served_name,
+)
 from rtune.components.serve.client import REASONING_FORMATS, ChatEndpoint
 
 SERVERS = ("auto", "transformers", "vllm")
+LOOPBACK = "127.0.0.1"  # where a fronted model server listens: only the front reaches it
 DEFAULT_STARTUP_TIMEOUT_S = 600.0
 LOG_TAIL_CHARS = 3000
 MISSING_VLLM = (
@@ -91,9 +101,15 @@ def plugin_path() -> str:
 
 
 def server_command(
-    server: str, model_path: Path, host: str, port: int, reasoning_format: str
+    server: str,
+    model_path: Path,
+    host: str,
+    port: int,
+    reasoning_format: str,
+    served_model_name: str = "",
 ) -> list[str]:
-    """The command line that serves ``model_path`` on ``host:port``."""
+    """The command line that serves ``model_path`` on ``host:port`` (vLLM: under
+    ``served_model_name``; transformers serve knows the model by its folder only)."""
     if server == "transformers":
         return [
             console_script("transformers"),
@@ -117,6 +133,8 @@ def server_command(
         "--port",
         str(port),
     ]
+    if served_model_name:
+        command += ["--served-model-name", served_model_name]
     if reasoning_format == "reflection":
         command += [
             "--reasoning-parser-plugin",
@@ -135,7 +153,9 @@ def log_tail(path: Path, chars: int = LOG_TAIL_CHARS) -> str:
 
 
 class LocalServer:
-    """Context manager serving ``model_path`` on ``host:port`` (0 = a free port)."""
+    """Context manager serving ``model_path`` on ``host:port`` (0 = a free port) under the name
+    ``served_model_name``; with ``api_key_env``, every route but ``/health`` needs the key held
+    by that environment variable."""
 
     def __init__(
         self,
@@ -145,11 +165,15 @@ class LocalServer:
         port: int = 0,
         reasoning_format: str = "none",
         startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S,
+        served_model_name: str = DEFAULT_SERVED_NAME,
+        api_key_env: str = "",
     ) -> None:
         if reasoning_format not in REASONING_FORMATS:
             raise ValueError(
                 f"reasoning_format must be one of {list(REASONING_FORMATS)}, got {reasoning_format!r}"
             )
+        check_served_name("served_model_name", served_model_name)
+        check_env_name("api_key_env", api_key_env)
         self.model_path = Path(model_path)
         if not (self.model_path / "config.json").exists():
             raise FileNotFoundError(
@@ -161,26 +185,34 @@ class LocalServer:
         self.port = port or free_port(host)
         self.reasoning_format = reasoning_format
         self.startup_timeout_s = startup_timeout_s
-        self.model = str(self.model_path)  # the name both servers answer to
+        self.model = served_model_name or DEFAULT_SERVED_NAME  # the name clients send
+        self.api_key_env = api_key_env
         self.startup_s = 0.0  # process start -> /health answering
         self.warmup_s = 0.0  # the first generation
         self._process: subprocess.Popen[bytes] | None = None
-        self._proxy: Any = None
+        self._front: Any = None
         self._log_path: Path | None = None
-        self._server_port = self.port
+        self._server_port = free_port(LOOPBACK) if self.fronted else self.port
 
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}/v1"
 
     @property
-    def upstream_url(self) -> str:
-        """The model server itself (behind the proxy, if there is one)."""
-        return f"http://{self.host}:{self._server_port}"
+    def fronted(self) -> bool:
+        """transformers serve runs behind rtune's front; vLLM does its own key and name."""
+        return self.server == "transformers"
 
     @property
-    def proxied(self) -> bool:
-        return self.server == "transformers" and self.reasoning_format == "reflection"
+    def upstream_url(self) -> str:
+        """The model server itself (behind the front, if there is one)."""
+        host = LOOPBACK if self.fronted else self.host
+        return f"http://{host}:{self._server_port}"
+
+    @property
+    def upstream_model(self) -> str:
+        """The model's name at the model server (transformers serve: the folder)."""
+        return str(self.model_path) if self.fronted else self.model
 
     @property
     def log_path(self) -> Path | None:
@@ -188,8 +220,27 @@ class LocalServer:
 
     def endpoint(self, timeout_s: float = 300.0) -> ChatEndpoint:
         return ChatEndpoint(
-            self.base_url, self.model, timeout_s=timeout_s, reasoning_format=self.reasoning_format
+            self.base_url,
+            self.model,
+            api_key_env=self.api_key_env,
+            timeout_s=timeout_s,
+            reasoning_format=self.reasoning_format,
         )
+
+    def command(self) -> list[str]:
+        """The model server's command line (never the key)."""
+        host = LOOPBACK if self.fronted else self.host
+        served = "" if self.fronted else self.model
+        return server_command(
+            self.server, self.model_path, host, self._server_port, self.reasoning_format, served
+        )
+
+    def environment(self, api_key: str) -> dict[str, str]:
+        """The model server's environment: offline hub, and vLLM's key."""
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+        if api_key and not self.fronted:
+            env["VLLM_API_KEY"] = api_key
+        return env
 
     def __enter__(self) -> LocalServer:
         self.start()
@@ -199,31 +250,41 @@ class LocalServer:
         self.stop()
 
     def start(self) -> None:
-        self._server_port = free_port(self.host) if self.proxied else self.port
-        command = server_command(
-            self.server, self.model_path, self.host, self._server_port, self.reasoning_format
-        )
+        api_key = api_key_from_env(self.api_key_env)
         log_dir = Path(tempfile.mkdtemp(prefix="rtune-serve-"))
         self._log_path = log_dir / f"{self.server}-serve.log"
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
         began = time.monotonic()
         with self._log_path.open("wb") as log:
             self._process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.environment(api_key),
+                start_new_session=True,
             )
         atexit.register(self.stop)
         try:
-            upstream = self.upstream_url
-            self._wait_healthy(upstream, began)
+            self._wait_healthy(self.upstream_url, began)
             self.startup_s = time.monotonic() - began
-            if self.proxied:
-                from rtune.components.serve.reflection_proxy import ReflectionProxy
-
-                self._proxy = ReflectionProxy(upstream, self.host, self.port).start()
-            self._warm_up(f"{upstream}/v1")
+            if self.fronted:
+                self._front = self._serving_front(api_key).start()
+            self._warm_up(f"{self.upstream_url}/v1", "" if self.fronted else api_key)
         except BaseException:
             self.stop()
             raise
+
+    def _serving_front(self, api_key: str) -> Any:
+        from rtune.components.serve.front import ServingFront
+
+        return ServingFront(
+            self.upstream_url,
+            self.host,
+            self.port,
+            served_model_name=self.model,
+            upstream_model=self.upstream_model,
+            api_key=api_key,
+            reasoning_format=self.reasoning_format,
+        )
 
     def _wait_healthy(self, upstream: str, began: float) -> None:
         assert self._process is not None and self._log_path is not None
@@ -249,17 +310,18 @@ class LocalServer:
             f"Its log ({self._log_path}) ends with:\n{log_tail(self._log_path)}"
         )
 
-    def _warm_up(self, upstream_v1: str) -> None:
+    def _warm_up(self, upstream_v1: str, api_key: str) -> None:
         """One short generation, so that the first timed request pays no one-off cost."""
         body = {
-            "model": self.model,
+            "model": self.upstream_model,
             "messages": [{"role": "user", "content": "Hello"}],
             "max_tokens": 1,
         }
+        headers = {"Content-Type": "application/json"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
         request = urllib.request.Request(
-            f"{upstream_v1}/chat/completions",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
+            f"{upstream_v1}/chat/completions", data=json.dumps(body).encode(), headers=headers
         )
         began = time.monotonic()
         try:
@@ -275,10 +337,10 @@ class LocalServer:
         self.warmup_s = time.monotonic() - began
 
     def stop(self) -> None:
-        """Stop the proxy and kill the server's whole process group (idempotent)."""
-        if self._proxy is not None:
-            self._proxy.close()
-            self._proxy = None
+        """Stop the front and kill the server's whole process group (idempotent)."""
+        if self._front is not None:
+            self._front.close()
+            self._front = None
         process, self._process = self._process, None
         if process is None:
             return

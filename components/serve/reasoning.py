@@ -29,6 +29,7 @@ result of splitting it whole (:class:`ReflectionStream` is that incremental scan
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 THINKING, REFLECTION, OUTPUT = "thinking", "reflection", "output"
 TAGS = tuple(f"<{slash}{name}>" for name in (THINKING, REFLECTION, OUTPUT) for slash in ("", "/"))
@@ -52,6 +53,18 @@ def split_reflection(text: str) -> ReflectionParts:
     """Split a whole reply (see the module docstring for the rules)."""
     reasoning, content = ReflectionStream().feed(text)
     return ReflectionParts(reasoning or None, content)
+
+
+def add_reasoning(reply: dict[str, Any]) -> dict[str, Any]:
+    """A chat-completion reply with every choice's message split into answer (``content``) and
+    reasoning (``reasoning_content`` and ``reasoning``: the two names vLLM has used)."""
+    for choice in reply.get("choices") or []:
+        message = choice.get("message")
+        if isinstance(message, dict) and isinstance(message.get("content"), str):
+            parts = split_reflection(message["content"])
+            message["content"] = parts.content
+            message["reasoning_content"] = message["reasoning"] = parts.reasoning
+    return reply
 
 
 class _Channel:

@@ -61,6 +61,22 @@ def storage_uri_for(model_dir: Path, config: ServeConfig) -> str:
     return uri
 
 
+def require_api_key(config: ServeConfig) -> None:
+    """A named key variable must hold a key before anything starts (never a server left open)."""
+    from rtune.components.serve.access import MissingApiKey, api_key_from_env
+
+    try:
+        api_key_from_env(config.api_key_env, "serve.api_key_env")
+    except MissingApiKey as error:
+        raise InputError(
+            "the serve stage's environment",
+            f"serve.api_key_env names {config.api_key_env}, which is not set or empty",
+            f"set {config.api_key_env} to the key clients will send (on a cluster: from a "
+            "Secret), or leave serve.api_key_env empty to serve without a key",
+            field="serve.api_key_env",
+        ) from error
+
+
 def run_serve(
     model_dir: Path,
     serve: Mapping[str, Any] | None,
@@ -71,6 +87,7 @@ def run_serve(
 ) -> dict[str, Any]:
     """Serve the model, smoke-test it, record the endpoint; returns the stage summary."""
     config = from_dict(ServeConfig, serve, "serve")
+    require_api_key(config)
     with tracked_stage("serve", kfp_run_id, tracking, config) as run:
         if config.backend == "kserve":
             spec, smoke, timings = serve_on_kserve(Path(model_dir), config, kfp_run_id)
@@ -111,6 +128,8 @@ def serve_locally(
         port=config.port,
         reasoning_format=config.reasoning_format,
         startup_timeout_s=config.startup_timeout_s,
+        served_model_name=config.served_name(),
+        api_key_env=config.api_key_env,
     ) as server:
         smoke = smoke_test(server.endpoint(), config.smoke_prompt, config.smoke_max_tokens)
         spec = EndpointSpec(
@@ -120,6 +139,7 @@ def serve_locally(
             model_path=str(model_path),
             server=server.server,
             reasoning_format=config.reasoning_format,
+            api_key_env=config.api_key_env,
         )
         timings = {"startup_s": server.startup_s, "warmup_s": server.warmup_s}
     return spec, smoke, timings
@@ -143,6 +163,7 @@ def serve_on_kserve(
         runtime=config.runtime,
         gpus=config.gpus,
         reasoning_format=config.reasoning_format,
+        served_model_name=config.served_name(),
         extra_args=config.extra_args,
         service_account=config.service_account,
         cpu=config.cpu,
@@ -158,12 +179,18 @@ def serve_on_kserve(
     spec = EndpointSpec(
         kind="kserve",
         base_url=ready.base_url,
-        model=config.name,
+        model=config.served_name(),
         reasoning_format=config.reasoning_format,
         name=config.name,
         namespace=namespace,
+        api_key_env=config.api_key_env,
     )
-    endpoint = ChatEndpoint(spec.base_url, spec.model, reasoning_format=spec.reasoning_format)
+    endpoint = ChatEndpoint(
+        spec.base_url,
+        spec.model,
+        api_key_env=spec.api_key_env,
+        reasoning_format=spec.reasoning_format,
+    )
     smoke = smoke_test(endpoint, config.smoke_prompt, config.smoke_max_tokens)
     return spec, smoke, {"ready_s": ready.elapsed_s}
 
