@@ -1,36 +1,56 @@
-"""The `reflection_tuning` KFP v2 pipeline: wiring only (DESIGN.md §2).
+"""The `reflection_tuning` KFP v2 pipeline: wiring and the DAG's own facts (DESIGN.md §2).
 
-(No `from __future__ import annotations` here: KFP reads the parameter annotations as types.)
+(No ``from __future__ import annotations`` here: KFP reads the parameter annotations as types.)
 
     prepare -> reflect_instruction -> [score_ifd shards] -> select_ifd
             -> reflect_response -> [score_rifd shards] -> select_rifd
-            -> finetune -> quantize -> serve -> evaluate
+            -> finetune -> quantize -> serve -> evaluate          (finalize: the exit handler)
 
-Parameters are grouped per stage as dicts (``prepare``, ``teacher``, ``scoring``, ``selection``,
-``finetune``, ``quantize``, ``serve``, ``evaluate``, ``tracking``); ``pipelines/configs/*.yaml``
-hold them. Cluster-only settings (keys from Kubernetes Secrets, GPUs, retries for remote calls)
-are ignored by ``kfp.local``.
+What belongs to the DAG lives here, not in the stages: which image runs each stage (one table,
+applied when the pipeline is built), the pod sizes (the run config's ``cluster:`` section, fixed
+at compile time), retries and caching, where the run id comes from (``$KFP_RUN_ID``, the pod's
+``pipeline/runid`` label: not a task input, so identical work is cached across runs), and who
+closes the MLflow parent run (``finalize``, an exit handler that runs whatever happened).
 """
 
+from types import SimpleNamespace
 from typing import Any
 
 from kfp import dsl, kubernetes
 
-from rtune.components.evaluate.component import evaluate as evaluate_component
-from rtune.components.finetune.component import finetune as finetune_component
+from rtune.components.common.images import Images
+from rtune.components.evaluate.component import evaluate
+from rtune.components.finalize.component import finalize
+from rtune.components.finetune.component import finetune
 from rtune.components.prepare.component import prepare
-from rtune.components.quantize.component import quantize as quantize_component
+from rtune.components.quantize.component import quantize
 from rtune.components.reflect_instruction.component import reflect_instruction
 from rtune.components.reflect_response.component import reflect_response
 from rtune.components.scoring.component import plan_shards, score_shard
 from rtune.components.select_ifd.component import select_ifd
 from rtune.components.select_rifd.component import select_rifd
-from rtune.components.serve.component import serve as serve_component
+from rtune.components.serve.component import serve
 
 PIPELINE_NAME = "reflection-tuning"
+# stage function -> the image (images/<name>/Dockerfile) that runs it
+STAGE_IMAGES = {
+    prepare: "base",
+    reflect_instruction: "base",
+    reflect_response: "base",
+    plan_shards: "base",
+    score_shard: "train",
+    select_ifd: "base",
+    select_rifd: "base",
+    finetune: "train",
+    quantize: "quantize",
+    serve: "base",
+    evaluate: "base",
+    finalize: "base",
+}
+RUN_ID_ENV, RUN_ID_FIELD = "KFP_RUN_ID", "metadata.labels['pipeline/runid']"
+GPU_RESOURCE = "nvidia.com/gpu"
 TEACHER_SECRET = "rtune-teacher"
 TEACHER_SECRET_KEYS = {"api_key": "OPENAI_API_KEY"}
-GPU_RESOURCE = "nvidia.com/gpu"
 S3_SECRET = "rtune-s3"
 S3_SECRET_KEYS = {
     "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
@@ -38,16 +58,31 @@ S3_SECRET_KEYS = {
 }
 
 
-def _with_secret(task: Any, secret: str, keys: dict[str, str]) -> Any:
-    """Env vars from a Kubernetes Secret (optional: kfp.local and keyless endpoints go without)."""
-    kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env=keys, optional=True)
+def stage_components(images: Images) -> SimpleNamespace:
+    """Every stage function as a KFP component with its image; kfp is in the image already."""
+    return SimpleNamespace(
+        **{
+            function.__name__: dsl.component(
+                function, base_image=images.reference(image), install_kfp_package=False
+            )
+            for function, image in STAGE_IMAGES.items()
+        }
+    )
+
+
+def _task(task: Any, size: Any = None) -> Any:
+    """Every task: the run id from the pod's label; a pod size when the cluster section gives one."""
+    kubernetes.use_field_path_as_env(task, env_name=RUN_ID_ENV, field_path=RUN_ID_FIELD)
+    if size is not None:
+        task.set_cpu_request(size.cpu).set_memory_request(size.memory)
+        if size.gpus:
+            task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(size.gpus)
     return task
 
 
-def _with_gpus(task: Any, gpus: int, memory: str, cpu: str) -> Any:
-    if gpus:
-        task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
-        task.set_memory_request(memory).set_cpu_request(cpu)
+def _with_secret(task: Any, secret: str, keys: dict[str, str]) -> Any:
+    """Env vars from a Kubernetes Secret (optional: kfp.local and keyless endpoints go without)."""
+    kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env=keys, optional=True)
     return task
 
 
@@ -58,45 +93,11 @@ def _teacher_task(task: Any) -> Any:
     return _with_secret(task, TEACHER_SECRET, TEACHER_SECRET_KEYS)
 
 
-def _scoring_task(task: Any, gpus: int) -> Any:
-    """The student scores on ``gpus`` GPUs per shard in the cluster (CPU locally)."""
-    task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
-    task.set_memory_request("16Gi").set_cpu_request("4")
-    return task
-
-
-def _finetune_task(task: Any, gpus: int) -> Any:
-    """In-pod training (one process or torchrun) gets the GPUs; a TrainJob launcher needs none."""
-    task.set_caching_options(False)
-    return _with_secret(_with_gpus(task, gpus, "64Gi", "8"), S3_SECRET, S3_SECRET_KEYS)
-
-
-def _quantize_task(task: Any, gpus: int) -> Any:
-    """GPTQ calibration runs the model layer by layer: one GPU; the model store needs S3."""
-    return _with_secret(_with_gpus(task, gpus, "64Gi", "8"), S3_SECRET, S3_SECRET_KEYS)
-
-
-def _serve_task(task: Any) -> Any:
-    """Creates/updates the InferenceService and waits for it: never cached (the cluster changes)."""
-    task.set_caching_options(False)
-    return task
-
-
-def _evaluate_task(task: Any) -> Any:
-    """The judge is the teacher: same Secret; endpoint calls are remote, so retry the task."""
-    task.set_caching_options(False)
-    task.set_retry(num_retries=2, backoff_duration="60s", backoff_factor=2.0)
-    return _with_secret(task, TEACHER_SECRET, TEACHER_SECRET_KEYS)
-
-
-def build_reflection_tuning(
-    scoring_gpus: int = 1, finetune_gpus: int = 0, quantize_gpus: int = 0
-) -> Any:
-    """The pipeline with cluster resources fixed at compile time.
-
-    Resource sizes are compile-time constants (``rtune compile`` reads ``cluster.scoring_gpus``):
-    kfp.local cannot resolve a pipeline parameter inside a ``ParallelFor`` resource setting.
-    """
+def build_reflection_tuning(cluster: Any, images: Images = Images()) -> Any:
+    """The pipeline for a run config's ``cluster`` section (pod sizes and images are compile-time:
+    kfp.local cannot resolve a pipeline parameter inside a ``ParallelFor`` resource setting)."""
+    c = stage_components(images)
+    gpus = SimpleNamespace(finetune=cluster.finetune, quantize=cluster.quantize)
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
@@ -104,7 +105,8 @@ def build_reflection_tuning(
     )
     def reflection_tuning(
         seed_uri: str = "builtin:seed",
-        prepare_config: dict = {},  # noqa: B006 - KFP pipeline defaults are compiled, never mutated
+        student: dict = {},  # noqa: B006 - KFP pipeline defaults are compiled, never mutated
+        prepare_config: dict = {},  # noqa: B006
         teacher: dict = {},  # noqa: B006
         scoring: dict = {},  # noqa: B006
         selection: dict = {},  # noqa: B006
@@ -115,104 +117,124 @@ def build_reflection_tuning(
         tracking: dict = {},  # noqa: B006
         checkpoint_root: str = "",
     ) -> None:
-        run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-        prepared = prepare(
-            seed_uri=seed_uri, config=prepare_config, tracking=tracking, kfp_run_id=run_id
-        )
-
-        phase1 = _teacher_task(
-            reflect_instruction(
-                records=prepared.outputs["prepared"],
-                teacher=teacher,
-                tracking=tracking,
-                kfp_run_id=run_id,
-                checkpoint_root=checkpoint_root,
+        closing = _task(c.finalize(tracking=tracking))
+        with dsl.ExitHandler(closing, name="stages"):
+            prepared = _task(
+                c.prepare(
+                    seed_uri=seed_uri,
+                    student=student,
+                    prepare_config=prepare_config,
+                    tracking=tracking,
+                ),
+                cluster.default,
             )
-        )
-        shards = plan_shards(scoring=scoring)
-
-        def score_in_shards(candidates: Any, phase: str) -> Any:
-            """One scoring task per shard (``dsl.ParallelFor``); returns the tasks' collected scores."""
-            with dsl.ParallelFor(shards.output, name=f"{phase}-shards") as shard:
-                scores = _scoring_task(
-                    score_shard(
-                        records=candidates,
-                        scoring=scoring,
+            phase1 = _teacher_task(
+                _task(
+                    c.reflect_instruction(
+                        records=prepared.outputs["prepared"],
+                        teacher=teacher,
                         tracking=tracking,
-                        kfp_run_id=run_id,
-                        phase=phase,
-                        shard_index=shard,
                         checkpoint_root=checkpoint_root,
                     ),
-                    scoring_gpus,
+                    cluster.default,
                 )
-            return dsl.Collected(scores.outputs["scores"])
+            )
+            shards = _task(c.plan_shards(scoring=scoring))
 
-        ifd_scores = score_in_shards(phase1.outputs["candidates"], "ifd")
-        chosen = select_ifd(
-            candidates=phase1.outputs["candidates"],
-            scores=ifd_scores,
-            tracking=tracking,
-            kfp_run_id=run_id,
-        )
+            def score_in_shards(candidates: Any, phase: str) -> Any:
+                """One scoring task per shard (``dsl.ParallelFor``); their scores, collected."""
+                with dsl.ParallelFor(shards.output, name=f"{phase}-shards") as shard:
+                    scores = _task(
+                        c.score_shard(
+                            records=candidates,
+                            student=student,
+                            scoring=scoring,
+                            tracking=tracking,
+                            phase=phase,
+                            shard_index=shard,
+                            checkpoint_root=checkpoint_root,
+                        ),
+                        cluster.scoring,
+                    )
+                return dsl.Collected(scores.outputs["scores"])
 
-        phase2 = _teacher_task(
-            reflect_response(
-                records=chosen.outputs["selected"],
-                teacher=teacher,
-                tracking=tracking,
-                kfp_run_id=run_id,
-                checkpoint_root=checkpoint_root,
+            chosen = _task(
+                c.select_ifd(
+                    candidates=phase1.outputs["candidates"],
+                    scores=score_in_shards(phase1.outputs["candidates"], "ifd"),
+                    tracking=tracking,
+                ),
+                cluster.default,
             )
-        )
-        rifd_scores = score_in_shards(phase2.outputs["candidates"], "rifd")
-        final = select_rifd(
-            candidates=phase2.outputs["candidates"],
-            scores=rifd_scores,
-            selection=selection,
-            tracking=tracking,
-            kfp_run_id=run_id,
-        )
-        trained = _finetune_task(
-            finetune_component(
-                selected=final.outputs["selected"],
-                finetune=finetune,
-                tracking=tracking,
-                kfp_run_id=run_id,
-                checkpoint_root=checkpoint_root,
-            ),
-            finetune_gpus,
-        )
-        compressed = _quantize_task(
-            quantize_component(
-                model=trained.outputs["model"],
-                selected=final.outputs["selected"],
-                quantize=quantize,
-                tracking=tracking,
-                kfp_run_id=run_id,
-                checkpoint_root=checkpoint_root,
-            ),
-            quantize_gpus,
-        )
-        served = _serve_task(
-            serve_component(
-                model=compressed.outputs["quantized"],
-                serve=serve,
-                tracking=tracking,
-                kfp_run_id=run_id,
+            phase2 = _teacher_task(
+                _task(
+                    c.reflect_response(
+                        records=chosen.outputs["selected"],
+                        teacher=teacher,
+                        tracking=tracking,
+                        checkpoint_root=checkpoint_root,
+                    ),
+                    cluster.default,
+                )
             )
-        )
-        _evaluate_task(
-            evaluate_component(
-                endpoint=served.outputs["endpoint"],
-                evaluate=evaluate,
-                tracking=tracking,
-                kfp_run_id=run_id,
-                checkpoint_root=checkpoint_root,
+            final = _task(
+                c.select_rifd(
+                    candidates=phase2.outputs["candidates"],
+                    scores=score_in_shards(phase2.outputs["candidates"], "rifd"),
+                    selection=selection,
+                    tracking=tracking,
+                ),
+                cluster.default,
             )
-        )
+            trained = _task(
+                c.finetune(
+                    selected=final.outputs["selected"],
+                    student=student,
+                    finetune=finetune,
+                    tracking=tracking,
+                    checkpoint_root=checkpoint_root,
+                    train_image=images.reference("train"),
+                ),
+                gpus.finetune,
+            )
+            trained.set_caching_options(False)
+            _with_secret(trained, S3_SECRET, S3_SECRET_KEYS)
+            compressed = _task(
+                c.quantize(
+                    model=trained.outputs["model"],
+                    selected=final.outputs["selected"],
+                    student=student,
+                    quantize=quantize,
+                    tracking=tracking,
+                    checkpoint_root=checkpoint_root,
+                ),
+                gpus.quantize,
+            )
+            _with_secret(compressed, S3_SECRET, S3_SECRET_KEYS)
+            served = _task(
+                c.serve(model=compressed.outputs["quantized"], serve=serve, tracking=tracking),
+                cluster.default,
+            )
+            served.set_caching_options(False)  # creates/updates a live InferenceService
+            judged = _task(
+                c.evaluate(
+                    endpoint=served.outputs["endpoint"],
+                    student=student,
+                    evaluate=evaluate,
+                    tracking=tracking,
+                    checkpoint_root=checkpoint_root,
+                ),
+                cluster.default,
+            )
+            judged.set_caching_options(False)
+            judged.set_retry(num_retries=2, backoff_duration="60s", backoff_factor=2.0)
+            _with_secret(judged, TEACHER_SECRET, TEACHER_SECRET_KEYS)
 
     return reflection_tuning
 
 
-reflection_tuning = build_reflection_tuning()
+def default_pipeline() -> Any:
+    """The pipeline for the default run config (what ``rtune run`` executes)."""
+    from rtune.pipelines.run_config import ClusterConfig
+
+    return build_reflection_tuning(ClusterConfig())

@@ -1,15 +1,17 @@
-"""Container images for the stages, named in one place (stdlib only: imported at compile time).
+"""Container images of the stages, named in one place (stdlib only: imported at compile time).
 
-Override at compile time with ``RTUNE_IMAGE_REGISTRY`` / ``RTUNE_IMAGE_TAG`` (``rtune compile``
-sets them from ``--image-registry`` / ``--image-tag``); the tag defaults to the package version.
+The DAG asks :meth:`Images.reference` for each stage's image when the pipeline is compiled; the
+registry and tag come from the run config's ``cluster.images`` (or ``rtune compile
+--image-registry/--image-tag``), else ``ghcr.io/rtune`` and the package version.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
-import os
+from dataclasses import dataclass
 
 DEFAULT_REGISTRY = "ghcr.io/rtune"
+IMAGE_NAMES = ("base", "train", "quantize", "serve")
 
 
 def package_version() -> str:
@@ -19,8 +21,15 @@ def package_version() -> str:
         return "0.1.0"
 
 
-def image(name: str) -> str:
-    """``<registry>/rtune-<name>:<tag>`` for the images in ``images/`` (base, train, serve)."""
-    registry = (os.environ.get("RTUNE_IMAGE_REGISTRY") or DEFAULT_REGISTRY).rstrip("/")
-    tag = os.environ.get("RTUNE_IMAGE_TAG") or package_version()
-    return f"{registry}/rtune-{name}:{tag}"
+@dataclass(frozen=True)
+class Images:
+    """Where the images are pulled from: ``<registry>/rtune-<name>:<tag>``."""
+
+    registry: str = ""
+    tag: str = ""
+
+    def reference(self, name: str) -> str:
+        if name not in IMAGE_NAMES:
+            raise ValueError(f"unknown image {name!r}; images are {list(IMAGE_NAMES)}")
+        registry = (self.registry or DEFAULT_REGISTRY).rstrip("/")
+        return f"{registry}/rtune-{name}:{self.tag or package_version()}"

@@ -80,6 +80,11 @@ class StageContext:
     run: StageRun
     run_id: str
     checkpoint_dir: Path
+    sink: MetricsSink | None = None
+
+    def publish(self, metrics: Mapping[str, Any]) -> None:
+        """Metrics now, e.g. what a failing stage cost before it raises."""
+        publish_metrics(self.run, self.sink, metrics)
 
     def checkpoint(self, *identity: Any) -> Path:
         """The checkpoint file of the work ``identity`` names (the same work lands on it again)."""
@@ -105,7 +110,10 @@ def run_stage(stage: Stage[S], settings: StageSettings = StageSettings()) -> S:
     run_id = resolve_run_id(settings.run_id)
     tracking = config_from_dict(TrackingConfig, settings.tracking, "tracking")
     with stage_run(stage.name, run_id, tracking) as run:
-        run.log_params({**flatten(stage.config), **dict(settings.extra_params)})
+        params = {**getattr(stage, "params", {}), **dict(settings.extra_params)}
+        settings_params = {**flatten(stage.config), **params}
+        run.log_params(settings_params)
+        run.log_parent_params(settings_params, stage_group(stage.name))
         context = StageContext(
             stage.name,
             run,

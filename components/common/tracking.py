@@ -28,6 +28,8 @@ from rtune.components.common.config import redact_credentials
 PIPELINE_TAG = "kfp.run_id"
 ROLE_TAG = "rtune.role"
 STAGE_TAG = "rtune.stage"
+# MLflow 3's UI opens an experiment by its kind: a model-training one opens on the runs table
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 @dataclass
@@ -87,6 +89,27 @@ class StageRun:
 
             mlflow.log_params({k: redact_credentials(str(v))[:6000] for k, v in params.items()})
 
+    def log_parent_params(self, params: Mapping[str, str], prefix: str) -> None:
+        """The stage's settings on the parent run too (``<stage>.<key>``): the run's config.
+
+        Params are write-once; a value another shard already logged the same is skipped.
+        """
+        if not (self.active and self.parent_run_id):
+            return
+        import mlflow
+
+        client = mlflow.MlflowClient()
+        logged = client.get_run(self.parent_run_id).data.params
+        fresh = {
+            f"{prefix}.{k}": redact_credentials(str(v))[:6000]
+            for k, v in params.items()
+            if f"{prefix}.{k}" not in logged
+        }
+        if fresh:
+            from mlflow.entities import Param
+
+            client.log_batch(self.parent_run_id, params=[Param(k, v) for k, v in fresh.items()])
+
     def log_metrics(self, metrics: Mapping[str, float | int], to_parent: bool = False) -> None:
         if not self.active:
             return
@@ -113,7 +136,12 @@ class StageRun:
                 client.set_tag(self.parent_run_id, key, value)
 
     def log_dataset(
-        self, rows: Sequence[Mapping[str, Any]], source: str, name: str, context: str
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        source: str,
+        name: str,
+        context: str,
+        to_parent: bool = False,
     ) -> None:
         """Log records as an ``mlflow.data`` dataset input (``source`` = the artifact's URI)."""
         if not self.active:
@@ -125,6 +153,13 @@ class StageRun:
         frame = pd.DataFrame([_flat_row(row) for row in rows])
         dataset = from_pandas(frame, source=redact_credentials(source), name=name)
         mlflow.log_input(dataset, context=context)
+        if to_parent and self.parent_run_id:
+            from mlflow.entities import DatasetInput, InputTag
+
+            entity = DatasetInput(
+                dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", context)]
+            )
+            mlflow.MlflowClient().log_inputs(self.parent_run_id, datasets=[entity])
 
     def log_table(self, rows: Sequence[Mapping[str, Any]], artifact_file: str) -> None:
         if self.active and rows:
@@ -191,6 +226,8 @@ def stage_run(
         return
     experiment = mlflow.set_experiment(config.experiment)
     client = mlflow.MlflowClient()
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     parent_id = find_or_create_parent_run(client, experiment.experiment_id, kfp_run_id, pipeline)
     tags = {PIPELINE_TAG: kfp_run_id, STAGE_TAG: stage, ROLE_TAG: "stage"}
     with mlflow.start_run(run_name=stage, parent_run_id=parent_id, nested=True, tags=tags) as run:

@@ -1,37 +1,31 @@
-"""KFP component for `evaluate` (thin: adapts artifacts to rtune.components.evaluate.task)."""
+"""KFP component for `evaluate` (served candidate vs the base student); a plain function."""
 
-from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Output
 
-from rtune.components.common.images import image
 
-
-@dsl.component(base_image=image("base"))
 def evaluate(
     endpoint: Input[Artifact],
+    student: dict,
     evaluate: dict,
     tracking: dict,
-    kfp_run_id: str,
+    checkpoint_root: str,
     results: Output[Dataset],
     metrics: Output[Metrics],
     report: Output[HTML],
-    checkpoint_root: str = "",
 ) -> None:
-    """Served candidate vs base: verifiable suite, pairwise judge, lm-eval; `champion` on a win."""
+    """Verifiable suite, pairwise judge, lm-eval; `champion` on a win."""
     from pathlib import Path
 
-    from rtune.components.evaluate.task import run_evaluate
+    from rtune.components.common.stage import StageSettings, run_stage
+    from rtune.components.evaluate.task import EvaluateStage
 
-    summary = run_evaluate(
-        Path(endpoint.path),
-        evaluate,
-        tracking,
-        kfp_run_id,
-        Path(report.path),
-        Path(results.path),
-        metrics,
-        checkpoint_root=checkpoint_root,
+    stage = EvaluateStage.from_parameters(
+        student, evaluate, Path(endpoint.path), Path(results.path), Path(report.path)
     )
-    results.metadata.update(
-        {k: v for k, v in summary.items() if isinstance(v, str | int | float) and "/" not in k}
+    summary = run_stage(
+        stage,
+        StageSettings(
+            tracking=tracking, checkpoint_root=checkpoint_root, metrics=metrics, to_parent=True
+        ),
     )
+    results.metadata.update(summary.artifact_metadata())

@@ -19,13 +19,13 @@ import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rtune.components.common.checkpoint import RecordCheckpoint, fingerprint
-from rtune.components.common.config import from_dict
-from rtune.components.common.stage import MetricsSink, publish_metrics, tracked_stage
-from rtune.components.common.storage import cache_root
+from rtune.components.common.stage import StageContext
+from rtune.components.common.student import stage_config
 from rtune.components.evaluate.answers import (
     ChatModel,
     Question,
@@ -49,33 +49,77 @@ from rtune.components.evaluate.suite import SuiteItem, load_suite
 CHECKPOINT_HEADER = "rtune-evaluate-v1"  # identity lives in each key's digest
 
 
-def run_evaluate(
-    endpoint_path: Path,
-    evaluate: Mapping[str, Any] | None,
-    tracking: Mapping[str, Any] | None,
-    kfp_run_id: str,
-    report_path: Path | None,
-    results_path: Path | None,
-    metrics: MetricsSink | None = None,
-    last_stage: bool = True,
-    checkpoint_root: str = "",
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Evaluate the served candidate against the base; returns the stage summary."""
-    from rtune.components.evaluate.champion import promote
-    from rtune.components.evaluate.lm_eval import NOT_INSTALLED, lm_eval_installed
-    from rtune.components.serve.endpoint import EndpointSpec
+@dataclass
+class EvaluateSummary:
+    values: dict[str, Any]
 
-    config = from_dict(EvaluateConfig, evaluate, "evaluate")
-    if config.lm_eval_tasks and not lm_eval_installed():
-        raise RuntimeError(NOT_INSTALLED.format(tasks=config.lm_eval_tasks))
-    spec = EndpointSpec.load(endpoint_path)
-    suite = load_suite(config.suite, config.suite_limit) if config.suite_limit != 0 else []
-    heldout = load_heldout(config.heldout, config.judge_limit) if config.judge_limit != 0 else []
-    started = time.perf_counter()
-    with tracked_stage("evaluate", kfp_run_id, tracking, config) as run:
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.values, "candidate_beats_base": float(self.values["candidate_beats_base"])}
+
+    def line(self) -> str:
+        v = self.values
+        parts = []
+        if "suite_accuracy_candidate" in v:
+            parts.append(
+                f"suite accuracy {v['suite_accuracy_candidate']:.2f} vs base "
+                f"{v.get('suite_accuracy_base', float('nan')):.2f}"
+            )
+        if "judge_wins" in v:
+            parts.append(
+                f"judge wins/ties/losses {v['judge_wins']}/{v.get('judge_ties', 0)}/"
+                f"{v.get('judge_losses', 0)}"
+            )
+        return "; ".join([*parts, str(v["decision"])])
+
+    def artifact_metadata(self) -> dict[str, Any]:
+        return {
+            k: v
+            for k, v in self.values.items()
+            if isinstance(v, str | int | float) and "/" not in k
+        }
+
+
+@dataclass
+class EvaluateStage:
+    """The served candidate's endpoint spec in; results JSON and an HTML report out."""
+
+    config: EvaluateConfig
+    endpoint: Path
+    results: Path | None = None
+    report: Path | None = None
+    progress: bool = True
+    name: str = "evaluate"
+
+    @classmethod
+    def from_parameters(
+        cls,
+        student: Mapping[str, Any] | None,
+        evaluate: Mapping[str, Any] | None,
+        endpoint: Path,
+        results: Path | None,
+        report: Path | None,
+    ) -> EvaluateStage:
+        config = stage_config(EvaluateConfig, "evaluate", evaluate, student)
+        return cls(config, endpoint, results, report)
+
+    def run(self, context: StageContext) -> EvaluateSummary:
+        from rtune.components.evaluate.champion import promote
+        from rtune.components.evaluate.lm_eval import NOT_INSTALLED, lm_eval_installed
+        from rtune.components.serve.endpoint import EndpointSpec
+
+        config, run = self.config, context.run
+        if config.lm_eval_tasks and not lm_eval_installed():
+            raise RuntimeError(NOT_INSTALLED.format(tasks=config.lm_eval_tasks))
+        spec = EndpointSpec.load(self.endpoint)
+        suite = load_suite(config.suite, config.suite_limit) if config.suite_limit != 0 else []
+        heldout = (
+            load_heldout(config.heldout, config.judge_limit) if config.judge_limit != 0 else []
+        )
+        started = time.perf_counter()
         _log_inputs(run, config, suite, heldout)
-        evaluation, latency = _evaluate(spec, config, suite, heldout, checkpoint_root, progress)
+        evaluation, latency = _evaluate(
+            spec, config, suite, heldout, context.checkpoint_dir, self.progress
+        )
         decision = decide(config, evaluation.metrics)
         evidence = {decision.metric: decision.candidate}
         promotion = promote(run, decision.beats, config.champion_alias, evidence)
@@ -90,10 +134,8 @@ def run_evaluate(
             "decision": f"{decision.note}; {promotion.note}",
             "seconds": round(time.perf_counter() - started, 1),
         }
-        _publish(run, metrics, summary, evaluation, report_path, results_path)
-        if last_stage:
-            run.finish_pipeline()
-    return summary
+        _publish(run, summary, evaluation, self.report, self.results)
+        return EvaluateSummary(summary)
 
 
 def _evaluate(
@@ -101,7 +143,7 @@ def _evaluate(
     config: EvaluateConfig,
     suite: Sequence[SuiteItem],
     heldout: Sequence[HeldoutItem],
-    checkpoint_root: str,
+    checkpoint_dir: Path,
     progress: bool,
 ) -> tuple[Evaluation, dict[str, float]]:
     """Answers from both models, lm-eval on both, the judge's verdicts -> the evaluation."""
@@ -117,7 +159,7 @@ def _evaluate(
         "candidate": lambda: _candidate_endpoint(spec, config),
         "base": lambda: base_endpoint(config, reasoning),
     }
-    work = work_dir_for(identity, checkpoint_root)
+    work = checkpoint_dir / fingerprint("evaluate", identity["candidate"], identity["base"])
     texts: dict[str, dict[str, dict[str, str]]] = {}
     lm_eval: dict[str, dict[str, float]] = {}
     latency: dict[str, float] = {}
@@ -298,11 +340,6 @@ def base_identity(config: EvaluateConfig) -> str:
     return f"local:{path}:{model_signature(path)}"
 
 
-def work_dir_for(identity: Mapping[str, str], root: str) -> Path:
-    key = fingerprint("evaluate", identity["candidate"], identity["base"])
-    return Path(root or cache_root() / "checkpoints") / "evaluate" / key
-
-
 # -- outputs ----------------------------------------------------------------------------------
 
 
@@ -331,7 +368,6 @@ def _dataset_source(spec: str, builtin_example: str) -> str:
 
 def _publish(
     run: Any,
-    sink: MetricsSink | None,
     summary: Mapping[str, Any],
     evaluation: Evaluation,
     report_path: Path | None,
@@ -340,8 +376,6 @@ def _publish(
     """Metrics (MLflow parent + KFP), tables, figure, report page and results JSON."""
     from rtune.components.evaluate.report import figure_comparison, html_page
 
-    numbers = {**summary, "candidate_beats_base": float(summary["candidate_beats_base"])}
-    publish_metrics(run, sink, numbers, to_parent=True)
     run.set_tags(
         {
             "rtune.evaluation": summary["decision"],

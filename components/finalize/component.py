@@ -4,7 +4,9 @@ from kfp import dsl
 from kfp.dsl import Markdown, Output
 
 
-def finalize(status: dsl.PipelineTaskFinalStatus, tracking: dict, summary: Output[Markdown]) -> None:
+def finalize(
+    status: dsl.PipelineTaskFinalStatus, tracking: dict, summary: Output[Markdown]
+) -> None:
     """Runs after every stage, whatever happened: FINISHED or FAILED (naming the failed stages)."""
     from pathlib import Path
 

@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from rtune.components.common.images import image
+from rtune.components.common.images import Images
 from rtune.components.common.storage import download_file, is_s3, upload_file
 from rtune.components.finetune.config import FinetuneConfig
 from rtune.components.finetune.worker import TrainingJob
@@ -47,7 +47,9 @@ def stage_job(config: FinetuneConfig, job: TrainingJob, work_dir: Path) -> tuple
     return remote, upload_file(local_job, f"{prefix}/job.json")
 
 
-def job_spec(config: FinetuneConfig, job_uri: str, kfp_run_id: str, env: Mapping[str, str]) -> Any:
+def job_spec(
+    config: FinetuneConfig, job_uri: str, kfp_run_id: str, env: Mapping[str, str], image: str = ""
+) -> Any:
     from rtune.components.finetune.distributed_job import (
         DistributedJobSpec,
         job_name,
@@ -58,7 +60,7 @@ def job_spec(config: FinetuneConfig, job_uri: str, kfp_run_id: str, env: Mapping
     return DistributedJobSpec(
         name=job_name(kfp_run_id or "local", "finetune"),
         namespace=config.namespace or pod_namespace(),
-        image=image("train"),
+        image=image or Images().reference("train"),
         command=list(WORKER_COMMAND),
         args=[*WORKER_ARGS, job_uri],
         nodes=config.nodes,
@@ -79,12 +81,13 @@ def run_cluster_job(
     kfp_run_id: str = "",
     api_client: Any = None,
     poll_interval_s: float = 10.0,
+    image: str = "",
 ) -> dict[str, Any]:
     """Create (or adopt) the job, follow it to the end, return rank 0's training summary."""
     from rtune.components.finetune.distributed_job import load_api_client, run_distributed_job
 
     remote, job_uri = stage_job(config, job, work_dir)
-    spec = job_spec(config, job_uri, kfp_run_id, env)
+    spec = job_spec(config, job_uri, kfp_run_id, env, image)
     run_distributed_job(
         spec,
         api_client or load_api_client(),

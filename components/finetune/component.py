@@ -1,18 +1,15 @@
-"""KFP component for `finetune` (SFT of the student on the selected records)."""
+"""KFP component for `finetune` (SFT of the student on the selected records); a plain function."""
 
-from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
-from rtune.components.common.images import image
 
-
-@dsl.component(base_image=image("train"))
 def finetune(
     selected: Input[Dataset],
+    student: dict,
     finetune: dict,
     tracking: dict,
-    kfp_run_id: str,
     checkpoint_root: str,
+    train_image: str,
     adapter: Output[Model],
     model: Output[Model],
     metrics: Output[Metrics],
@@ -20,25 +17,20 @@ def finetune(
 ) -> None:
     """LoRA / QLoRA / full fine-tuning (ZeRO-3 when configured); registers the model as `candidate`.
 
-    Not the last stage: quantize, serve and evaluate follow (evaluate closes the MLflow parent run).
+    ``train_image`` is the image of this task, for the TrainJob/PyTorchJob it may start.
     """
     from pathlib import Path
 
-    from rtune.components.finetune.task import FinetuneOutputs, run_finetune
+    from rtune.components.common.stage import StageSettings, run_stage
+    from rtune.components.finetune.task import FinetuneOutputs, FinetuneStage
 
-    summary = run_finetune(
-        Path(selected.path),
-        finetune,
-        tracking,
-        kfp_run_id,
-        FinetuneOutputs(Path(adapter.path), Path(model.path), Path(report.path)),
-        checkpoint_root,
-        metrics,
-        last_stage=False,
+    outputs = FinetuneOutputs(Path(adapter.path), Path(model.path), Path(report.path))
+    stage = FinetuneStage.from_parameters(
+        student, finetune, Path(selected.path), outputs, train_image
     )
-    for artifact in (adapter, model):
-        artifact.metadata.update(
-            {k: v for k, v in summary.items() if isinstance(v, str | int | float)}
-        )
-    adapter.metadata["kind"] = "lora-adapter"
-    model.metadata["kind"] = "merged-model"
+    summary = run_stage(
+        stage, StageSettings(tracking=tracking, checkpoint_root=checkpoint_root, metrics=metrics)
+    )
+    for artifact, kind in ((adapter, "lora-adapter"), (model, "merged-model")):
+        artifact.metadata.update(summary.artifact_metadata())
+        artifact.metadata["kind"] = kind

@@ -94,8 +94,11 @@ def launch(
     work_dir: Path,
     env: Mapping[str, str],
     kfp_run_id: str = "",
+    image: str = "",
 ) -> dict[str, Any]:
     """Dispatch on ``config.launcher``; returns the worker's ``train_summary``.
+
+    ``image`` is the train image a cluster job runs (the task's own; '' = the default).
 
     ``env`` reaches the ranks of other processes (MLflow run id and tracking URI, so rank 0's
     Trainer callback logs the curves into this stage's run).
@@ -106,4 +109,4 @@ def launch(
         return run_torchrun(job, work_dir / "job.json", config.nproc_per_node, env)
     from rtune.components.finetune.cluster import run_cluster_job
 
-    return run_cluster_job(config, job, work_dir, env, kfp_run_id)
+    return run_cluster_job(config, job, work_dir, env, kfp_run_id, image=image)

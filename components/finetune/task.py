@@ -21,10 +21,10 @@ from typing import Any
 
 from rtune.components.common import reports
 from rtune.components.common.checkpoint import fingerprint
-from rtune.components.common.config import from_dict, to_dict
+from rtune.components.common.config import to_dict
 from rtune.components.common.records import InputError, read_jsonl
-from rtune.components.common.stage import MetricsSink, publish_metrics, tracked_stage
-from rtune.components.common.storage import cache_root
+from rtune.components.common.stage import StageContext
+from rtune.components.common.student import stage_config
 from rtune.components.finetune.config import FinetuneConfig
 from rtune.components.finetune.data import ExampleStats, build_examples, pack_examples, rows_digest
 
@@ -36,11 +36,10 @@ class FinetuneOutputs:
     report_path: Path | None = None
 
 
-def work_dir_for(config: FinetuneConfig, digest: str, model_path: Path, root: str) -> Path:
+def work_key(config: FinetuneConfig, digest: str, model_path: Path) -> str:
     """Same config + same rows + same base model -> same folder (resume, never mix runs)."""
     identity = {k: v for k, v in to_dict(config).items() if k not in _NOT_IDENTITY}
-    key = fingerprint("finetune", identity, digest, str(model_path), _model_signature(model_path))
-    return Path(root or cache_root() / "checkpoints") / "finetune" / key
+    return fingerprint("finetune", identity, digest, str(model_path), _model_signature(model_path))
 
 
 _NOT_IDENTITY = {"registered_model", "model_store", "namespace", "job_timeout_s", "launcher"}
@@ -70,29 +69,62 @@ def prepare_rows(
     return pack_examples(examples, config.row_tokens), stats
 
 
-def run_finetune(
-    selected_path: Path,
-    finetune: Mapping[str, Any] | None,
-    tracking: Mapping[str, Any] | None,
-    kfp_run_id: str,
-    outputs: FinetuneOutputs,
-    checkpoint_root: str = "",
-    metrics: MetricsSink | None = None,
-    last_stage: bool = True,
-) -> dict[str, Any]:
-    """Train the student on the selected records; returns the stage summary."""
-    from rtune.components.common.models import resolve_model
-    from rtune.components.finetune.data import save_rows
-    from rtune.components.finetune.launch import launch
-    from rtune.components.finetune.worker import TrainingJob
+@dataclass
+class FinetuneSummary:
+    values: dict[str, Any]
+    registered: dict[str, str]
 
-    config = from_dict(FinetuneConfig, finetune, "finetune")
-    model_path = resolve_model(config.model)
-    selected = read_jsonl(Path(selected_path))
-    rows, stats = prepare_rows(selected, Path(selected_path), config, model_path)
-    work = work_dir_for(config, rows_digest(rows), model_path, checkpoint_root)
-    with tracked_stage("finetune", kfp_run_id, tracking, config) as run:
-        run.log_dataset(selected, source=str(selected_path), name="training", context="training")
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.values, **self.registered}
+
+    def line(self) -> str:
+        v = self.values
+        text = (
+            f"loss {v['first_loss']:.3f} -> {v['final_loss']:.3f} over {v['global_step']:.0f} "
+            f"steps, {v['tokens_per_second']:.0f} tokens/s, {v['training_records']} records"
+        )
+        if "model_version" in self.registered:
+            text += f"; registered version {self.registered['model_version']} (alias candidate)"
+        return text
+
+    def artifact_metadata(self) -> dict[str, Any]:
+        return {k: v for k, v in self.as_dict().items() if isinstance(v, str | int | float)}
+
+
+@dataclass
+class FinetuneStage:
+    """Selected records in; the LoRA adapter and the merged model (KFP Model artifacts) out."""
+
+    config: FinetuneConfig
+    selected: Path
+    outputs: FinetuneOutputs
+    train_image: str = ""  # the image a TrainJob / PyTorchJob runs ('' = the default)
+    name: str = "finetune"
+
+    @classmethod
+    def from_parameters(
+        cls,
+        student: Mapping[str, Any] | None,
+        finetune: Mapping[str, Any] | None,
+        selected: Path,
+        outputs: FinetuneOutputs,
+        train_image: str = "",
+    ) -> FinetuneStage:
+        config = stage_config(FinetuneConfig, "finetune", finetune, student)
+        return cls(config, selected, outputs, train_image)
+
+    def run(self, context: StageContext) -> FinetuneSummary:
+        from rtune.components.common.models import resolve_model
+        from rtune.components.finetune.data import save_rows
+        from rtune.components.finetune.launch import launch
+        from rtune.components.finetune.worker import TrainingJob
+
+        config, run, outputs = self.config, context.run, self.outputs
+        model_path = resolve_model(config.model)
+        selected = read_jsonl(Path(self.selected))
+        rows, stats = prepare_rows(selected, Path(self.selected), config, model_path)
+        work = context.checkpoint_dir / work_key(config, rows_digest(rows), model_path)
+        run.log_dataset(selected, source=str(self.selected), name="training", context="training")
         save_rows(rows, work / "rows.jsonl")
         job = TrainingJob(
             config=to_dict(config),
@@ -103,7 +135,7 @@ def run_finetune(
             report_to=["mlflow"] if run.active else ["none"],
         )
         summary = finished_summary(work / "output") or launch(
-            config, job, work, _child_env(run), kfp_run_id
+            config, job, work, _child_env(run), context.run_id, self.train_image
         )
         remote = summary.get("output_uri", "")
         if remote:
@@ -111,11 +143,10 @@ def run_finetune(
         else:
             copy_outputs(work / "output", outputs, config)
         values = stage_metrics(summary, stats)
-        publish_metrics(run, metrics, values, to_parent=True)
         run.log_json(summary, "finetune/train_summary.json")
         figure = reports.figure_training_loss(summary["loss_history"])
         run.log_figure(figure, "figures/training_loss.png")
-        registered = _register(run, config, outputs, selected_path, selected, values, remote)
+        registered = _register(run, config, outputs, self.selected, selected, values, remote)
         if outputs.report_path is not None:
             page = reports.html_report(
                 "Fine-tune: the student on the selected records",
@@ -126,9 +157,7 @@ def run_finetune(
             )
             Path(outputs.report_path).write_text(page, encoding="utf-8")
             run.log_text(page, "reports/finetune.html")
-        if last_stage:
-            run.finish_pipeline()
-    return {**values, **registered}
+        return FinetuneSummary(values, registered)
 
 
 def finished_summary(output_dir: Path) -> dict[str, Any] | None:

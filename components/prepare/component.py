@@ -1,23 +1,24 @@
-"""KFP component for `prepare` (thin: adapts artifacts to rtune.components.prepare.task)."""
+"""KFP component for `prepare` (thin: adapts artifacts to the stage in ``task.py``).
 
-from kfp import dsl
+A plain function: the DAG makes it a component with its image at compile time.
+"""
+
 from kfp.dsl import Dataset, Metrics, Output
 
-from rtune.components.common.images import image
 
-
-@dsl.component(base_image=image("base"))
 def prepare(
     seed_uri: str,
-    config: dict,
+    student: dict,
+    prepare_config: dict,
     tracking: dict,
-    kfp_run_id: str,
     prepared: Output[Dataset],
     metrics: Output[Metrics],
 ) -> None:
     """Validate, normalise, id and de-duplicate the seed data."""
     from pathlib import Path
 
-    from rtune.components.prepare.task import run_prepare
+    from rtune.components.common.stage import StageSettings, run_stage
+    from rtune.components.prepare.task import PrepareStage
 
-    run_prepare(seed_uri, config, tracking, kfp_run_id, Path(prepared.path), metrics)
+    stage = PrepareStage.from_parameters(seed_uri, student, prepare_config, Path(prepared.path))
+    run_stage(stage, StageSettings(tracking=tracking, metrics=metrics))

@@ -67,7 +67,7 @@ class PrepareSummary:
             if f.name not in ("source", "format", "token_counter", "max_length")
         }
 
-    def one_line(self) -> str:
+    def line(self) -> str:
         return (
             f"read {self.records_read} records ({self.format}), removed "
             f"{self.duplicates_removed} exact duplicates, left out {self.limited_out} by limit, "
@@ -83,7 +83,7 @@ def prepare_dataset(
     """Prepare ``input_uri`` into the JSONL file ``output_path`` (written atomically)."""
     records, summary = prepare_records(input_uri, config or PrepareConfig())
     write_jsonl(output_path, records)
-    log.info("prepare: %s -> %s: %s", input_uri, output_path, summary.one_line())
+    log.info("prepare: %s -> %s: %s", input_uri, output_path, summary.line())
     return summary
 
 

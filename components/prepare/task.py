@@ -1,33 +1,49 @@
-"""The `prepare` stage as a pipeline task: validate and normalise the seed data, track it."""
+"""The `prepare` stage: validate and normalise the seed data; log it as the run's ``seed`` dataset."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rtune.components.common.config import from_dict
 from rtune.components.common.records import read_jsonl
-from rtune.components.common.stage import MetricsSink, publish_metrics, tracked_stage
+from rtune.components.common.stage import StageContext
+from rtune.components.common.student import stage_config
 from rtune.components.prepare.config import PrepareConfig
 from rtune.components.prepare.prepare import SEED_URI, PrepareSummary, prepare_dataset, seed_path
 
 
-def run_prepare(
-    seed_uri: str,
-    config: Mapping[str, Any] | None,
-    tracking: Mapping[str, Any] | None,
-    kfp_run_id: str,
-    output_path: Path,
-    metrics: MetricsSink | None = None,
-) -> PrepareSummary:
-    """Prepare ``seed_uri`` into ``output_path``; log the seed as an MLflow dataset (context ``seed``)."""
-    prepare_config = from_dict(PrepareConfig, config, "prepare")
-    source = str(seed_path()) if seed_uri == SEED_URI else seed_uri
-    with tracked_stage(
-        "prepare", kfp_run_id, tracking, prepare_config, {"seed_uri": source}
-    ) as run:
-        summary = prepare_dataset(seed_uri, Path(output_path), prepare_config)
-        run.log_dataset(read_jsonl(output_path), source=source, name="seed", context="seed")
-        publish_metrics(run, metrics, summary.as_dict())
-    return summary
+@dataclass
+class PrepareStage:
+    """Seed data (``seed_uri``: builtin:seed, a path or s3:// URI) in; contract JSONL out."""
+
+    config: PrepareConfig
+    seed_uri: str
+    output: Path
+    name: str = "prepare"
+    params: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.params = {"seed_uri": self.source}
+
+    @classmethod
+    def from_parameters(
+        cls,
+        seed_uri: str,
+        student: Mapping[str, Any] | None,
+        section: Mapping[str, Any] | None,
+        output: Path,
+    ) -> PrepareStage:
+        return cls(stage_config(PrepareConfig, "prepare", section, student), seed_uri, output)
+
+    @property
+    def source(self) -> str:
+        return str(seed_path()) if self.seed_uri == SEED_URI else self.seed_uri
+
+    def run(self, context: StageContext) -> PrepareSummary:
+        summary = prepare_dataset(self.seed_uri, self.output, self.config)
+        context.run.log_dataset(
+            read_jsonl(self.output), source=self.source, name="seed", context="seed", to_parent=True
+        )
+        return summary

@@ -1,18 +1,14 @@
-"""KFP component for `quantize` (llm-compressor oneshot on the merged model, quality guarded)."""
+"""KFP component for `quantize` (llm-compressor oneshot, quality guarded); a plain function."""
 
-from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
-from rtune.components.common.images import image
 
-
-@dsl.component(base_image=image("quantize"))
 def quantize(
     model: Input[Model],
     selected: Input[Dataset],
+    student: dict,
     quantize: dict,
     tracking: dict,
-    kfp_run_id: str,
     checkpoint_root: str,
     quantized: Output[Model],
     metrics: Output[Metrics],
@@ -21,19 +17,15 @@ def quantize(
     """W4A16 GPTQ (or FP8 / W8A8 / 2:4 sparsity / none); fails when perplexity rises too much."""
     from pathlib import Path
 
-    from rtune.components.quantize.task import QuantizeOutputs, run_quantize
+    from rtune.components.common.stage import StageSettings, run_stage
+    from rtune.components.quantize.task import QuantizeOutputs, QuantizeStage
 
-    summary = run_quantize(
-        Path(model.path),
-        Path(selected.path),
-        quantize,
-        tracking,
-        kfp_run_id,
-        QuantizeOutputs(Path(quantized.path), Path(report.path)),
-        checkpoint_root,
-        metrics,
+    outputs = QuantizeOutputs(Path(quantized.path), Path(report.path))
+    stage = QuantizeStage.from_parameters(
+        student, quantize, Path(model.path), Path(selected.path), outputs
     )
-    quantized.metadata.update(
-        {k: v for k, v in summary.items() if isinstance(v, str | int | float)}
+    summary = run_stage(
+        stage, StageSettings(tracking=tracking, checkpoint_root=checkpoint_root, metrics=metrics)
     )
+    quantized.metadata.update(summary.artifact_metadata())
     quantized.metadata["kind"] = "quantized-model"

@@ -1,17 +1,12 @@
-"""KFP component for `reflect_instruction` (phase-1 teacher)."""
+"""KFP component for `reflect_instruction` (phase-1 teacher); a plain function the DAG wraps."""
 
-from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Output
 
-from rtune.components.common.images import image
 
-
-@dsl.component(base_image=image("base"))
 def reflect_instruction(
     records: Input[Dataset],
     teacher: dict,
     tracking: dict,
-    kfp_run_id: str,
     checkpoint_root: str,
     candidates: Output[Dataset],
     metrics: Output[Metrics],
@@ -19,14 +14,12 @@ def reflect_instruction(
     """Teacher critiques each instruction and writes a new one with its answer (candidate Q)."""
     from pathlib import Path
 
-    from rtune.components.reflect_instruction.task import run_reflect_instruction
+    from rtune.components.common.stage import StageSettings, run_stage
+    from rtune.components.reflect_instruction.task import ReflectStage
 
-    run_reflect_instruction(
-        Path(records.path),
-        teacher,
-        tracking,
-        kfp_run_id,
-        Path(candidates.path),
-        checkpoint_root,
-        metrics,
+    stage = ReflectStage.from_parameters(
+        "instruction", teacher, Path(records.path), Path(candidates.path)
+    )
+    run_stage(
+        stage, StageSettings(tracking=tracking, checkpoint_root=checkpoint_root, metrics=metrics)
     )

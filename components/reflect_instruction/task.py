@@ -1,32 +1,18 @@
-"""Phase-1 teacher as a pipeline task: reflect every instruction, checkpointed, tracked."""
+"""The teacher phases as stages: reflect instructions (phase 1) or responses (phase 2)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rtune.components.common.checkpoint import fingerprint
 from rtune.components.common.config import from_dict
 from rtune.components.common.records import Record, read_jsonl
-from rtune.components.common.stage import MetricsSink, publish_metrics, tracked_stage
-from rtune.components.common.storage import cache_root
+from rtune.components.common.stage import StageContext
 from rtune.components.teacher.config import TeacherConfig
 from rtune.components.teacher.health import TeacherUnavailable
-
-
-def checkpoint_for(stage: str, input_path: Path, teacher: TeacherConfig, root: str = "") -> Path:
-    """A durable checkpoint path keyed by the stage input and the teacher settings that shape
-    its answers.
-
-    A KFP retry (or a re-run of the same pipeline on the same data) lands on the same file and
-    resumes - also after the teacher's URL, concurrency, retries or ``max_error_rate`` changed,
-    which is how a run stopped by a dead teacher is finished. ``root`` defaults to
-    ``$RTUNE_CACHE/checkpoints``; mount a PVC there in a cluster.
-    """
-    text = Path(input_path).read_bytes().decode("utf-8", "replace")
-    key = fingerprint(stage, text, teacher.result_shaping())
-    return Path(root or cache_root() / "checkpoints") / stage / f"{key}.partial.jsonl"
+from rtune.components.teacher.runner import ReflectSummary
 
 
 def candidate_rows(records: list[Record], names: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -46,67 +32,69 @@ def teacher_metrics(records: list[Record], phase: str) -> dict[str, float]:
     }
 
 
-def run_reflect_phase(
-    phase: str,
-    reflect: Callable[..., Any],
-    candidates: tuple[str, ...],
-    records_path: Path,
-    teacher: Mapping[str, Any] | None,
-    tracking: Mapping[str, Any] | None,
-    kfp_run_id: str,
-    output_path: Path,
-    checkpoint_root: str = "",
-    metrics: MetricsSink | None = None,
-) -> dict[str, float]:
-    """One teacher phase (``instruction`` or ``response``) with its checkpoint, run and metrics.
+PHASE_CANDIDATES = {"instruction": ("ori", "Q"), "response": ("A", "QA")}
 
-    Raises ``TeacherUnavailable`` (after logging the metrics) when the teacher failed for good on
-    more than ``teacher.max_error_rate`` of the records, so the pipeline stops here instead of
-    training on answers that were never reflected.
+
+@dataclass
+class ReflectPhaseSummary:
+    phase: str
+    summary: ReflectSummary
+    statuses: dict[str, float]
+
+    def as_dict(self) -> dict[str, float]:
+        return {**self.summary.as_dict(), **self.statuses}
+
+    def line(self) -> str:
+        return self.summary.line(self.phase)
+
+
+@dataclass
+class ReflectStage:
+    """One teacher phase: records in, records with the new candidates (``Q``, or ``A``/``QA``) out.
+
+    Raises ``TeacherUnavailable`` (after publishing what it cost) when the teacher failed for good
+    on more than ``teacher.max_error_rate`` of the records, so the pipeline stops here instead of
+    training on answers that were never reflected. The checkpoint is keyed by the input and the
+    teacher settings that shape answers: a retry - also with another URL, concurrency or
+    ``max_error_rate``, which is how a run stopped by a dead teacher is finished - resumes.
     """
-    stage = f"reflect_{phase}"
-    config = from_dict(TeacherConfig, teacher, "teacher")
-    checkpoint = checkpoint_for(stage, Path(records_path), config, checkpoint_root)
-    with tracked_stage(stage, kfp_run_id, tracking, config) as run:
+
+    phase: str
+    config: TeacherConfig
+    records: Path
+    candidates: Path
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.phase not in PHASE_CANDIDATES:
+            raise ValueError(f"phase must be one of {sorted(PHASE_CANDIDATES)}, got {self.phase!r}")
+        self.name = self.name or f"reflect_{self.phase}"
+
+    @classmethod
+    def from_parameters(
+        cls, phase: str, teacher: Mapping[str, Any] | None, records: Path, candidates: Path
+    ) -> ReflectStage:
+        return cls(phase, from_dict(TeacherConfig, teacher, "teacher"), records, candidates)
+
+    def run(self, context: StageContext) -> ReflectPhaseSummary:
+        from rtune.components.reflect_instruction.reflect import reflect_instructions
+        from rtune.components.reflect_response.reflect import reflect_responses
+
+        reflect = reflect_instructions if self.phase == "instruction" else reflect_responses
+        text = Path(self.records).read_bytes().decode("utf-8", "replace")
+        checkpoint = context.checkpoint(self.name, text, self.config.result_shaping())
         try:
             summary = reflect(
-                Path(records_path), Path(output_path), config, checkpoint_path=checkpoint
+                Path(self.records), Path(self.candidates), self.config, checkpoint_path=checkpoint
             )
         except TeacherUnavailable as err:  # the run fails, with what it cost on record
-            publish_metrics(run, metrics, err.metrics)
+            context.publish(err.metrics)
             raise
-        records = read_jsonl(output_path)
-        run.log_dataset(
-            candidate_rows(records, candidates),
-            source=str(output_path),
-            name=f"candidates-{phase}",
+        records = read_jsonl(self.candidates)
+        context.run.log_dataset(
+            candidate_rows(records, PHASE_CANDIDATES[self.phase]),
+            source=str(self.candidates),
+            name=f"candidates-{self.phase}",
             context="candidates",
         )
-        values = {**summary.as_dict(), **teacher_metrics(records, phase)}
-        publish_metrics(run, metrics, values)
-    return values
-
-
-def run_reflect_instruction(
-    records_path: Path,
-    teacher: Mapping[str, Any] | None,
-    tracking: Mapping[str, Any] | None,
-    kfp_run_id: str,
-    output_path: Path,
-    checkpoint_root: str = "",
-    metrics: MetricsSink | None = None,
-) -> dict[str, float]:
-    from rtune.components.reflect_instruction.reflect import reflect_instructions
-
-    return run_reflect_phase(
-        "instruction",
-        reflect_instructions,
-        ("ori", "Q"),
-        records_path,
-        teacher,
-        tracking,
-        kfp_run_id,
-        output_path,
-        checkpoint_root,
-        metrics,
-    )
+        return ReflectPhaseSummary(self.phase, summary, teacher_metrics(records, self.phase))

@@ -1,17 +1,12 @@
-"""KFP component for `reflect_response` (phase-2 teacher)."""
+"""KFP component for `reflect_response` (phase-2 teacher); a plain function the DAG wraps."""
 
-from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Output
 
-from rtune.components.common.images import image
 
-
-@dsl.component(base_image=image("base"))
 def reflect_response(
     records: Input[Dataset],
     teacher: dict,
     tracking: dict,
-    kfp_run_id: str,
     checkpoint_root: str,
     candidates: Output[Dataset],
     metrics: Output[Metrics],
@@ -19,14 +14,12 @@ def reflect_response(
     """Teacher writes a better answer for each phase-1 winner (candidate A or QA)."""
     from pathlib import Path
 
-    from rtune.components.reflect_response.task import run_reflect_response
+    from rtune.components.common.stage import StageSettings, run_stage
+    from rtune.components.reflect_instruction.task import ReflectStage
 
-    run_reflect_response(
-        Path(records.path),
-        teacher,
-        tracking,
-        kfp_run_id,
-        Path(candidates.path),
-        checkpoint_root,
-        metrics,
+    stage = ReflectStage.from_parameters(
+        "response", teacher, Path(records.path), Path(candidates.path)
+    )
+    run_stage(
+        stage, StageSettings(tracking=tracking, checkpoint_root=checkpoint_root, metrics=metrics)
     )

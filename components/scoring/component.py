@@ -1,12 +1,8 @@
-"""KFP components for student scoring: plan the shards, score one shard."""
+"""KFP components for student scoring: plan the shards, score one shard (plain functions)."""
 
-from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Output
 
-from rtune.components.common.images import image
 
-
-@dsl.component(base_image=image("base"))
 def plan_shards(scoring: dict) -> list:
     """Shard indices ``[0, ..., num_shards-1]`` for the scoring ``dsl.ParallelFor``."""
     from rtune.components.scoring.task import plan_shard_indices
@@ -14,12 +10,11 @@ def plan_shards(scoring: dict) -> list:
     return plan_shard_indices(scoring)
 
 
-@dsl.component(base_image=image("base"))
 def score_shard(
     records: Input[Dataset],
+    student: dict,
     scoring: dict,
     tracking: dict,
-    kfp_run_id: str,
     phase: str,
     shard_index: int,
     checkpoint_root: str,
@@ -29,16 +24,12 @@ def score_shard(
     """IFD / r-IFD of this shard's candidates with the student model."""
     from pathlib import Path
 
-    from rtune.components.scoring.task import run_score_shard
+    from rtune.components.common.stage import StageSettings, run_stage
+    from rtune.components.scoring.task import ScoreShardStage
 
-    run_score_shard(
-        Path(records.path),
-        scoring,
-        tracking,
-        kfp_run_id,
-        phase,
-        shard_index,
-        Path(scores.path),
-        checkpoint_root,
-        metrics,
+    stage = ScoreShardStage.from_parameters(
+        student, scoring, phase, shard_index, Path(records.path), Path(scores.path)
+    )
+    run_stage(
+        stage, StageSettings(tracking=tracking, checkpoint_root=checkpoint_root, metrics=metrics)
     )

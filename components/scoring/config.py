@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rtune.components.common.student import student_field
 from rtune.components.scoring.templates import DEFAULT_REVERSE_PROMPT, OUTPUT_PLACEHOLDER, TEMPLATES
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -15,20 +16,9 @@ START_TOKEN_NONE = "none"
 class ScoringConfig:
     """Student scoring settings; defaults score with the embedded default model on CPU."""
 
-    model: str = field(
-        default="default",
-        metadata={
-            "help": "student model: 'default' (embedded), a local HF folder or an s3:// prefix"
-        },
-    )
-    template: str = field(
-        default="vicuna",
-        metadata={"help": f"prompt template, one of {sorted(TEMPLATES)}"},
-    )
-    max_length: int = field(
-        default=2048,
-        metadata={"help": "token limit of the conditioned passes (the alone passes follow them)"},
-    )
+    model: str = student_field("model")
+    template: str = student_field("template")
+    max_length: int = student_field("max_length")
     reverse_prompt: str = field(
         default=DEFAULT_REVERSE_PROMPT,
         metadata={"help": "reverse-prompt wording for r-IFD; '{output}' marks where y goes"},
@@ -37,15 +27,12 @@ class ScoringConfig:
         default=1024,
         metadata={"help": "token budget (rows x padded length) of one forward batch"},
     )
-    dtype: str = field(
-        default="float32",
-        metadata={"help": "model dtype; keep float32 on CPU (bf16 moves IFD by up to 0.2)"},
-    )
-    start_token: str = field(
-        default=START_TOKEN_AUTO,
+    dtype: str = student_field("dtype")
+    start_token: str = student_field("start_token")
+    num_shards: int = field(
+        default=1,
         metadata={
-            "help": "token prepended to every pass when the tokenizer adds no BOS itself: 'auto' "
-            "('<|endoftext|>' if in the vocabulary, else bos, else eos), 'none', or a token"
+            "help": "scoring tasks per phase (a dsl.ParallelFor); each scores every N-th record"
         },
     )
 
@@ -66,6 +53,12 @@ class ScoringConfig:
             raise ValueError(f"unknown dtype {self.dtype!r}; valid dtypes are {list(DTYPES)}")
         if not self.model:
             raise ValueError("model must be 'default', a local HF folder or an s3:// prefix")
+        if (
+            isinstance(self.num_shards, bool)
+            or not isinstance(self.num_shards, int)
+            or self.num_shards < 1
+        ):
+            raise ValueError(f"num_shards must be an integer >= 1, got {self.num_shards!r}")
         if not self.start_token:
             raise ValueError("start_token must be 'auto', 'none' or a token of the vocabulary")
 

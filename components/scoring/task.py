@@ -3,67 +3,72 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rtune.components.common.checkpoint import fingerprint
-from rtune.components.common.config import from_dict
-from rtune.components.common.stage import MetricsSink, publish_metrics, tracked_stage
-from rtune.components.common.storage import cache_root
+from rtune.components.common.stage import StageContext
+from rtune.components.common.student import stage_config
 from rtune.components.scoring.config import ScoringConfig
-
-PIPELINE_ONLY_KEYS = ("num_shards",)
-
-
-def split_scoring_config(scoring: Mapping[str, Any] | None) -> tuple[ScoringConfig, int]:
-    """The scorer's config and the number of shards (a pipeline-level knob kept beside it)."""
-    values = dict(scoring or {})
-    num_shards = int(values.pop("num_shards", 1))
-    if num_shards < 1:
-        raise ValueError(f"scoring.num_shards must be >= 1, got {num_shards}")
-    return from_dict(ScoringConfig, values, "scoring"), num_shards
+from rtune.components.scoring.stage import ScoreSummary
 
 
 def plan_shard_indices(scoring: Mapping[str, Any] | None) -> list[int]:
-    return list(range(split_scoring_config(scoring)[1]))
+    """``[0, ..., num_shards-1]`` (the student does not matter for the plan)."""
+    num_shards = int((scoring or {}).get("num_shards", 1))
+    if num_shards < 1:
+        raise ValueError(f"scoring.num_shards must be >= 1, got {num_shards}")
+    return list(range(num_shards))
 
 
-def run_score_shard(
-    records_path: Path,
-    scoring: Mapping[str, Any] | None,
-    tracking: Mapping[str, Any] | None,
-    kfp_run_id: str,
-    phase: str,
-    shard_index: int,
-    output_path: Path,
-    checkpoint_root: str = "",
-    metrics: MetricsSink | None = None,
-) -> dict[str, float]:
-    from rtune.components.scoring.stage import score_candidates
+@dataclass
+class ScoreShardStage:
+    """One shard of one phase's candidates in; ``{"id","candidate","scores"}`` rows out."""
 
-    config, num_shards = split_scoring_config(scoring)
-    key = fingerprint(
-        phase,
-        shard_index,
-        num_shards,
-        str(config),
-        Path(records_path).read_bytes().decode("utf-8", "replace"),
-    )
-    checkpoint = (
-        Path(checkpoint_root or cache_root() / "checkpoints")
-        / f"score_{phase}"
-        / f"{key}.partial.jsonl"
-    )
-    name = f"score_{phase}-shard-{int(shard_index)}"
-    with tracked_stage(name, kfp_run_id, tracking, config, {"num_shards": str(num_shards)}) as run:
-        summary = score_candidates(
-            Path(records_path),
-            Path(output_path),
-            config,
-            phase,  # type: ignore[arg-type]
-            shard_index=int(shard_index),
-            num_shards=num_shards,
-            checkpoint_path=checkpoint,
+    config: ScoringConfig
+    phase: str
+    shard_index: int
+    records: Path
+    scores: Path
+    name: str = ""
+    params: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.name = self.name or f"score_{self.phase}-shard-{int(self.shard_index)}"
+        self.params = {"phase": self.phase, "shard_index": str(self.shard_index)}
+
+    @classmethod
+    def from_parameters(
+        cls,
+        student: Mapping[str, Any] | None,
+        scoring: Mapping[str, Any] | None,
+        phase: str,
+        shard_index: int,
+        records: Path,
+        scores: Path,
+    ) -> ScoreShardStage:
+        config = stage_config(ScoringConfig, "scoring", scoring, student)
+        return cls(config, phase, int(shard_index), records, scores)
+
+    def checkpoint_identity(self) -> tuple[Any, ...]:
+        """What the scores depend on: phase, shard, the settings that change scores, the input.
+
+        ``batch_tokens`` is left out on purpose: lowering it after an out-of-memory error (the
+        usual reason to re-run) must resume, not start over.
+        """
+        text = Path(self.records).read_bytes().decode("utf-8", "replace")
+        shard = (self.phase, self.shard_index, self.config.num_shards)
+        return (*shard, self.config.result_fields(), text)
+
+    def run(self, context: StageContext) -> ScoreSummary:
+        from rtune.components.scoring.stage import score_candidates
+
+        return score_candidates(
+            Path(self.records),
+            Path(self.scores),
+            self.config,
+            self.phase,  # type: ignore[arg-type]
+            shard_index=self.shard_index,
+            num_shards=self.config.num_shards,
+            checkpoint_path=context.checkpoint(*self.checkpoint_identity()),
         )
-        publish_metrics(run, metrics, summary.as_dict())
-    return summary.as_dict()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rtune.components.common import reports
 from rtune.components.common.records import Record, read_jsonl
-from rtune.components.common.stage import MetricsSink, publish_metrics, tracked_stage
+from rtune.components.common.stage import StageContext
+from rtune.components.select_ifd.stage import SelectionSummary
 
 SCORE_COLUMNS = ("ifd", "rifd", "ifd_loss", "rifd_loss", "reason")
 
@@ -35,38 +37,36 @@ def score_rows(records: Sequence[Record]) -> list[dict[str, Any]]:
     return rows
 
 
-def run_select_ifd(
-    candidates_path: Path,
-    score_paths: Sequence[Path],
-    tracking: Mapping[str, Any] | None,
-    kfp_run_id: str,
-    output_path: Path,
-    report_path: Path | None = None,
-    metrics: MetricsSink | None = None,
-) -> dict[str, float]:
-    from rtune.components.select_ifd.stage import select_ifd
+@dataclass
+class SelectIfdStage:
+    """Phase-1 candidates and their shard scores in; records with the phase-1 winner out."""
 
-    with tracked_stage(
-        "select_ifd", kfp_run_id, tracking, {"rule": "IFD(Q) > IFD(ori) -> Q"}
-    ) as run:
+    candidates: Path
+    scores: Sequence[Path]
+    selected: Path
+    report: Path | None = None
+    name: str = "select_ifd"
+    config: dict[str, str] = field(default_factory=lambda: {"rule": "IFD(Q) > IFD(ori) -> Q"})
+
+    def run(self, context: StageContext) -> SelectionSummary:
+        from rtune.components.select_ifd.stage import select_ifd
+
         summary = select_ifd(
-            Path(candidates_path), [Path(p) for p in score_paths], Path(output_path)
+            Path(self.candidates), [Path(p) for p in self.scores], Path(self.selected)
         )
-        records = read_jsonl(output_path)
+        records = read_jsonl(self.selected)
         rows = score_rows(records)
-        run.log_table(rows, "scores/select_ifd.json")
+        context.run.log_table(rows, "scores/select_ifd.json")
         figure = reports.figure_ifd_ori_vs_q(records)
-        run.log_figure(figure, "figures/ifd_ori_vs_q.png")
-        values = summary.as_dict()
-        publish_metrics(run, metrics, values)
-        if report_path is not None:
+        context.run.log_figure(figure, "figures/ifd_ori_vs_q.png")
+        if self.report is not None:
             page = reports.html_report(
                 "select_ifd: does reflection make instructions harder?",
-                values,
+                summary.as_dict(),
                 {"IFD(ori) vs IFD(Q)": figure},
                 rows[:200],
                 "Scores (first 200)",
             )
-            Path(report_path).write_text(page, encoding="utf-8")
-            run.log_text(page, "reports/select_ifd.html")
-    return values
+            Path(self.report).write_text(page, encoding="utf-8")
+            context.run.log_text(page, "reports/select_ifd.html")
+        return summary

@@ -3,42 +3,57 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rtune.components.common import reports
 from rtune.components.common.config import from_dict
 from rtune.components.common.records import read_jsonl
-from rtune.components.common.stage import MetricsSink, publish_metrics, tracked_stage
+from rtune.components.common.stage import StageContext
+from rtune.components.select_ifd.stage import SelectionSummary
 from rtune.components.select_ifd.task import score_rows
 from rtune.components.select_rifd.rules import SelectionConfig
 
 
-def run_select_rifd(
-    records_path: Path,
-    score_paths: Sequence[Path],
-    selection: Mapping[str, Any] | None,
-    tracking: Mapping[str, Any] | None,
-    kfp_run_id: str,
-    decisions_path: Path,
-    selected_path: Path,
-    report_path: Path | None = None,
-    metrics: MetricsSink | None = None,
-    last_stage: bool = True,
-) -> dict[str, float]:
-    from rtune.components.select_rifd.stage import select_rifd
+@dataclass
+class SelectRifdStage:
+    """Phase-2 candidates and their scores in; every record decided + the training set out."""
 
-    config = from_dict(SelectionConfig, selection, "selection")
-    with tracked_stage("select_rifd", kfp_run_id, tracking, config) as run:
+    config: SelectionConfig
+    candidates: Path
+    scores: Sequence[Path]
+    decisions: Path
+    selected: Path
+    report: Path | None = None
+    name: str = "select_rifd"
+
+    @classmethod
+    def from_parameters(
+        cls,
+        selection: Mapping[str, Any] | None,
+        candidates: Path,
+        scores: Sequence[Path],
+        decisions: Path,
+        selected: Path,
+        report: Path | None = None,
+    ) -> SelectRifdStage:
+        config = from_dict(SelectionConfig, selection, "selection")
+        return cls(config, candidates, scores, decisions, selected, report)
+
+    def run(self, context: StageContext) -> SelectionSummary:
+        from rtune.components.select_rifd.stage import select_rifd
+
         summary = select_rifd(
-            Path(records_path),
-            [Path(p) for p in score_paths],
-            Path(decisions_path),
-            Path(selected_path),
-            config,
+            Path(self.candidates),
+            [Path(p) for p in self.scores],
+            Path(self.decisions),
+            Path(self.selected),
+            self.config,
         )
-        records, selected = read_jsonl(decisions_path), read_jsonl(selected_path)
-        run.log_dataset(selected, source=str(selected_path), name="selected", context="selected")
+        records, selected = read_jsonl(self.decisions), read_jsonl(self.selected)
+        run = context.run
+        run.log_dataset(selected, source=str(self.selected), name="selected", context="selected")
         rows = score_rows(records)
         run.log_table(rows, "scores/select_rifd.json")
         figures = {
@@ -49,18 +64,14 @@ def run_select_rifd(
             figures["r-IFD before/after response reflection"], "figures/rifd_old_vs_new.png"
         )
         run.log_figure(figures["decisions"], "figures/decisions.png")
-        values = summary.as_dict()
-        publish_metrics(run, metrics, values, to_parent=True)
-        if report_path is not None:
+        if self.report is not None:
             page = reports.html_report(
                 "Selective Reflection-Tuning: what the student kept",
-                values,
+                summary.as_dict(),
                 figures,
                 rows[:300],
                 "Per-record scores and decisions (first 300)",
             )
-            Path(report_path).write_text(page, encoding="utf-8")
+            Path(self.report).write_text(page, encoding="utf-8")
             run.log_text(page, "reports/selection.html")
-        if last_stage:
-            run.finish_pipeline()
-    return values
+        return summary

@@ -1,27 +1,22 @@
-"""KFP component for `serve` (thin: adapts artifacts to rtune.components.serve.task)."""
+"""KFP component for `serve` (local server or KServe InferenceService); a plain function."""
 
-from kfp import dsl
 from kfp.dsl import Artifact, Input, Metrics, Model, Output
 
-from rtune.components.common.images import image
 
-
-@dsl.component(base_image=image("base"))
 def serve(
     model: Input[Model],
     serve: dict,
     tracking: dict,
-    kfp_run_id: str,
     endpoint: Output[Artifact],
     metrics: Output[Metrics],
 ) -> str:
-    """Serve the model (local server or KServe InferenceService), smoke-test it; returns its URL."""
+    """Serve the model, smoke-test it; returns its URL (the endpoint spec is the artifact)."""
     from pathlib import Path
 
-    from rtune.components.serve.task import run_serve
+    from rtune.components.common.stage import StageSettings, run_stage
+    from rtune.components.serve.task import ServeStage
 
-    summary = run_serve(Path(model.path), serve, tracking, kfp_run_id, Path(endpoint.path), metrics)
-    endpoint.metadata.update(
-        {k: summary[k] for k in ("kind", "base_url", "model", "server", "reasoning_format")}
-    )
-    return str(summary["base_url"])
+    stage = ServeStage.from_parameters(serve, Path(model.path), Path(endpoint.path))
+    summary = run_stage(stage, StageSettings(tracking=tracking, metrics=metrics))
+    endpoint.metadata.update(summary.artifact_metadata())
+    return summary.base_url

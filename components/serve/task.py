@@ -13,13 +13,13 @@ endpoint file records how to start it again (``open_endpoint``). A KServe servic
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from rtune.components.common.config import from_dict
 from rtune.components.common.records import InputError
-from rtune.components.common.stage import MetricsSink, publish_metrics, tracked_stage
+from rtune.components.common.stage import StageContext
 from rtune.components.serve.client import SmokeResult, smoke_test
 from rtune.components.serve.config import ServeConfig
 from rtune.components.serve.endpoint import EndpointSpec
@@ -77,26 +77,59 @@ def require_api_key(config: ServeConfig) -> None:
         ) from error
 
 
-def run_serve(
-    model_dir: Path,
-    serve: Mapping[str, Any] | None,
-    tracking: Mapping[str, Any] | None,
-    kfp_run_id: str,
-    endpoint_path: Path,
-    metrics: MetricsSink | None = None,
-) -> dict[str, Any]:
-    """Serve the model, smoke-test it, record the endpoint; returns the stage summary."""
-    config = from_dict(ServeConfig, serve, "serve")
-    require_api_key(config)
-    with tracked_stage("serve", kfp_run_id, tracking, config) as run:
+@dataclass
+class ServeSummary:
+    values: dict[str, Any]
+
+    @property
+    def base_url(self) -> str:
+        return str(self.values["base_url"])
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.values
+
+    def line(self) -> str:
+        v = self.values
+        where = "stopped after its stage" if v["kind"] == "local" else "running"
+        reply = str(v.get("smoke_reply") or "")[:60]
+        return (
+            f"{v['server']} {v['kind']} {v['base_url']} model {v['model']!r} ({where}); smoke test "
+            f"ok in {v['smoke_latency_s']:.1f} s: {reply!r}"
+        )
+
+    def artifact_metadata(self) -> dict[str, Any]:
+        keys = ("kind", "base_url", "model", "server", "reasoning_format")
+        return {k: self.values[k] for k in keys}
+
+
+@dataclass
+class ServeStage:
+    """A model folder (or its ``MODEL_URI.txt``) in; a served, smoke-tested endpoint spec out."""
+
+    config: ServeConfig
+    model: Path
+    endpoint: Path
+    name: str = "serve"
+
+    @classmethod
+    def from_parameters(
+        cls, serve: Mapping[str, Any] | None, model: Path, endpoint: Path
+    ) -> ServeStage:
+        return cls(from_dict(ServeConfig, serve, "serve"), model, endpoint)
+
+    def run(self, context: StageContext) -> ServeSummary:
+        config, run = self.config, context.run
+        require_api_key(config)
         if config.backend == "kserve":
-            spec, smoke, timings = serve_on_kserve(Path(model_dir), config, kfp_run_id)
+            spec, smoke, timings = serve_on_kserve(Path(self.model), config, context.run_id)
         else:
-            spec, smoke, timings = serve_locally(Path(model_dir), config)
-        spec.save(endpoint_path)
+            spec, smoke, timings = serve_locally(Path(self.model), config)
+        spec.save(self.endpoint)
         summary = stage_summary(spec, smoke, timings)
-        numbers = {"smoke_ok": float(smoke.ok), "smoke_latency_s": smoke.latency_s, **timings}
-        publish_metrics(run, metrics, numbers, to_parent=True)
+        run.log_metrics(
+            {"smoke_ok": float(smoke.ok), "smoke_latency_s": smoke.latency_s, **timings},
+            to_parent=True,
+        )
         run.set_tags(
             {
                 "rtune.endpoint": spec.base_url,
@@ -112,7 +145,7 @@ def run_serve(
                 f"the {spec.kind} endpoint {spec.base_url} (model {spec.model!r}) did not answer "
                 f"the smoke test: {smoke.error}"
             )
-    return summary
+        return ServeSummary(summary)
 
 
 def serve_locally(
