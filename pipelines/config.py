@@ -1,113 +1,150 @@
-"""Pipeline run configs: YAML files in ``pipelines/configs/`` plus ``--set key=value`` overrides.
+"""The run config: one typed object from YAML to the stage that uses each setting.
 
-A config groups parameters per stage, exactly as the pipeline takes them::
+A config file (``pipelines/configs/*.yaml``) has one section per concern::
 
-    seed_uri: builtin:seed          # or a local path / s3:// URI (JSON, JSONL, Parquet, HF folder)
-    prepare:   {...}                # rtune.components.prepare.config.PrepareConfig
-    teacher:   {...}                # rtune.components.teacher.config.TeacherConfig
-    scoring:   {..., num_shards: 1} # rtune.components.scoring.config.ScoringConfig + shard count
-    selection: {...}                # rtune.components.select_rifd.rules.SelectionConfig
-    finetune:  {...}                # rtune.components.finetune.config.FinetuneConfig
-    quantize:  {...}                # rtune.components.quantize.config.QuantizeConfig
-    serve:     {...}                # rtune.components.serve.config.ServeConfig
-    evaluate:  {...}                # rtune.components.evaluate.config.EvaluateConfig
-    tracking:  {...}                # rtune.components.common.tracking.TrackingConfig
+    seed_uri: builtin:seed          # or a path / s3:// URI (JSON, JSONL, Parquet, HF folder)
+    student:   {...}                # StudentConfig: model, template, max_length, start token, dtype
+    teacher:   {...}                # TeacherConfig (the judge defaults to it)
+    prepare | scoring | selection | finetune | quantize | serve | evaluate: {...}   # each stage's own
+    tracking:  {...}                # MLflow
     checkpoint_root: ""             # durable checkpoints (default $RTUNE_CACHE/checkpoints)
-    cluster:   {scoring_gpus: 1, quantize_gpus: 1}   # cluster-only resources (ignored by kfp.local)
+    cluster:   {...}                # ClusterConfig: images, pod sizes, scheduling (compile time)
     local:     {pipeline_root: rtune-runs}   # kfp.local only
 
-Every section is validated against its typed config when loaded, so a typo fails before any work.
+Loading validates every section once, with errors naming the YAML key. The typed config becomes
+plain data once, at the KFP boundary (:meth:`RunConfig.pipeline_arguments`); a stage turns its
+section back into its typed config with :func:`stage_config`.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from rtune.components.common.records import InputError
+from rtune.components.common.student import StudentConfig, own_values, section_config
 
+T = TypeVar("T")
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "local.yaml"
-STAGE_SECTIONS = (
-    "prepare",
-    "teacher",
-    "scoring",
-    "selection",
-    "finetune",
-    "quantize",
-    "serve",
-    "evaluate",
-    "tracking",
-)
-CLUSTER_KEYS = ("scoring_gpus", "quantize_gpus")
+# KFP parameter name of each section (``prepare`` is also the name of a component in the DAG)
+PARAMETER_NAMES = {"prepare": "prepare_config"}
+
+
+def section_classes() -> dict[str, type]:
+    """YAML section -> typed config class (imported late: compiling must not import torch)."""
+    from rtune.components.common.tracking import TrackingConfig
+    from rtune.components.evaluate.config import EvaluateConfig
+    from rtune.components.finetune.config import FinetuneConfig
+    from rtune.components.prepare.config import PrepareConfig
+    from rtune.components.quantize.config import QuantizeConfig
+    from rtune.components.scoring.config import ScoringConfig
+    from rtune.components.select_rifd.rules import SelectionConfig
+    from rtune.components.serve.config import ServeConfig
+    from rtune.components.teacher.config import TeacherConfig
+
+    return {
+        "student": StudentConfig,
+        "teacher": TeacherConfig,
+        "prepare": PrepareConfig,
+        "scoring": ScoringConfig,
+        "selection": SelectionConfig,
+        "finetune": FinetuneConfig,
+        "quantize": QuantizeConfig,
+        "serve": ServeConfig,
+        "evaluate": EvaluateConfig,
+        "tracking": TrackingConfig,
+    }
 
 
 @dataclass
-class PipelineConfig:
+class PodSize:
+    """Requests of one task's pod (limits: Kubernetes copies the GPU limit to the request)."""
+
+    cpu: str = field(default="2", metadata={"help": "CPU request, e.g. '8'"})
+    memory: str = field(default="8Gi", metadata={"help": "memory request, e.g. '64Gi'"})
+    gpus: int = field(default=0, metadata={"help": "nvidia.com/gpu limit"})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.gpus, bool) or not isinstance(self.gpus, int) or self.gpus < 0:
+            raise ValueError(f"gpus must be an integer >= 0, got {self.gpus!r}")
+
+
+@dataclass
+class ImagesConfig:
+    registry: str = field(default="", metadata={"help": "'' = ghcr.io/rtune"})
+    tag: str = field(default="", metadata={"help": "'' = the package version"})
+
+
+@dataclass
+class ClusterConfig:
+    """What only a cluster uses, fixed when the pipeline is compiled: images, pod sizes."""
+
+    images: ImagesConfig = field(default_factory=ImagesConfig)
+    default: PodSize = field(default_factory=PodSize)
+    scoring: PodSize = field(default_factory=lambda: PodSize(cpu="8", memory="32Gi", gpus=1))
+    finetune: PodSize = field(default_factory=lambda: PodSize(cpu="16", memory="128Gi"))
+    quantize: PodSize = field(default_factory=lambda: PodSize(cpu="8", memory="64Gi", gpus=1))
+
+
+@dataclass
+class LocalConfig:
+    pipeline_root: str = field(default="rtune-runs", metadata={"help": "kfp.local output folder"})
+
+
+@dataclass
+class RunConfig:
     seed_uri: str = "builtin:seed"
-    prepare: dict[str, Any] = field(default_factory=dict)
-    teacher: dict[str, Any] = field(default_factory=dict)
-    scoring: dict[str, Any] = field(default_factory=dict)
-    selection: dict[str, Any] = field(default_factory=dict)
-    finetune: dict[str, Any] = field(default_factory=dict)
-    quantize: dict[str, Any] = field(default_factory=dict)
-    serve: dict[str, Any] = field(default_factory=dict)
-    evaluate: dict[str, Any] = field(default_factory=dict)
-    tracking: dict[str, Any] = field(default_factory=dict)
+    sections: dict[str, Any] = field(default_factory=dict)  # section name -> typed config
     checkpoint_root: str = ""
-    cluster: dict[str, Any] = field(default_factory=dict)
-    local: dict[str, Any] = field(default_factory=dict)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    local: LocalConfig = field(default_factory=LocalConfig)
     source: str = "<defaults>"
 
+    def section(self, name: str) -> Any:
+        return self.sections[name]
+
+    @property
+    def student(self) -> StudentConfig:
+        return self.sections["student"]  # type: ignore[no-any-return]
+
     def pipeline_arguments(self) -> dict[str, Any]:
-        """Keyword arguments for ``reflection_tuning(...)`` (and compile-time defaults)."""
-        return {
-            "seed_uri": self.seed_uri,
-            "prepare_config": self.prepare,
-            "teacher": self.teacher,
-            "scoring": self.scoring,
-            "selection": self.selection,
-            "finetune": self.finetune,
-            "quantize": self.quantize,
-            "serve": self.serve,
-            "evaluate": self.evaluate,
-            "tracking": self.tracking,
-            "checkpoint_root": self.checkpoint_root,
-        }
+        """Keyword arguments of ``reflection_tuning(...)``: each section as plain data, once.
 
-    def scoring_gpus(self) -> int:
-        """GPUs per scoring shard: a compile-time resource of the cluster pipeline."""
-        return int(self.cluster.get("scoring_gpus", 1))
-
-    def quantize_gpus(self) -> int:
-        """GPUs of the quantize task (GPTQ calibration runs the model layer by layer)."""
-        if self.quantize.get("method", "w4a16") == "none":
-            return 0
-        return int(self.cluster.get("quantize_gpus", 1))
-
-    def finetune_gpus(self) -> int:
-        """GPUs of the fine-tune task's own pod: none when a TrainJob does the training."""
-        if self.finetune.get("launcher", "local") in ("trainjob", "pytorchjob"):
-            return 0
-        return int(self.finetune.get("gpus_per_node", 0))
+        A stage section leaves out the settings it mirrors from ``student`` (they travel once,
+        in the ``student`` argument).
+        """
+        arguments: dict[str, Any] = {"seed_uri": self.seed_uri}
+        for name, config in self.sections.items():
+            arguments[PARAMETER_NAMES.get(name, name)] = own_values(config)
+        arguments["checkpoint_root"] = self.checkpoint_root
+        return arguments
 
 
-def load_pipeline_config(
+def load_run_config(
     path: str | Path | None = None, overrides: list[str] | None = None
-) -> PipelineConfig:
+) -> RunConfig:
     """Read a YAML run config, apply ``section.key=value`` overrides, validate every section."""
     path = Path(path) if path else DEFAULT_CONFIG
+    data = _read_yaml(path)
+    for item in overrides or []:
+        apply_override(data, item, str(path))
+    return build_run_config(data, str(path))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
+        shipped = sorted(p.name for p in CONFIG_DIR.glob("*.yaml"))
         raise InputError(
-            str(path),
-            "config file not found",
-            f"pass an existing file, e.g. one of {sorted(p.name for p in CONFIG_DIR.glob('*.yaml'))}",
+            str(path), "config file not found", f"pass an existing file, e.g. one of {shipped}"
         ) from None
     except yaml.YAMLError as err:
         raise InputError(str(path), f"invalid YAML: {err}", "fix the YAML syntax") from None
@@ -115,70 +152,80 @@ def load_pipeline_config(
         raise InputError(
             str(path), "top level must be a mapping", "see pipelines/configs/local.yaml"
         )
-    for item in overrides or []:
-        apply_override(data, item, str(path))
-    known = {f for f in PipelineConfig.__dataclass_fields__ if f != "source"}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise InputError(
-            str(path),
-            f"unknown section(s) {unknown}",
-            f"valid sections: {sorted(known)}",
-            field=unknown[0],
-        )
-    config = PipelineConfig(**copy.deepcopy(data), source=str(path))
-    validate(config)
-    return config
+    return data
 
 
 def apply_override(data: dict[str, Any], item: str, source: str) -> None:
-    """``teacher.backend=openai`` -> data["teacher"]["backend"] = "openai" (value parsed as YAML)."""
+    """``student.template=alpaca`` -> data["student"]["template"] = "alpaca" (value read as YAML)."""
     key, sep, raw = item.partition("=")
-    if not sep or not key:
+    if not sep or not key or any(not part for part in key.split(".")):
         raise InputError(
             source,
             f"bad --set {item!r}",
             "write --set section.key=value, e.g. --set prepare.limit=8",
         )
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as err:
+        problem = f"--set {key}: the value is not valid YAML ({str(err).splitlines()[0]})"
+        raise InputError(
+            source, problem, "quote the value, e.g. --set 'teacher.url=\"http://...\"'", field=key
+        ) from None
     target = data
     parts = key.split(".")
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts[:-1]):
         target = target.setdefault(part, {})
         if not isinstance(target, dict):
+            where = ".".join(parts[: depth + 1])
             raise InputError(
-                source, f"--set {key}: {part!r} is not a section", "override a key inside a section"
+                source,
+                f"--set {key}: {where!r} is not a section",
+                "override a key inside a section",
+                field=where,
             )
-    target[parts[-1]] = yaml.safe_load(raw) if raw else ""
+    target[parts[-1]] = value
 
 
-def validate(config: PipelineConfig) -> None:
-    """Build every stage's typed config once (raises InputError naming the section and key)."""
+def build_run_config(data: Mapping[str, Any], source: str) -> RunConfig:
+    """Typed sections from plain data; one error naming the YAML key for anything wrong."""
     from rtune.components.common.config import from_dict
-    from rtune.components.common.tracking import TrackingConfig
-    from rtune.components.evaluate.config import EvaluateConfig
-    from rtune.components.finetune.config import FinetuneConfig
-    from rtune.components.prepare.config import PrepareConfig
-    from rtune.components.quantize.config import QuantizeConfig
-    from rtune.components.scoring.task import split_scoring_config
-    from rtune.components.select_rifd.rules import SelectionConfig
-    from rtune.components.serve.config import ServeConfig
-    from rtune.components.teacher.config import TeacherConfig
 
-    source = config.source
-    from_dict(PrepareConfig, config.prepare, f"{source}: prepare")
-    from_dict(TeacherConfig, config.teacher, f"{source}: teacher")
-    try:
-        split_scoring_config(config.scoring)
-    except ValueError as err:
-        raise InputError(f"{source}: scoring", str(err), "fix the scoring section") from None
-    from_dict(SelectionConfig, config.selection, f"{source}: selection")
-    from_dict(FinetuneConfig, config.finetune, f"{source}: finetune")
-    from_dict(QuantizeConfig, config.quantize, f"{source}: quantize")
-    from_dict(ServeConfig, config.serve, f"{source}: serve")
-    from_dict(EvaluateConfig, config.evaluate, f"{source}: evaluate")
-    from_dict(TrackingConfig, config.tracking, f"{source}: tracking")
-    unknown = sorted(set(config.cluster) - set(CLUSTER_KEYS))
+    data = copy.deepcopy(dict(data))
+    classes = section_classes()
+    known = {*classes, "seed_uri", "checkpoint_root", "cluster", "local"}
+    unknown = sorted(set(data) - known)
     if unknown:
         raise InputError(
-            f"{source}: cluster", f"unknown key(s) {unknown}", f"valid keys: {list(CLUSTER_KEYS)}"
+            source,
+            f"unknown section(s) {unknown}",
+            f"valid sections: {sorted(known)}",
+            field=unknown[0],
         )
+    for name in classes:
+        if data.get(name) is not None and not isinstance(data[name], Mapping):
+            raise InputError(
+                source,
+                f"section {name!r} must be a mapping, got {type(data[name]).__name__}",
+                f"write {name}: {{key: value}}",
+                field=name,
+            )
+    student = from_dict(StudentConfig, data.get("student"), f"{source}: student")
+    sections: dict[str, Any] = {"student": student}
+    for name, cls in classes.items():
+        if name != "student":
+            sections[name] = section_config(cls, name, data.get(name), student, source)
+    _judge_defaults_to_teacher(sections)
+    return RunConfig(
+        seed_uri=str(data.get("seed_uri", "builtin:seed")),
+        sections=sections,
+        checkpoint_root=str(data.get("checkpoint_root") or ""),
+        cluster=from_dict(ClusterConfig, data.get("cluster"), f"{source}: cluster"),
+        local=from_dict(LocalConfig, data.get("local"), f"{source}: local"),
+        source=source,
+    )
+
+
+def _judge_defaults_to_teacher(sections: dict[str, Any]) -> None:
+    evaluate = sections["evaluate"]
+    if not evaluate.judge:
+        evaluate.judge = dataclasses.asdict(sections["teacher"])

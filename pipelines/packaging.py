@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from rtune.components.common.images import Images
-from rtune.pipelines.run_config import CONFIG_DIR, RunConfig, load_run_config
+from rtune.pipelines.config import CONFIG_DIR, RunConfig, load_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPILED_DIR = Path("pipelines/compiled")

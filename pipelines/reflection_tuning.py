@@ -93,9 +93,10 @@ def _teacher_task(task: Any) -> Any:
     return _with_secret(task, TEACHER_SECRET, TEACHER_SECRET_KEYS)
 
 
-def build_reflection_tuning(cluster: Any, images: Images = Images()) -> Any:
+def build_reflection_tuning(cluster: Any, images: Images | None = None) -> Any:
     """The pipeline for a run config's ``cluster`` section (pod sizes and images are compile-time:
     kfp.local cannot resolve a pipeline parameter inside a ``ParallelFor`` resource setting)."""
+    images = images or Images()
     c = stage_components(images)
     gpus = SimpleNamespace(finetune=cluster.finetune, quantize=cluster.quantize)
 
@@ -235,6 +236,6 @@ def build_reflection_tuning(cluster: Any, images: Images = Images()) -> Any:
 
 def default_pipeline() -> Any:
     """The pipeline for the default run config (what ``rtune run`` executes)."""
-    from rtune.pipelines.run_config import ClusterConfig
+    from rtune.pipelines.config import ClusterConfig
 
     return build_reflection_tuning(ClusterConfig())

@@ -1,7 +1,7 @@
 """Submit the pipeline to a Kubeflow Pipelines cluster and follow the run (``rtune submit``).
 
     client = KfpClient(host, token=...)
-    submission = submit(client, SubmitRequest(load_pipeline_config("pipelines/configs/llama3-8b.yaml")))
+    submission = submit(client, SubmitRequest(load_run_config("pipelines/configs/llama3-8b.yaml")))
     print(submission.run_url)                      # {host}/#/runs/details/{run_id}
     run = wait_for_run(client, submission.run.id, timeout_s=86400)
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from rtune.pipelines.config import PipelineConfig
+from rtune.pipelines.config import RunConfig
 from rtune.pipelines.kfp_rest import Experiment, KfpClient, Pipeline, PipelineVersion, Run
 from rtune.pipelines.packaging import Images, compile_ir, content_version_name
 
@@ -32,7 +32,7 @@ DEFAULT_EXPERIMENT = "reflection-tuning"
 
 @dataclass(frozen=True)
 class SubmitRequest:
-    config: PipelineConfig
+    config: RunConfig
     experiment: str = DEFAULT_EXPERIMENT
     namespace: str = ""
     images: Images = field(default_factory=Images)
@@ -55,7 +55,7 @@ def run_url(host: str, run_id: str) -> str:
     return f"{host.rstrip('/')}/#/runs/details/{run_id}"
 
 
-def default_run_name(config: PipelineConfig, now: datetime | None = None) -> str:
+def default_run_name(config: RunConfig, now: datetime | None = None) -> str:
     stamp = (now or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M:%S UTC")
     return f"reflection-tuning {Path(config.source).stem} {stamp}"
 

@@ -12,7 +12,7 @@ import pytest
 from rtune.components.common.config import from_dict
 from rtune.components.common.records import InputError
 from rtune.components.finetune.config import DEEPSPEED_DIR, SHIPPED_DEEPSPEED, FinetuneConfig
-from rtune.pipelines.config import CONFIG_DIR, load_pipeline_config
+from rtune.pipelines.config import CONFIG_DIR, load_run_config
 
 REFERENCE = {
     "learning_rate": 2e-5,
@@ -25,7 +25,7 @@ REFERENCE = {
 
 @pytest.mark.parametrize("name", ["local", "llama3-8b", "llama3-70b"])
 def test_pipeline_training_sections_validate(name: str) -> None:
-    config = load_pipeline_config(CONFIG_DIR / f"{name}.yaml")
+    config = load_run_config(CONFIG_DIR / f"{name}.yaml")
     finetune = from_dict(FinetuneConfig, config.finetune, name)
     if name == "local":
         assert (
@@ -39,15 +39,15 @@ def test_pipeline_training_sections_validate(name: str) -> None:
 
 
 def test_cluster_configs_pick_the_topology_plan_recommends() -> None:
-    big = from_dict(FinetuneConfig, load_pipeline_config(CONFIG_DIR / "llama3-70b.yaml").finetune)
+    big = from_dict(FinetuneConfig, load_run_config(CONFIG_DIR / "llama3-70b.yaml").finetune)
     assert (big.deepspeed, big.launcher, big.nodes, big.gpus_per_node) == (
         "zero3_offload",
         "trainjob",
         2,
         8,
     )
-    assert load_pipeline_config(CONFIG_DIR / "llama3-70b.yaml").finetune_gpus() == 0
-    assert load_pipeline_config(CONFIG_DIR / "llama3-8b.yaml").finetune_gpus() == 8
+    assert load_run_config(CONFIG_DIR / "llama3-70b.yaml").finetune_gpus() == 0
+    assert load_run_config(CONFIG_DIR / "llama3-8b.yaml").finetune_gpus() == 8
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED_DEEPSPEED))

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from rtune.components.common.records import InputError
-from rtune.pipelines.config import CONFIG_DIR, load_pipeline_config
+from rtune.pipelines.config import CONFIG_DIR, load_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ def _compile(tmp_path: Path, *args: str) -> dict:
 def test_compiling_never_imports_torch() -> None:
     code = (
         "import sys; import rtune.pipelines.reflection_tuning, rtune.pipelines.config; "
-        "from rtune.pipelines.config import load_pipeline_config; load_pipeline_config(); "
+        "from rtune.pipelines.config import load_run_config; load_run_config(); "
         "bad = [m for m in ('torch', 'transformers', 'mlflow') if m in sys.modules]; "
         "assert not bad, bad"
     )
@@ -136,7 +136,7 @@ def test_image_registry_and_tag_are_overridable(
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_loads_and_validates(path: Path) -> None:
-    config = load_pipeline_config(path)
+    config = load_run_config(path)
     args = config.pipeline_arguments()
     assert set(args) == {
         "seed_uri",
@@ -155,11 +155,11 @@ def test_every_shipped_config_loads_and_validates(path: Path) -> None:
 
 def test_config_typos_and_bad_overrides_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="unknown key") as info:
-        load_pipeline_config(None, ["teacher.backnd=openai"])
+        load_run_config(None, ["teacher.backnd=openai"])
     assert "teacher" in str(info.value) and "valid keys" in str(info.value)
     with pytest.raises(InputError, match="bad --set"):
-        load_pipeline_config(None, ["teacher.backend"])
-    config = load_pipeline_config(None, ["prepare.limit=4", "selection.policy=reference"])
+        load_run_config(None, ["teacher.backend"])
+    config = load_run_config(None, ["prepare.limit=4", "selection.policy=reference"])
     assert config.prepare["limit"] == 4 and config.selection["policy"] == "reference"
     result = subprocess.run(
         [

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from rtune.pipelines.cli import main
-from rtune.pipelines.config import CONFIG_DIR, load_pipeline_config
+from rtune.pipelines.config import CONFIG_DIR, load_run_config
 from rtune.pipelines.packaging import compile_ir
 from tests.fakes.kfp_server import FakeKfpServer
 
@@ -48,7 +48,7 @@ def test_submit_uploads_the_compiled_pipeline_and_runs_it_with_the_config(
     monkeypatch.setenv("KF_PIPELINES_TOKEN", TOKEN)
     assert submit(kfp.url, "--config", LLAMA_8B, "--experiment", "nightly") == 0
 
-    config = load_pipeline_config(LLAMA_8B)
+    config = load_run_config(LLAMA_8B)
     compiled = compile_ir(config, tmp_path / "expected.yaml")
     (version,) = kfp.versions_of("reflection-tuning")
     assert version["docs"] == list(yaml.safe_load_all(compiled.read_text()))

@@ -63,6 +63,10 @@ class ReflectStage:
     config: TeacherConfig
     records: Path
     candidates: Path
+    checkpoint_path: Path | None = (
+        None  # '' = the runner's folder (a CLI puts it beside the output)
+    )
+    progress: bool = True
     name: str = ""
 
     def __post_init__(self) -> None:
@@ -82,10 +86,16 @@ class ReflectStage:
 
         reflect = reflect_instructions if self.phase == "instruction" else reflect_responses
         text = Path(self.records).read_bytes().decode("utf-8", "replace")
-        checkpoint = context.checkpoint(self.name, text, self.config.result_shaping())
+        checkpoint = self.checkpoint_path or context.checkpoint(
+            self.name, text, self.config.result_shaping()
+        )
         try:
             summary = reflect(
-                Path(self.records), Path(self.candidates), self.config, checkpoint_path=checkpoint
+                Path(self.records),
+                Path(self.candidates),
+                self.config,
+                checkpoint_path=checkpoint,
+                progress=self.progress,
             )
         except TeacherUnavailable as err:  # the run fails, with what it cost on record
             context.publish(err.metrics)

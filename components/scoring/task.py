@@ -30,6 +30,10 @@ class ScoreShardStage:
     shard_index: int
     records: Path
     scores: Path
+    checkpoint_path: Path | None = (
+        None  # None: the runner's folder (a CLI puts it beside the output)
+    )
+    progress: bool = True
     name: str = ""
     params: dict[str, str] = field(default_factory=dict)
 
@@ -70,5 +74,22 @@ class ScoreShardStage:
             self.phase,  # type: ignore[arg-type]
             shard_index=self.shard_index,
             num_shards=self.config.num_shards,
-            checkpoint_path=context.checkpoint(*self.checkpoint_identity()),
+            checkpoint_path=self.checkpoint_path or context.checkpoint(*self.checkpoint_identity()),
+            progress=self.progress,
         )
+
+
+@dataclass
+class ScoreFileStage:
+    """Flat records (instruction, input, output) in; the same records with their scores out."""
+
+    config: ScoringConfig
+    records: Path
+    scored: Path
+    progress: bool = True
+    name: str = "score"
+
+    def run(self, context: StageContext) -> ScoreSummary:
+        from rtune.components.scoring.stage import score_file
+
+        return score_file(Path(self.records), Path(self.scored), self.config, self.progress)

@@ -11,6 +11,7 @@ Compiling never imports torch. The work is in ``pipelines/packaging.py``.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 
@@ -40,21 +41,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def add_image_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--image-registry",
-        default=None,
+        default=os.environ.get("RTUNE_IMAGE_REGISTRY", ""),
         metavar="R",
-        help="registry of the rtune images (default $RTUNE_IMAGE_REGISTRY or ghcr.io/rtune)",
+        help="registry of the rtune images (default $RTUNE_IMAGE_REGISTRY, else the config's "
+        "cluster.images.registry, else ghcr.io/rtune)",
     )
     parser.add_argument(
         "--image-tag",
-        default=None,
+        default=os.environ.get("RTUNE_IMAGE_TAG", ""),
         metavar="T",
-        help="tag of the rtune images (default $RTUNE_IMAGE_TAG or the package version)",
+        help="tag of the rtune images (default $RTUNE_IMAGE_TAG, else cluster.images.tag, else "
+        "the package version)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
     from rtune.components.common.records import InputError
-    from rtune.pipelines.config import load_pipeline_config
+    from rtune.pipelines.config import load_run_config
     from rtune.pipelines.packaging import Images, compile_ir, compile_kubernetes_manifest
 
     manifest_only = [
@@ -66,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
             f"{manifest_only[0]} only applies to the Kubernetes form",
             "add --kubernetes-manifest",
         )
-    config = load_pipeline_config(args.config, args.overrides)
+    config = load_run_config(args.config, args.overrides)
     images = Images(registry=args.image_registry, tag=args.image_tag)
     output = Path(args.output)
     if args.kubernetes_manifest:

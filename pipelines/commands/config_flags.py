@@ -50,7 +50,11 @@ def add_config_options(
         "--checkpoint-root", default=None, help="checkpoints (default $RTUNE_CACHE/checkpoints)"
     )
     parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
-    flags = setting_flags(sections)
+    taken = set(parser._option_string_actions)  # the command's own flags win
+    flags = {
+        (f"--{s.key.replace('.', '-').replace('_', '-')}" if flag in taken else flag): s
+        for flag, s in setting_flags(sections).items()
+    }
     for section in ["student", *[s for s in sections if s != "student"]]:
         mine = [(flag, s) for flag, s in flags.items() if s.key.startswith(f"{section}.")]
         if mine:
@@ -59,7 +63,7 @@ def add_config_options(
                 _add_flag(group, flag, setting)
     by_key = {s.key: s for s in flags.values()}
     for flag, key in (aliases or {}).items():
-        if flag in flags:
+        if flag in flags or flag in taken:
             continue
         parse = by_key[key].parse if key in by_key else str
         parser.add_argument(
@@ -163,7 +167,7 @@ def config_overrides(args: argparse.Namespace) -> list[str]:
 
 def load_command_config(args: argparse.Namespace, defaults: Sequence[str] = ()) -> Any:
     """The run config a stage command runs with (``defaults`` come before the user's settings)."""
-    from rtune.pipelines.run_config import load_run_config
+    from rtune.pipelines.config import load_run_config
 
     overrides = [*defaults, *config_overrides(args)]
     if args.checkpoint_root is not None:
@@ -171,3 +175,14 @@ def load_command_config(args: argparse.Namespace, defaults: Sequence[str] = ()) 
     if args.no_tracking:
         overrides.append("tracking.enabled=false")
     return load_run_config(args.config, overrides)
+
+
+def stage_settings(config: Any) -> Any:
+    """What a one-stage command gives the stage runner: tracking and checkpoints from the config.
+
+    A CLI run is a pipeline run of its own in MLflow (its own run id).
+    """
+    from rtune.components.common.stage import StageSettings
+
+    tracking = dataclasses.asdict(config.section("tracking"))
+    return StageSettings(tracking=tracking, checkpoint_root=config.checkpoint_root)

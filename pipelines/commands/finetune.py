@@ -18,7 +18,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rtune.pipelines.commands.stage_options import add_stage_options, cli_run_id, load_stage_config
+from rtune.pipelines.commands.config_flags import (
+    add_config_options,
+    load_command_config,
+    stage_settings,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -30,23 +34,20 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--selected", type=Path, required=True, help="training records (JSONL)")
     parser.add_argument("--output-dir", type=Path, required=True, help="adapter/, model/, report")
-    add_stage_options(parser, "finetune")
+    from rtune.components.finetune.config import FinetuneConfig
+
+    add_config_options(parser, {"finetune": FinetuneConfig})
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from rtune.components.finetune.task import FinetuneOutputs, run_finetune
+    from rtune.components.common.stage import run_stage
+    from rtune.components.finetune.task import FinetuneOutputs, FinetuneStage
 
-    config, tracking = load_stage_config(args)
+    config = load_command_config(args)
     out = args.output_dir
-    summary = run_finetune(
-        args.selected,
-        config.finetune,
-        tracking,
-        cli_run_id(),
-        FinetuneOutputs(out / "adapter", out / "model", out / "report.html"),
-        args.checkpoint_root,
-        last_stage=False,
-    )
-    print(json.dumps(summary, indent=2, default=str))
+    outputs = FinetuneOutputs(out / "adapter", out / "model", out / "report.html")
+    stage = FinetuneStage(config.section("finetune"), args.selected, outputs)
+    summary = run_stage(stage, stage_settings(config))
+    print(json.dumps(summary.as_dict(), indent=2, default=str))
     return 0

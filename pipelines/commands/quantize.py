@@ -20,7 +20,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rtune.pipelines.commands.stage_options import add_stage_options, cli_run_id, load_stage_config
+from rtune.pipelines.commands.config_flags import (
+    add_config_options,
+    load_command_config,
+    stage_settings,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -35,27 +39,24 @@ def register(subparsers: Any) -> None:
         "--selected", type=Path, required=True, help="records for calibration + held-out (JSONL)"
     )
     parser.add_argument("--output-dir", type=Path, required=True, help="model/ and report.html")
-    add_stage_options(parser, "quantize")
+    from rtune.components.quantize.config import QuantizeConfig
+
+    add_config_options(parser, {"quantize": QuantizeConfig})
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from rtune.components.quantize.task import QualityGateFailed, QuantizeOutputs, run_quantize
+    from rtune.components.common.stage import run_stage
+    from rtune.components.quantize.task import QualityGateFailed, QuantizeOutputs, QuantizeStage
 
-    config, tracking = load_stage_config(args)
+    config = load_command_config(args)
     out = args.output_dir
+    outputs = QuantizeOutputs(out / "model", out / "report.html")
+    stage = QuantizeStage(config.section("quantize"), args.model, args.selected, outputs)
     try:
-        summary = run_quantize(
-            args.model,
-            args.selected,
-            config.quantize,
-            tracking,
-            cli_run_id(),
-            QuantizeOutputs(out / "model", out / "report.html"),
-            args.checkpoint_root,
-        )
+        summary = run_stage(stage, stage_settings(config))
     except QualityGateFailed as err:
         print(f"rtune quantize: quality gate failed: {err}", file=sys.stderr)
         return 1
-    print(json.dumps(summary, indent=2, default=str))
+    print(json.dumps(summary.as_dict(), indent=2, default=str))
     return 0

@@ -19,8 +19,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from rtune.pipelines.commands.config_flags import (
+    add_config_options,
+    load_command_config,
+    stage_settings,
+)
+
 PHASES = ("ifd", "rifd")
-PHASE2_FLAGS = ("selected", "policy", "drop_ifd_above", "keep_top")
 
 
 def register(subparsers: Any) -> None:
@@ -37,22 +42,18 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--output", type=Path, required=True, help="records out (JSONL)")
     parser.add_argument("--selected", type=Path, help="rifd: flat training records out (JSONL)")
-    parser.add_argument("--policy", help="rifd: reference (default) or fallback")
-    parser.add_argument(
-        "--drop-ifd-above", type=float, metavar="X", help="rifd: final cut, drop IFD >= X"
-    )
-    parser.add_argument(
-        "--keep-top", type=float, metavar="FRACTION", help="rifd: final cut, keep top IFD share"
-    )
+    parser.add_argument("--report", type=Path, help="an HTML report of scores and decisions")
+    from rtune.components.select_rifd.rules import SelectionConfig
+
+    add_config_options(parser, {"selection": SelectionConfig})
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from rtune.components.common.config import from_dict
     from rtune.components.common.records import InputError
-    from rtune.components.select_ifd.stage import select_ifd
-    from rtune.components.select_rifd.rules import SelectionConfig
-    from rtune.components.select_rifd.stage import select_rifd
+    from rtune.components.common.stage import run_stage
+    from rtune.components.select_ifd.task import SelectIfdStage
+    from rtune.components.select_rifd.task import SelectRifdStage
 
     if args.phase not in PHASES:
         raise InputError(
@@ -61,29 +62,27 @@ def run(args: argparse.Namespace) -> int:
             f"use one of {list(PHASES)}",
             field="--phase",
         )
+    phase2_flags = [d for d in vars(args) if d.startswith("config:selection.")] + (
+        ["--selected"] if args.selected else []
+    )
+    if args.phase == "ifd" and phase2_flags:
+        flag = phase2_flags[0].replace("config:selection.", "--").replace("_", "-")
+        raise InputError(
+            "rtune select flags",
+            f"{flag} only applies to --phase rifd",
+            "drop it, or use --phase rifd",
+            field=flag,
+        )
+    config = load_command_config(args)
     if args.phase == "ifd":
-        extra = [f"--{name.replace('_', '-')}" for name in PHASE2_FLAGS if getattr(args, name)]
-        if extra:
-            raise InputError(
-                "rtune select flags",
-                f"{', '.join(extra)} only apply to --phase rifd",
-                "drop them, or use --phase rifd",
-                field=extra[0],
-            )
-        summary = select_ifd(args.records, args.scores, args.output)
+        stage: Any = SelectIfdStage(args.records, args.scores, args.output, args.report)
+        summary = run_stage(stage, stage_settings(config))
         print(f"select ifd: {summary.line()} -> {args.output}")
         return 0
-    options = {
-        "policy": args.policy,
-        "drop_ifd_above": args.drop_ifd_above,
-        "keep_top": args.keep_top,
-    }
-    config = from_dict(
-        SelectionConfig,
-        {key: value for key, value in options.items() if value is not None},
-        source="rtune select flags",
-    )
     selected = args.selected or args.output.with_name(f"{args.output.stem}.selected.jsonl")
-    summary = select_rifd(args.records, args.scores, args.output, selected, config)
+    stage = SelectRifdStage(
+        config.section("selection"), args.records, args.scores, args.output, selected, args.report
+    )
+    summary = run_stage(stage, stage_settings(config))
     print(f"select rifd: {summary.line()} -> {args.output}, selected -> {selected}")
     return 0

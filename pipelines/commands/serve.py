@@ -25,7 +25,9 @@ import sys
 import threading
 from typing import Any
 
-from rtune.components.serve.access import DEFAULT_SERVED_NAME
+from rtune.pipelines.commands.config_flags import add_config_options, load_command_config
+
+ALIASES = {"--startup-timeout": "serve.startup_timeout_s"}  # flags of earlier releases
 
 
 def register(subparsers: Any) -> None:
@@ -38,15 +40,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--model", required=True, help="HF model folder | s3:// prefix | default")
     parser.add_argument("--port", type=int, default=8000, help="0 = a free port")
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 = every interface")
-    parser.add_argument("--server", default="auto", choices=["auto", "transformers", "vllm"])
-    parser.add_argument("--reasoning-format", default="none", choices=["none", "reflection"])
-    parser.add_argument(
-        "--served-model-name", default=DEFAULT_SERVED_NAME, help="the model name clients send"
-    )
-    parser.add_argument(
-        "--api-key-env", default="", help="NAME of the env var holding the key clients must send"
-    )
-    parser.add_argument("--startup-timeout", type=float, default=600.0, help="seconds")
+    from rtune.components.serve.config import ServeConfig
+
+    add_config_options(parser, {"serve": ServeConfig}, ALIASES)
     parser.set_defaults(func=run)
 
 
@@ -59,17 +55,17 @@ def curl_example(base_url: str, model: str, api_key_env: str = "") -> str:
     )
 
 
-def check_access_flags(args: argparse.Namespace) -> None:
+def check_access_flags(config: Any) -> None:
     """Refuse a bad name or an unset key variable before any model is looked at."""
     from rtune.components.common.records import InputError
     from rtune.components.serve.access import MissingApiKey, api_key_from_env, check_served_name
 
     try:
-        check_served_name("--served-model-name", args.served_model_name)
+        check_served_name("--served-model-name", config.served_name())
     except ValueError as error:
         raise InputError("rtune serve flags", str(error), "pick another name") from None
     try:
-        api_key_from_env(args.api_key_env, "--api-key-env")
+        api_key_from_env(config.api_key_env, "--api-key-env")
     except (MissingApiKey, ValueError) as error:
         raise InputError(
             "rtune serve flags",
@@ -84,29 +80,30 @@ def run(args: argparse.Namespace) -> int:
     from rtune.components.serve.access import exposure_warning
     from rtune.components.serve.local_server import LocalServer
 
-    check_access_flags(args)
-    if warning := exposure_warning(args.host, args.api_key_env):
+    serve = load_command_config(args).section("serve")
+    check_access_flags(serve)
+    if warning := exposure_warning(args.host, serve.api_key_env):
         print(warning, file=sys.stderr, flush=True)
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         with LocalServer(
             resolve_model(args.model),
-            server=args.server,
+            server=serve.server,
             host=args.host,
             port=args.port,
-            reasoning_format=args.reasoning_format,
-            startup_timeout_s=args.startup_timeout,
-            served_model_name=args.served_model_name,
-            api_key_env=args.api_key_env,
+            reasoning_format=serve.reasoning_format,
+            startup_timeout_s=serve.startup_timeout_s,
+            served_model_name=serve.served_name(),
+            api_key_env=serve.api_key_env,
         ) as server:
-            guard = f"key from ${args.api_key_env}" if args.api_key_env else "no API key"
+            guard = f"key from ${serve.api_key_env}" if serve.api_key_env else "no API key"
             print(
                 f"serving {server.model!r} ({server.model_path}) with {server.server} at "
                 f"{server.base_url} ({guard})",
                 flush=True,
             )
-            print(curl_example(server.base_url, server.model, args.api_key_env), flush=True)
+            print(curl_example(server.base_url, server.model, serve.api_key_env), flush=True)
             print("Ctrl-C or SIGTERM stops it.", flush=True)
             with contextlib.suppress(KeyboardInterrupt):
                 stop.wait()

@@ -40,13 +40,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rtune.pipelines.config import load_pipeline_config
+    from rtune.pipelines.config import load_run_config
     from rtune.pipelines.kfp_rest import KfpClient, resolve_token
     from rtune.pipelines.packaging import Images
     from rtune.pipelines.submit import SubmitRequest, submit, wait_for_run
 
     request = SubmitRequest(
-        config=load_pipeline_config(args.config, args.overrides),
+        config=load_run_config(args.config, args.overrides),
         experiment=args.experiment,
         namespace=args.namespace,
         images=Images(registry=args.image_registry, tag=args.image_tag),

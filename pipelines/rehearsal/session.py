@@ -48,9 +48,9 @@ def rehearse(
     kill: Mapping[str, Callable[[], bool]] | None = None,
     out: Callable[[str], None] = print,
 ) -> RehearsalResult:
-    from rtune.pipelines.config import load_pipeline_config
+    from rtune.pipelines.config import load_run_config
 
-    config = load_pipeline_config(config_path)
+    config = load_run_config(config_path)
     arguments = config.pipeline_arguments()
     pipeline = load_compiled(compiled)
     rendered = render_overlay(ROOT / DEFAULT_OVERLAY)
