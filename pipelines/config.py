@@ -19,7 +19,6 @@ section back into its typed config with :func:`stage_config`.
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,7 +224,12 @@ def build_run_config(data: Mapping[str, Any], source: str) -> RunConfig:
     )
 
 
+JUDGE_FROM_TEACHER = ("backend", "model", "url", "api_key_env", "timeout_s", "max_attempts")
+
+
 def _judge_defaults_to_teacher(sections: dict[str, Any]) -> None:
+    """An empty ``evaluate.judge`` is the teacher (its endpoint; the judge's own budgets)."""
     evaluate = sections["evaluate"]
     if not evaluate.judge:
-        evaluate.judge = dataclasses.asdict(sections["teacher"])
+        teacher = own_values(sections["teacher"])
+        evaluate.judge = {k: v for k, v in teacher.items() if k in JUDGE_FROM_TEACHER}

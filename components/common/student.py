@@ -131,6 +131,24 @@ def stage_config(
 
 
 def own_values(config: Any) -> dict[str, Any]:
-    """A stage config as plain data without the settings it mirrors from the student."""
+    """A stage config as plain data: the values that differ from the defaults, without the
+    settings it mirrors from the student (they travel once, in ``student``).
+
+    Defaults are left out so the run form shows what the run config says, and because a KFP
+    struct cannot hold ``None`` (a default ``None`` is simply not sent).
+    """
     mirrored = set(student_fields(type(config)))
-    return {k: v for k, v in dataclasses.asdict(config).items() if k not in mirrored}
+    defaults = dataclasses.asdict(type(config)())
+    return {
+        k: _without_none(v)
+        for k, v in dataclasses.asdict(config).items()
+        if k not in mirrored and v != defaults.get(k) and v is not None
+    }
+
+
+def _without_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value]
+    return value
