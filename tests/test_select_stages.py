@@ -393,6 +393,62 @@ def test_score_candidates_resumes_after_a_crash(
     assert not checkpoint.exists()  # removed once the output is written
 
 
+def checkpoint_keys(path: Path) -> list[str]:
+    """The result keys of a checkpoint file, one per line written (the header excluded)."""
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return [line["key"] for line in lines if "key" in line]
+
+
+def test_a_resumed_shard_scores_only_what_is_left_and_writes_each_result_once(
+    tmp_path: Path, reflected: Path, tiny_config: ScoringConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two kills, then a full run: each run hands the scorer only the candidates no earlier run
+    finished, and the checkpoint holds one line per candidate (none re-scored or repeated)."""
+    real_score = StudentScorer.score
+    handed: list[list[str]] = []  # the candidate keys each scorer call received
+
+    def score_then_kill_after(limit: int | None) -> Any:
+        def score(
+            self: StudentScorer, candidates: Any, on_scored: Any = None, progress: bool = True
+        ) -> Any:
+            handed.append([c.key for c in candidates])
+            finished: list[str] = []
+
+            def record(key: str, scores: Any) -> None:
+                on_scored(key, scores)
+                finished.append(key)
+                if len(finished) == limit:
+                    raise RuntimeError("killed")
+
+            return real_score(self, candidates, record, progress)
+
+        return score
+
+    output, checkpoint = tmp_path / "scores.jsonl", tmp_path / "ckpt.jsonl"
+    all_keys = {json.dumps([rid, name]) for rid, *_ in SEED for name in ("ori", "Q")}
+    for limit in (3, 4):
+        monkeypatch.setattr(StudentScorer, "score", score_then_kill_after(limit))
+        with pytest.raises(RuntimeError, match="killed"):
+            score_candidates(
+                reflected, output, tiny_config, "ifd", checkpoint_path=checkpoint, progress=False
+            )
+    first, second = handed
+    assert set(first) == all_keys
+    written = checkpoint_keys(checkpoint)
+    assert len(written) == len(set(written)) == 3 + 4  # each finished candidate once
+    assert set(second) == all_keys - set(written[:3])  # the 3 finished ones were not re-scored
+
+    monkeypatch.setattr(StudentScorer, "score", score_then_kill_after(None))
+    summary = score_candidates(
+        reflected, output, tiny_config, "ifd", checkpoint_path=checkpoint, progress=False
+    )
+    assert set(handed[2]) == all_keys - set(written)
+    assert summary.resumed == 7 and summary.candidates == len(all_keys) == 10
+    assert sorted(json.dumps([r["id"], r["candidate"]]) for r in read_jsonl(output)) == sorted(
+        all_keys
+    )
+
+
 def test_score_file_adds_scores_to_flat_records(tmp_path: Path, tiny_config: ScoringConfig) -> None:
     source = tmp_path / "alpaca.json"  # a JSON array, as Alpaca ships
     source.write_text(
