@@ -102,6 +102,9 @@ class PipelineConfig:
         return int(self.finetune.get("gpus_per_node", 0))
 
 
+SECTIONS = tuple(name for name in PipelineConfig.__dataclass_fields__ if name != "source")
+
+
 def load_pipeline_config(
     path: str | Path | None = None, overrides: list[str] | None = None
 ) -> PipelineConfig:
@@ -121,13 +124,12 @@ def load_pipeline_config(
         raise InputError(
             str(path), "top level must be a mapping", "see pipelines/configs/local.yaml"
         )
-    known = {f for f in PipelineConfig.__dataclass_fields__ if f != "source"}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(set(data) - set(SECTIONS))
     if unknown:
         raise InputError(
             str(path),
             f"unknown section(s) {unknown}",
-            f"valid sections: {sorted(known)}",
+            f"valid sections: {sorted(SECTIONS)}",
             field=unknown[0],
         )
     type_settings(data, str(path))
@@ -150,12 +152,9 @@ def apply_override(data: dict[str, Any], item: str) -> None:
             "write --set section.key=value, e.g. --set prepare.limit=8",
         )
     parts = tuple(key.split("."))
-    if parts[0] not in PipelineConfig.__dataclass_fields__ or parts[0] == "source":
+    if parts[0] not in SECTIONS:
         raise InputError(
-            where,
-            f"unknown section {parts[0]!r}",
-            f"valid sections: {sorted(f for f in PipelineConfig.__dataclass_fields__ if f != 'source')}",
-            field=key,
+            where, f"unknown section {parts[0]!r}", f"valid sections: {sorted(SECTIONS)}", field=key
         )
     target = data
     for depth, part in enumerate(parts[:-1], start=1):
