@@ -55,7 +55,9 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rtune.components.common.records import InputError
+    """Run one command; a failure that is the user's to fix is one message and exit code 2
+    (``pipelines/cli_errors.py`` says which); anything else is a bug and keeps its traceback."""
+    from rtune.pipelines.cli_errors import check_s3_arguments, explain, user_error_types
 
     args = make_parser().parse_args(argv)
     logging.basicConfig(
@@ -63,12 +65,13 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        check_s3_arguments(args)
         return int(args.func(args) or 0)
-    except InputError as err:
-        print(f"rtune {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as err:
-        print(f"rtune {args.command}: error: {err}", file=sys.stderr)
+    except user_error_types() as err:
+        message = explain(err, args)
+        if message is None:
+            raise
+        print(f"rtune {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,14 @@ AUTH_FIX = (
     f"set {TOKEN_ENV} to a token the Kubeflow Pipelines API accepts (in a pod: mount the "
     f"projected token at {DEFAULT_TOKEN_PATH}); check --namespace for multi-user installs"
 )
+PROXY_FIX = (
+    f"the host sits behind a login (an auth proxy such as Dex or oauth2-proxy): set {TOKEN_ENV} "
+    "to a token the proxy accepts (e.g. `kubectl create token <service-account> -n <namespace> "
+    "--audience pipelines.kubeflow.org`), or use the in-cluster service from a pod "
+    "(--host http://ml-pipeline.kubeflow:8888), or a port-forward that bypasses the proxy "
+    "(`kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80`, --host http://localhost:8080)"
+)
+HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 Json = dict[str, Any]
 
 
@@ -195,7 +204,9 @@ class KfpClient:
     def _call(self, method: str, path: str, **kwargs: Any) -> Json:
         url = f"{self.host}{API}{path}"
         try:
-            reply = self._session.request(method, url, timeout=self.timeout_s, **kwargs)
+            reply = self._session.request(
+                method, url, timeout=self.timeout_s, allow_redirects=False, **kwargs
+            )
         except requests.RequestException as err:
             raise KfpError(
                 self.host,
@@ -204,9 +215,42 @@ class KfpClient:
                 "`kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80` and "
                 "--host http://localhost:8080)",
             ) from None
-        if reply.ok:
-            return reply.json() if reply.content else {}
-        raise self._error(method, path, reply)
+        if reply.is_redirect:
+            raise self._redirected(method, path, reply)
+        if not reply.ok:
+            raise self._error(method, path, reply)
+        if not reply.content:
+            return {}
+        try:
+            data = reply.json()
+        except ValueError:
+            raise self._not_the_api(method, path, reply) from None
+        if not isinstance(data, dict):
+            raise self._not_the_api(method, path, reply)
+        return data
+
+    def _redirected(self, method: str, path: str, reply: requests.Response) -> KfpError:
+        """An API never redirects; a proxy sends a client without a session to its login page.
+        The redirect is not followed (the token stays with this host)."""
+        target = requests.compat.urljoin(reply.url, reply.headers.get("Location", ""))
+        shown = target.split("?", 1)[0]  # the query carries the proxy's session state
+        problem = f"{method} {API}{path} -> {reply.status_code} redirect to {shown}"
+        if shown.endswith(f"{API}{path}"):  # the same API elsewhere, e.g. http -> https
+            return KfpError(self.host, problem, f"use --host {shown.removesuffix(API + path)}")
+        return KfpError(
+            self.host, f"{problem}: a login page, not the Kubeflow Pipelines API", PROXY_FIX
+        )
+
+    def _not_the_api(self, method: str, path: str, reply: requests.Response) -> KfpError:
+        """A 200 that is not JSON: an auth proxy's login page, or not a KFP server at all."""
+        kind = reply.headers.get("Content-Type", "no content type").split(";")[0]
+        problem = f"{method} {API}{path} answered {reply.status_code} with {kind}, not JSON"
+        if "html" in kind:
+            title = HTML_TITLE.search(reply.text)
+            named = f" ({' '.join(title.group(1).split())[:80]})" if title else ""
+            return KfpError(self.host, f"{problem}: an HTML login page{named}", PROXY_FIX)
+        fix = "point --host at the Kubeflow Pipelines UI/API (it serves /apis/v2beta1)"
+        return KfpError(self.host, problem, fix)
 
     def _error(self, method: str, path: str, reply: requests.Response) -> KfpError:
         message = self._server_message(reply)

@@ -1,15 +1,16 @@
 """The multi-node launcher against a real Kubernetes API on loopback (kmock + the official client).
 
 No controller runs: each test writes the status the Trainer / Training Operator would write, either
-on the N-th read of the job (``kube.on_fetch``, deterministic) or up front.
+on the N-th read of the job (``kube.on_fetch``, deterministic) or up front. Time is a
+``FakeClock`` that moves only when the launcher sleeps: waits are counted, never spent.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -41,11 +42,39 @@ kube_api = kube_fixtures.kube_api
 
 NS = "team-a"
 RUN_ID = "6f1c2d3e-0000-4a5b-9c8d-123456789abc"
-POLL = 0.05
+POLL = 0.25  # seconds of the fake clock: waits are counted, not spent
 TRAINJOBS = "trainer.kubeflow.org/v1alpha1/trainjobs"
 PYTORCHJOBS = "kubeflow.org/v1/pytorchjobs"
 RESOURCE = {"TrainJob": TRAINJOBS, "PyTorchJob": PYTORCHJOBS}
 SUCCESS = {"TrainJob": "Complete", "PyTorchJob": "Succeeded"}
+
+
+@dataclass
+class FakeClock:
+    """The launcher's clock and sleep: ``sleep`` records the wait and moves ``now`` by it."""
+
+    now: float = 0.0
+    sleeps: list[float] = field(default_factory=list)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def run_job(
+    spec: DistributedJobSpec,
+    api: client.ApiClient,
+    clock: FakeClock | None = None,
+    log: Callable[[str], None] = lambda _: None,
+    **options: Any,
+) -> Any:
+    """``run_distributed_job`` polling every POLL seconds of ``clock`` (a fresh one if None)."""
+    clock = clock or FakeClock()
+    options.setdefault("poll_interval_s", POLL)
+    return run_distributed_job(spec, api, log=log, sleep=clock.sleep, clock=clock, **options)
 
 
 def make_spec(**overrides: Any) -> DistributedJobSpec:
@@ -228,7 +257,7 @@ def test_secret_values_never_reach_the_object_or_the_log(
 
     kube.on_fetch(TRAINJOBS, NS, spec.name, complete_after(1))
     printed: list[str] = []
-    run_distributed_job(spec, kube_api, poll_interval_s=POLL, log=printed.append)
+    run_job(spec, kube_api, log=printed.append)
     stored = json.dumps(kube.object(TRAINJOBS, NS, spec.name))
     assert "s3cr3t-value-from-env" not in stored
     assert "s3cr3t-value-from-env" not in "\n".join(printed)
@@ -244,7 +273,8 @@ def test_creates_the_built_trainjob_and_returns_when_complete(
     spec = make_spec()
     kube.on_fetch(TRAINJOBS, NS, spec.name, complete_after(3, message="jobset completed"))
     printed: list[str] = []
-    result = run_distributed_job(spec, kube_api, poll_interval_s=POLL, log=printed.append)
+    clock = FakeClock()
+    result = run_job(spec, kube_api, clock, log=printed.append)
 
     stored = kube.object(TRAINJOBS, NS, spec.name)
     assert stored is not None
@@ -258,7 +288,8 @@ def test_creates_the_built_trainjob_and_returns_when_complete(
         "Complete",
         "jobset completed",
     )
-    assert result.elapsed_s >= 2 * POLL
+    assert clock.sleeps == [POLL] * 3  # one poll interval before each of the 3 polls
+    assert result.elapsed_s == clock.now == 3 * POLL
     assert printed[0].startswith(f"created TrainJob {NS}/{spec.name}: 2 node(s) x 8 process(es)")
     assert "Complete" in printed[-1]
 
@@ -271,7 +302,7 @@ def test_failed_condition_raises_with_the_jobs_own_reason_and_message(
     message = "ReplicatedJob node failed: pod node-0-0 OOMKilled (exit code 137)"
     kube.on_fetch(RESOURCE[kind], NS, spec.name, fail_after(2, "JobFailed", message))
     with pytest.raises(DistributedJobFailed) as raised:
-        run_distributed_job(spec, kube_api, poll_interval_s=POLL, log=lambda _: None)
+        run_job(spec, kube_api)
     error = raised.value
     assert (error.reason, error.message) == ("JobFailed", message)
     assert message in str(error) and "JobFailed" in str(error)
@@ -283,7 +314,7 @@ def test_failed_condition_raises_with_the_jobs_own_reason_and_message(
 def test_pytorchjob_is_created_and_succeeds(kube: KubeEmulator, kube_api: client.ApiClient) -> None:
     spec = make_spec(kind="PyTorchJob", nodes=4)
     kube.on_fetch(PYTORCHJOBS, NS, spec.name, complete_after(2, kind="PyTorchJob"))
-    result = run_distributed_job(spec, kube_api, poll_interval_s=POLL, log=lambda _: None)
+    result = run_job(spec, kube_api)
     assert result.reason == "Succeeded"
     stored = kube.object(PYTORCHJOBS, NS, spec.name)
     assert stored is not None
@@ -305,7 +336,7 @@ def test_a_running_condition_is_not_the_end(kube: KubeEmulator, kube_api: client
         }
     }
     kube.on_fetch(PYTORCHJOBS, NS, spec.name, lambda n: running if n < 4 else done)
-    run_distributed_job(spec, kube_api, poll_interval_s=POLL, log=lambda _: None)
+    run_job(spec, kube_api)
     assert kube.count("GET", job_path(spec)) == 1 + 4  # the existence check + 4 polls
 
 
@@ -319,7 +350,7 @@ def test_a_retried_task_adopts_the_running_job_without_a_second_create(
     create_directly(kube_api, spec, build_trainjob(spec))  # the first attempt of the task
     kube.on_fetch(TRAINJOBS, NS, spec.name, complete_after(3))
     printed: list[str] = []
-    result = run_distributed_job(spec, kube_api, poll_interval_s=POLL, log=printed.append)
+    result = run_job(spec, kube_api, log=printed.append)
     assert result.adopted is True
     assert kube.count("POST", job_path(spec).rsplit("/", 1)[0]) == 1  # only the first attempt's
     assert printed[0].startswith(f"adopting existing TrainJob {NS}/{spec.name}")
@@ -331,9 +362,9 @@ def test_an_adopted_job_that_already_succeeded_returns_at_once(
     spec = make_spec()
     finished = build_trainjob(spec) | {"status": {"conditions": [condition("Complete")]}}
     create_directly(kube_api, spec, finished)
-    started = time.monotonic()
-    result = run_distributed_job(spec, kube_api, poll_interval_s=30.0, log=lambda _: None)
-    assert time.monotonic() - started < 5.0  # no poll interval was waited
+    clock = FakeClock()
+    result = run_job(spec, kube_api, clock, poll_interval_s=30.0)
+    assert clock.sleeps == [] and result.elapsed_s == 0  # no poll interval was waited
     assert result.adopted and result.reason == "Complete"
     assert kube.count("GET", job_path(spec)) == 1
     assert kube.count("POST", job_path(spec).rsplit("/", 1)[0]) == 1
@@ -346,7 +377,7 @@ def test_an_adopted_job_that_already_failed_raises_its_error(
     failed = condition("Failed", reason="DeadlineExceeded", message="ran past the deadline")
     create_directly(kube_api, spec, build_trainjob(spec) | {"status": {"conditions": [failed]}})
     with pytest.raises(DistributedJobFailed, match="ran past the deadline"):
-        run_distributed_job(spec, kube_api, poll_interval_s=30.0, log=lambda _: None)
+        run_job(spec, kube_api, poll_interval_s=30.0)
 
 
 def test_a_same_named_job_of_someone_else_is_not_adopted(
@@ -357,7 +388,7 @@ def test_a_same_named_job_of_someone_else_is_not_adopted(
     foreign["metadata"]["labels"] = {"app.kubernetes.io/part-of": "other"}
     create_directly(kube_api, spec, foreign)
     with pytest.raises(RuntimeError, match="not created by this rtune run"):
-        run_distributed_job(spec, kube_api, poll_interval_s=POLL, log=lambda _: None)
+        run_job(spec, kube_api)
 
 
 # ----------------------------------------------------------------------------- time and errors
@@ -367,12 +398,13 @@ def test_timeout_raises_and_leaves_the_job_running(
     kube: KubeEmulator, kube_api: client.ApiClient
 ) -> None:
     spec = make_spec()
-    started = time.monotonic()
+    clock = FakeClock()
     with pytest.raises(DistributedJobTimeout) as raised:
-        run_distributed_job(spec, kube_api, poll_interval_s=POLL, timeout_s=0.3, log=lambda _: None)
-    assert 0.3 <= time.monotonic() - started < 5.0
+        run_job(spec, kube_api, clock, timeout_s=4 * POLL)
+    assert clock.sleeps == [POLL] * 4 and clock.now == 4 * POLL  # waited out exactly the timeout
+    assert kube.count("GET", job_path(spec)) == 1 + 4  # the existence check + a poll per wait
     text = str(raised.value)
-    assert f"TrainJob {NS}/{spec.name} did not finish within 0.3 s" in text
+    assert f"TrainJob {NS}/{spec.name} did not finish within 1 s" in text
     assert "left in the cluster, still running" in text and "kubectl delete trainjob" in text
     assert kube.object(TRAINJOBS, NS, spec.name) is not None
     assert not [r for r in kube.requests() if r[0] == "DELETE"]
@@ -392,7 +424,7 @@ def test_transient_api_errors_while_polling_are_retried(
         return done(reads)
 
     kube.on_fetch(TRAINJOBS, NS, spec.name, flaky)
-    result = run_distributed_job(spec, kube_api, poll_interval_s=POLL, log=lambda _: None)
+    result = run_job(spec, kube_api)
     assert result.reason == "Complete"
     assert kube.count("GET", job_path(spec)) == 1 + 4  # the existence check + 4 polls, 2 failed
 
@@ -424,7 +456,7 @@ def test_a_job_deleted_while_waiting_fails_the_step(
 
     kube.on_fetch(TRAINJOBS, NS, spec.name, deleted_on_third_read)
     with pytest.raises(DistributedJobFailed, match="deleted while waiting"):
-        run_distributed_job(spec, kube_api, poll_interval_s=POLL, log=lambda _: None)
+        run_job(spec, kube_api)
 
 
 # ----------------------------------------------------------------------------- logs
@@ -494,7 +526,7 @@ def test_streams_node0_log_lines_once_each_in_order(
     kube.serve_pod_logs(kubelet)
     kube.on_fetch(RESOURCE[kind], NS, spec.name, complete_after(4, kind=kind))
     printed: list[str] = []
-    run_distributed_job(spec, kube_api, poll_interval_s=POLL, log=printed.append)
+    run_job(spec, kube_api, log=printed.append)
 
     prefix = f"[{spec.name} node-0] "
     assert [p[len(prefix) :] for p in printed if p.startswith(prefix)] == [
@@ -531,7 +563,7 @@ def test_log_errors_are_reported_once_and_never_fail_the_job(
     kube.fail_pod_logs(500)
     kube.on_fetch(TRAINJOBS, NS, spec.name, complete_after(4))
     printed: list[str] = []
-    result = run_distributed_job(spec, kube_api, poll_interval_s=POLL, log=printed.append)
+    result = run_job(spec, kube_api, log=printed.append)
     assert result.reason == "Complete"
     failures = [p for p in printed if "log streaming" in p]
     assert len(failures) == 1, printed

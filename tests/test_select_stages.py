@@ -13,9 +13,8 @@ from rtune.components.scoring.config import ScoringConfig
 from rtune.components.scoring.formulas import SCORE_FIELDS
 from rtune.components.scoring.scorer import StudentScorer
 from rtune.components.scoring.stage import score_candidates, score_file, shard_records
-from rtune.components.select_ifd.rules import choose_phase1
 from rtune.components.select_ifd.stage import select_ifd
-from rtune.components.select_rifd.rules import SelectionConfig, decide_phase2
+from rtune.components.select_rifd.rules import SelectionConfig
 from rtune.components.select_rifd.stage import select_rifd
 from rtune.pipelines.cli import main
 
@@ -115,16 +114,14 @@ def test_pipeline_of_score_and_select_stages(
     phase1 = select_ifd(reflected, shard_paths, phase1_path)
     records = read_jsonl(phase1_path)
     assert phase1.records == len(SEED) and sum(phase1.winners.values()) == len(SEED)
+    phase1_of = {r["id"]: (r["phase1"]["winner"], r["phase1"]["reason"]) for r in records}
     for record in records:
-        ori, q = record["candidates"]["ori"], record["candidates"]["Q"]
-        assert ori["scores"] == by_key[(record["id"], "ori")]
-        expected = choose_phase1(
-            ori["scores"], q["scores"], "fallback_parse" if record["id"] == "r5" else "ok"
-        )
-        assert [record["phase1"]["winner"], record["phase1"]["reason"]] == list(expected)
-    assert next(r for r in records if r["id"] == "r5")["phase1"]["reason"] == (
-        "teacher fallback (fallback_parse)"
-    )
+        for name in ("ori", "Q"):
+            assert record["candidates"][name]["scores"] == by_key[(record["id"], name)]
+    assert phase1_of["r4"] == ("Q", "ori unscorable (empty_output)")  # only Q has an output
+    assert phase1_of["r5"] == ("ori", "teacher fallback (fallback_parse)")
+    for rid in ("r1", "r2", "r3"):  # the rule itself: test_select_ifd_decisions_on_known_scores
+        assert phase1_of[rid] in {("Q", "Q has higher IFD"), ("ori", "ori has higher or equal IFD")}
 
     responses = tmp_path / "responses.jsonl"
     write_jsonl(responses, [with_reflected_response(r) for r in records])
@@ -138,13 +135,18 @@ def test_pipeline_of_score_and_select_stages(
         summary = select_rifd(responses, [new_scores], decided_path, selected_path, config)
         decided, selected = read_jsonl(decided_path), read_jsonl(selected_path)
         assert [r["id"] for r in decided] == [rid for rid, *_ in SEED]
-        for record in decided:
+        for record in decided:  # the rule itself: test_select_rifd_decisions_cut_and_...
             winner = record["phase1"]["winner"]
-            new = record["candidates"]["A" if winner == "ori" else "QA"]
-            expected = decide_phase2(
-                winner, record["candidates"][winner]["scores"], new["scores"], policy, "ok"
-            )
-            assert (record["decision"], record["reason"]) == expected
+            new = "A" if winner == "ori" else "QA"
+            assert "scores" in record["candidates"][new]
+            assert record["phase2"] == {"decision": record["decision"], "reason": record["reason"]}
+            if record["decision"] == new:
+                assert record["reason"] == "reflected response kept"
+            elif policy == "reference":
+                assert record["decision"] == "dropped" and record["reason"].startswith("dropped: ")
+            else:
+                assert record["decision"] == winner
+                assert record["reason"].startswith("phase-1 winner kept: ")
         kept = [r for r in decided if r["decision"] != "dropped"]
         assert [s["id"] for s in selected] == [r["id"] for r in kept]
         assert all(
@@ -154,6 +156,109 @@ def test_pipeline_of_score_and_select_stages(
         assert summary.as_dict()["kept_rate"] == len(kept) / len(SEED)
         if policy == "fallback":
             assert len(kept) == len(SEED)  # nothing is dropped without a cut
+
+
+def scores_of(ifd: float | None, reason: str | None = None) -> dict[str, Any]:
+    return {"ifd": ifd, "rifd": None if ifd is None else 0.5, "reason": reason}
+
+
+PHASE1_PLAN = {  # id: (ori scores, Q scores, the teacher's parse status) -> expected below
+    "q-higher": (scores_of(0.5), scores_of(0.7), "ok"),
+    "tie": (scores_of(0.6), scores_of(0.6), "ok"),
+    "ori-higher": (scores_of(0.8), scores_of(0.3), "ok"),
+    "q-null": (scores_of(0.8), scores_of(None, "truncated"), "ok"),
+    "ori-null": (scores_of(None, "empty_output"), scores_of(0.4), "ok"),
+    "both-null": (scores_of(None, "truncated"), scores_of(None, "truncated"), "ok"),
+    "fallback": (scores_of(0.1), scores_of(0.9), "fallback_parse"),
+}
+PHASE1_EXPECTED = {
+    "q-higher": ("Q", "Q has higher IFD"),
+    "tie": ("ori", "ori has higher or equal IFD"),
+    "ori-higher": ("ori", "ori has higher or equal IFD"),
+    "q-null": ("ori", "Q unscorable (truncated)"),
+    "ori-null": ("Q", "ori unscorable (empty_output)"),
+    "both-null": ("ori", "both unscorable"),
+    "fallback": ("ori", "teacher fallback (fallback_parse)"),
+}
+
+
+def scored_phase1_files(tmp_path: Path, extra_rows: list[dict[str, Any]]) -> tuple[Path, Path]:
+    records, rows = [], list(extra_rows)
+    for rid, (ori, q, status) in PHASE1_PLAN.items():
+        text = {"instruction": f"Do {rid}.", "input": "", "output": f"Done {rid}."}
+        records.append(
+            {
+                "id": rid,
+                "candidates": {"ori": text, "Q": {**text, "instruction": f"Do {rid} well."}},
+                "teacher": {"instruction": {"parse_status": status}},
+            }
+        )
+        rows += [
+            {"id": rid, "candidate": "ori", "scores": ori},
+            {"id": rid, "candidate": "Q", "scores": q},
+        ]
+    records_path, scores_path = tmp_path / "reflected.jsonl", tmp_path / "scores.jsonl"
+    write_jsonl(records_path, records)
+    write_jsonl(scores_path, rows)
+    return records_path, scores_path
+
+
+def test_select_ifd_decisions_on_known_scores(tmp_path: Path) -> None:
+    records_path, scores_path = scored_phase1_files(tmp_path, [])
+    summary = select_ifd(records_path, [scores_path], tmp_path / "phase1.jsonl")
+    decided = {
+        r["id"]: (r["phase1"]["winner"], r["phase1"]["reason"])
+        for r in read_jsonl(tmp_path / "phase1.jsonl")
+    }
+    assert decided == PHASE1_EXPECTED
+    assert (summary.winners["Q"], summary.winners["ori"]) == (2, 5)
+    assert summary.as_dict()["unused_score_rows"] == 0
+
+
+GHOST_ROWS = [
+    {"id": "ghost-1", "candidate": "ori", "scores": scores_of(0.5)},
+    {"id": "ghost-1", "candidate": "Q", "scores": scores_of(0.6)},
+    {"id": "ghost-2", "candidate": "ori", "scores": scores_of(0.7)},
+]
+
+
+def test_select_ifd_warns_about_score_rows_of_unknown_ids(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    records_path, scores_path = scored_phase1_files(tmp_path, GHOST_ROWS)
+    with caplog.at_level("WARNING"):
+        summary = select_ifd(records_path, [scores_path], tmp_path / "phase1.jsonl")
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "3 score rows" in warning and "ids not in the records: 2" in warning
+    assert "'ghost-1'" in warning
+    assert str(records_path) in warning
+    assert summary.as_dict()["unused_score_rows"] == 3
+    assert len(read_jsonl(tmp_path / "phase1.jsonl")) == len(PHASE1_PLAN)
+
+
+def test_select_rifd_warns_about_score_rows_no_record_uses(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    records_path, scores_path = scored_phase2_files(tmp_path)
+    extra = tmp_path / "extra.jsonl"
+    write_jsonl(
+        extra,
+        [
+            {"id": "ghost", "candidate": "A", "scores": scores_of(0.5)},
+            {"id": "keep", "candidate": "A", "scores": scores_of(0.5)},  # keep's winner is Q
+        ],
+    )
+    with caplog.at_level("WARNING"):
+        summary = select_rifd(
+            records_path,
+            [scores_path, extra],
+            tmp_path / "out.jsonl",
+            tmp_path / "sel.jsonl",
+            SelectionConfig(),
+        )
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "2 score rows" in warning and "ids not in the records: 1" in warning
+    assert summary.as_dict()["unused_score_rows"] == 2
 
 
 def scored_phase2_files(tmp_path: Path) -> tuple[Path, Path]:
@@ -288,6 +393,62 @@ def test_score_candidates_resumes_after_a_crash(
     assert not checkpoint.exists()  # removed once the output is written
 
 
+def checkpoint_keys(path: Path) -> list[str]:
+    """The result keys of a checkpoint file, one per line written (the header excluded)."""
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return [line["key"] for line in lines if "key" in line]
+
+
+def test_a_resumed_shard_scores_only_what_is_left_and_writes_each_result_once(
+    tmp_path: Path, reflected: Path, tiny_config: ScoringConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two kills, then a full run: each run hands the scorer only the candidates no earlier run
+    finished, and the checkpoint holds one line per candidate (none re-scored or repeated)."""
+    real_score = StudentScorer.score
+    handed: list[list[str]] = []  # the candidate keys each scorer call received
+
+    def score_then_kill_after(limit: int | None) -> Any:
+        def score(
+            self: StudentScorer, candidates: Any, on_scored: Any = None, progress: bool = True
+        ) -> Any:
+            handed.append([c.key for c in candidates])
+            finished: list[str] = []
+
+            def record(key: str, scores: Any) -> None:
+                on_scored(key, scores)
+                finished.append(key)
+                if len(finished) == limit:
+                    raise RuntimeError("killed")
+
+            return real_score(self, candidates, record, progress)
+
+        return score
+
+    output, checkpoint = tmp_path / "scores.jsonl", tmp_path / "ckpt.jsonl"
+    all_keys = {json.dumps([rid, name]) for rid, *_ in SEED for name in ("ori", "Q")}
+    for limit in (3, 4):
+        monkeypatch.setattr(StudentScorer, "score", score_then_kill_after(limit))
+        with pytest.raises(RuntimeError, match="killed"):
+            score_candidates(
+                reflected, output, tiny_config, "ifd", checkpoint_path=checkpoint, progress=False
+            )
+    first, second = handed
+    assert set(first) == all_keys
+    written = checkpoint_keys(checkpoint)
+    assert len(written) == len(set(written)) == 3 + 4  # each finished candidate once
+    assert set(second) == all_keys - set(written[:3])  # the 3 finished ones were not re-scored
+
+    monkeypatch.setattr(StudentScorer, "score", score_then_kill_after(None))
+    summary = score_candidates(
+        reflected, output, tiny_config, "ifd", checkpoint_path=checkpoint, progress=False
+    )
+    assert set(handed[2]) == all_keys - set(written)
+    assert summary.resumed == 7 and summary.candidates == len(all_keys) == 10
+    assert sorted(json.dumps([r["id"], r["candidate"]]) for r in read_jsonl(output)) == sorted(
+        all_keys
+    )
+
+
 def test_score_file_adds_scores_to_flat_records(tmp_path: Path, tiny_config: ScoringConfig) -> None:
     source = tmp_path / "alpaca.json"  # a JSON array, as Alpaca ships
     source.write_text(
@@ -316,6 +477,44 @@ def test_score_file_rejects_a_record_without_output(
     with pytest.raises(InputError, match="missing field 'output'") as err:
         score_file(source, tmp_path / "out.jsonl", tiny_config)
     assert err.value.record == "b" and err.value.field == "output"
+
+
+@pytest.mark.parametrize(
+    ("content", "candidates"),
+    [
+        ("", []),
+        ("\n\n", []),
+        ("[]", []),
+        ("", ["--candidates", "ifd"]),
+        ("\n", ["--candidates", "rifd"]),
+    ],
+    ids=["flat-empty", "flat-blank", "flat-array", "dag-empty", "dag-blank"],
+)
+def test_score_on_an_empty_input_is_bad_input(
+    tmp_path: Path, content: str, candidates: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text(content, encoding="utf-8")
+    output = tmp_path / "out.jsonl"
+    code = main(["score", "--input", str(empty), "--output", str(output), *candidates])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert str(empty) in err and "no records" in err and "fix:" in err
+    assert not output.exists()
+
+
+def test_an_empty_shard_of_records_is_a_warning_not_an_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    records = tmp_path / "one.jsonl"
+    write_jsonl(records, [reflected_record(*SEED[0])])
+    output = tmp_path / "scores-1.jsonl"
+    with caplog.at_level("WARNING"):
+        summary = score_candidates(records, output, ScoringConfig(), "ifd", 1, 2, progress=False)
+    assert (summary.records, summary.candidates) == (0, 0)
+    assert output.exists() and read_jsonl(output) == []
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "shard 1 of 2" in warning and "no records" in warning
 
 
 def test_cli_scores_and_selects(

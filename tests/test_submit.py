@@ -169,6 +169,24 @@ def test_unreachable_host_is_one_clear_message(capsys: pytest.CaptureFixture[str
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("proxy", ["login-page", "redirect"])
+def test_a_login_page_instead_of_the_api_is_one_clear_message(
+    proxy: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("KF_PIPELINES_TOKEN", TOKEN)
+    with FakeKfpServer(auth_proxy=proxy) as kfp:
+        assert submit(kfp.url) == 2
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and err.count("error:") == 1
+    assert kfp.url in err and "login page" in err
+    assert "KF_PIPELINES_TOKEN" in err and "in-cluster" in err
+    assert TOKEN not in out + err
+    # it stops at the first answer: the redirect is not followed (nor the token sent there)
+    assert [r.path for r in kfp.log] == ["/apis/v2beta1/pipelines"]
+    if proxy == "redirect":
+        assert "/dex/auth" in err and "opaque-session-state" not in err
+
+
 def test_unknown_config_fails_before_any_request(
     kfp: FakeKfpServer, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -595,20 +595,23 @@ def run_distributed_job(
     poll_interval_s: float = 10.0,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     log: Logger = print,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
 ) -> JobResult:
     """Create (or adopt) the job, print node 0's new log lines every poll, wait for the end.
 
     Returns on the success condition; raises ``DistributedJobFailed`` with the job's own reason
     and message on ``Failed``; raises ``DistributedJobTimeout`` after ``timeout_s`` (the job is
     left running). A job adopted already finished is judged at once, without waiting or logs.
+    ``sleep`` and ``clock`` are the waits and the time (tests pass a clock they move themselves).
     """
     info = KINDS[spec.kind]
     custom = client.CustomObjectsApi(api_client)
-    start = time.monotonic()
+    start = clock()
     obj, adopted = create_or_adopt(custom, spec, log)
     done = _outcome(info, spec, obj)  # an adopted job may have ended: judged now, no waiting
     if done is not None:
-        return _result(spec, adopted, done, start, log)
+        return _result(spec, adopted, done, clock() - start, log)
     tail = LogTail(
         client.CoreV1Api(api_client), spec.namespace, info.node0_labels(spec.name),
         info.log_container, log,
@@ -619,16 +622,16 @@ def run_distributed_job(
             log(f"[{spec.name} node-0] {line}")
         done = _outcome(info, spec, obj)
         if done is not None:
-            return _result(spec, adopted, done, start, log)
-        remaining = start + timeout_s - time.monotonic()
+            return _result(spec, adopted, done, clock() - start, log)
+        remaining = start + timeout_s - clock()
         if remaining <= 0:
             raise _timeout(spec, timeout_s, job_state(obj))
-        time.sleep(min(poll_interval_s, remaining))
+        sleep(min(poll_interval_s, remaining))
         obj = _poll_job(custom, info, spec, errors) or obj  # None: a transient error, try again
 
 
 def _result(
-    spec: DistributedJobSpec, adopted: bool, done: Mapping[str, Any], start: float, log: Logger
+    spec: DistributedJobSpec, adopted: bool, done: Mapping[str, Any], elapsed_s: float, log: Logger
 ) -> JobResult:
     result = JobResult(
         kind=spec.kind,
@@ -637,7 +640,7 @@ def _result(
         adopted=adopted,
         reason=str(done.get("reason", "")),
         message=str(done.get("message", "")),
-        elapsed_s=time.monotonic() - start,
+        elapsed_s=elapsed_s,
     )
     state = KINDS[spec.kind].success_condition
     log(f"{spec.kind} {spec.namespace}/{spec.name} {state}: {result.reason} {result.message}")

@@ -259,6 +259,7 @@ class StudentScorer:
         self.prefixes = self._template_prefixes()
         self._prefix_kv: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.share_prefixes = self._check_prefix_sharing()
+        self.precise_above = PRECISE_ABOVE  # tests lower it to make the rule fire on a tiny model
 
     @classmethod
     def load(cls, config: ScoringConfig) -> StudentScorer:
@@ -280,7 +281,8 @@ class StudentScorer:
         """Scores of every candidate by key; ``on_scored(key, scores)`` fires as each completes
         (after the batch holding its last pass), so a caller can checkpoint as it goes."""
         began = time.perf_counter()
-        run = _Run([self.plan(candidate) for candidate in candidates], on_scored, self.exact_loss)
+        plans = [self.plan(candidate) for candidate in candidates]
+        run = _Run(plans, on_scored, self.exact_loss, self.precise_above)
         run.stats.tokens = sum(len(p.ids) for p in run.unique)
         run.finish_unscored()
         with _progress(run.stats.tokens, progress) as bar:
@@ -455,10 +457,12 @@ class _Run:
         plans: list[CandidatePlan],
         on_scored: Callable[[str, Scores], None] | None,
         exact_loss: Callable[[TokenPass], float],
+        precise_above: float = PRECISE_ABOVE,
     ) -> None:
         self.plans = plans
         self.on_scored = on_scored
         self.exact_loss = exact_loss
+        self.precise_above = precise_above
         self.exact: set[int] = set()
         self.results: dict[str, Scores] = {}
         self.stats = ScoringStats(candidates=len(plans))
@@ -506,7 +510,7 @@ class _Run:
         when a ratio is large enough for batching noise to show (see ``PRECISE_ABOVE``)."""
         plan, roles = self.plans[number], self.roles[number]
         scores = self._scores(plan, roles)
-        if _needs_exact_passes(scores):
+        if _needs_exact_passes(scores, self.precise_above):
             for unique_index in set(roles.values()) - self.exact:
                 self.losses[unique_index] = self.exact_loss(self.unique[unique_index])
                 self.exact.add(unique_index)
@@ -531,9 +535,9 @@ class _Run:
         )
 
 
-def _needs_exact_passes(scores: Scores) -> bool:
+def _needs_exact_passes(scores: Scores, precise_above: float = PRECISE_ABOVE) -> bool:
     ratios = (scores.get("ifd"), scores.get("rifd"))
-    return any(isinstance(r, float) and r > PRECISE_ABOVE for r in ratios)
+    return any(isinstance(r, float) and r > precise_above for r in ratios)
 
 
 def _common_length(a: Sequence[int], b: Sequence[int]) -> int:

@@ -40,6 +40,10 @@ PHASE_CANDIDATES: dict[str, tuple[str, ...]] = {"ifd": ("ori", "Q"), "rifd": ("A
 TEXT_FIELDS_FIX = (
     "every candidate needs string fields 'instruction' and 'output' ('input' optional)"
 )
+EMPTY_INPUT_FIX = (
+    "give a file with at least one record; if an earlier stage wrote it, check that stage's "
+    "output and log"
+)
 
 
 @dataclass
@@ -92,6 +96,7 @@ def score_file(
     """Score flat records (JSONL, or a JSON array as Alpaca ships): each record gains the score
     fields at top level; unscorable records get null scores and a ``reason``."""
     records = read_flat_records(Path(input_path))
+    require_records(records, Path(input_path))
     from rtune.components.scoring.scorer import ScoringCandidate
 
     candidates = [
@@ -123,8 +128,17 @@ def score_candidates(
     """
     records_path, output_path = Path(records_path), Path(output_path)
     records = read_jsonl(records_path)
+    require_records(records, records_path)
     index_by_id(records, str(records_path))
     shard = shard_records(records, shard_index, num_shards)
+    if not shard:
+        log.warning(
+            "shard %d of %d has no records (%d records in %s): writing an empty score file",
+            shard_index,
+            num_shards,
+            len(records),
+            records_path,
+        )
     candidates = candidates_for_phase(shard, phase, str(records_path))
     summary = ScoreSummary(records=len(shard), candidates=len(candidates))
     work = fingerprint(
@@ -146,6 +160,13 @@ def score_candidates(
     _count_outcomes(summary, scores.values())
     log.info("score_candidates %s shard %d/%d: %s", phase, shard_index, num_shards, summary.line())
     return summary
+
+
+def require_records(records: Sequence[Record], path: Path) -> None:
+    """Scoring nothing is a mistake upstream (a wrong path, a stage that wrote nothing): say so
+    instead of writing an empty file that the next stage would take as a result."""
+    if not records:
+        raise InputError(str(path), "no records to score (the file is empty)", EMPTY_INPUT_FIX)
 
 
 def shard_records(records: Sequence[Record], shard_index: int, num_shards: int) -> list[Record]:

@@ -8,6 +8,7 @@ A record without a score for ``ori`` or ``Q`` is an error: no record is decided 
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,6 +26,8 @@ from rtune.components.common.records import (
 )
 from rtune.components.select_ifd.rules import ORI, Q, choose_phase1
 
+log = logging.getLogger(__name__)
+
 SCORES_FIX = "score every record of this shard set with `rtune score --candidates ...` first"
 DECISIONS = ("ori", "Q", "A", "QA", "dropped")
 ScoreIndex = dict[tuple[str, str], dict[str, Any]]
@@ -37,6 +40,8 @@ class SelectionSummary:
     ``phase1_q_rate``: share of records whose winner is ``Q``. For phase ``rifd`` also
     ``phase2_response_rate`` (share whose reflected response passed the r-IFD rule, before any
     final cut) and ``kept_rate`` (share not dropped). Reasons are counted as ``reason_<slug>``.
+    ``unused_score_rows``: score rows that no record's candidate asked for (see
+    ``count_unused_scores``).
     """
 
     phase: str
@@ -45,9 +50,11 @@ class SelectionSummary:
     decisions: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
     response_kept: int = 0
+    unused_score_rows: int = 0
 
     def as_dict(self) -> dict[str, float]:
         values: dict[str, float] = {"records": float(self.records)}
+        values["unused_score_rows"] = float(self.unused_score_rows)
         values["winner_ori"] = float(self.winners[ORI])
         values["winner_Q"] = float(self.winners[Q])
         values["phase1_q_rate"] = self._rate(self.winners[Q])
@@ -126,6 +133,29 @@ def attach_scores(record: Record, names: Iterable[str], scores: ScoreIndex, sour
     return {**record, "candidates": candidates}
 
 
+def count_unused_scores(
+    scores: ScoreIndex, used: Iterable[tuple[str, str]], records: Sequence[Record], source: str
+) -> int:
+    """Score rows no record used, logged as one warning with their count (never dropped in
+    silence): ids not in the records mean score files of another run or dataset were mixed in."""
+    unused = sorted(set(scores) - set(used))
+    if not unused:
+        return 0
+    known = {record["id"] for record in records}
+    strangers = [key for key in unused if key[0] not in known]
+    example = (strangers or unused)[0]
+    log.warning(
+        "%d score rows were ignored: no record in %s has their candidate (ids not in the records: "
+        "%d; e.g. id %r candidate %r); check that the score files belong to these records",
+        len(unused),
+        source,
+        len({rid for rid, _ in strangers}),
+        example[0],
+        example[1],
+    )
+    return len(unused)
+
+
 def teacher_status(record: Record, phase: str) -> str | None:
     """The teacher's ``parse_status`` for ``phase`` ("instruction" or "response"), if recorded."""
     meta = (record.get("teacher") or {}).get(phase) or {}
@@ -153,6 +183,8 @@ def select_ifd(
         summary.records += 1
         summary.winners[winner] += 1
         summary.reasons[reason] += 1
+    used = [(record["id"], name) for record in records for name in (ORI, Q)]
+    summary.unused_score_rows = count_unused_scores(scores, used, records, source)
     write_jsonl(output_path, out)
     return summary
 

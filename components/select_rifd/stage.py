@@ -19,6 +19,7 @@ from rtune.components.select_ifd.rules import ifd_of, rifd_of
 from rtune.components.select_ifd.stage import (
     SelectionSummary,
     attach_scores,
+    count_unused_scores,
     load_scores,
     teacher_status,
 )
@@ -56,9 +57,12 @@ def select_rifd(
     for record in decided:
         if record["id"] in cuts:
             record["decision"], record["reason"] = DROPPED, cuts[record["id"]]
+    used = [(r["id"], NEW_CANDIDATE[r["phase1"]["winner"]]) for r in decided]
     write_jsonl(output_path, decided)
     write_jsonl(selected_path, (training_row(r) for r in decided if r["decision"] != DROPPED))
-    return _summarise(decided)
+    summary = _summarise(decided)
+    summary.unused_score_rows = count_unused_scores(scores, used, records, source)
+    return summary
 
 
 def decide_record(record: Record, scores: Any, policy: str, source: str) -> Record:

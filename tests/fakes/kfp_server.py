@@ -21,6 +21,10 @@ Like the real API server it answers errors as ``{"code", "message"}`` JSON with 
 pipeline or version name, 400 for an unparsable upload), and list filters are the JSON ``Filter``
 proto (``EQUALS`` on ``name``/``display_name``). A run walks through the states scripted with
 ``script_run``, one step per ``GET`` of the run, so a test controls its course without timing.
+
+``auth_proxy`` puts an authenticating proxy in front (Dex/oauth2-proxy, as a Kubeflow ingress
+does for a client without a session): ``"login-page"`` answers every API request with an HTML
+login page (200), ``"redirect"`` with a 302 to ``LOGIN_PATH``, which serves that page.
 """
 
 from __future__ import annotations
@@ -42,6 +46,10 @@ from tests.fakes.loopback import LoopbackHTTPServer
 Body = dict[str, Any]
 API = "/apis/v2beta1"
 EQUALS = ("EQUALS", 1)
+LOGIN_PATH = "/dex/auth"
+LOGIN_PAGE = (
+    b"<!DOCTYPE html><html><head><title>Log in to Kubeflow</title></head><body></body></html>"
+)
 GRPC_CODES = {400: 3, 401: 16, 403: 7, 404: 5, 405: 12, 409: 6}  # what grpc-gateway puts in "code"
 
 
@@ -93,9 +101,16 @@ def matches(item: Body, filter_json: str | None) -> bool:
 class FakeKfpServer(LoopbackHTTPServer):
     """Context manager running the API in a thread; ``url`` is the ``--host`` to pass."""
 
-    def __init__(self, token: str | None = None, multi_user: bool = False) -> None:
+    def __init__(
+        self, token: str | None = None, multi_user: bool = False, auth_proxy: str = ""
+    ) -> None:
+        if auth_proxy not in ("", "login-page", "redirect"):
+            raise ValueError(
+                f"auth_proxy must be '', 'login-page' or 'redirect', got {auth_proxy!r}"
+            )
         self.token = token
         self.multi_user = multi_user
+        self.auth_proxy = auth_proxy
         self.log: list[LoggedRequest] = []
         self.pipelines: dict[str, Body] = {}
         self.versions: dict[str, Body] = {}
@@ -298,6 +313,12 @@ class FakeKfpServer(LoopbackHTTPServer):
                 authorization = self.headers.get("Authorization")
                 with server._lock:
                     server.log.append(LoggedRequest(method, url.path, authorization))
+                if server.auth_proxy == "login-page" or url.path == LOGIN_PATH:
+                    return self._send(200, LOGIN_PAGE, "text/html; charset=utf-8")
+                if server.auth_proxy == "redirect":
+                    login = f"{LOGIN_PATH}?client_id=kubeflow-oidc&state=opaque-session-state"
+                    return self._send(302, b"", "text/html", location=login)
+                with server._lock:
                     try:
                         if server.token and authorization != f"Bearer {server.token}":
                             raise ApiError(401, "Unauthenticated: missing or invalid bearer token")
@@ -310,10 +331,14 @@ class FakeKfpServer(LoopbackHTTPServer):
                     except ApiError as err:
                         code = GRPC_CODES.get(err.status, 2)
                         status, reply = err.status, {"code": code, "message": err.message}
-                data = json.dumps(reply).encode()
+                self._send(status, json.dumps(reply).encode(), "application/json")
+
+            def _send(self, status: int, data: bytes, ctype: str, location: str = "") -> None:
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(data)))
+                if location:
+                    self.send_header("Location", location)
                 self.end_headers()
                 self.wfile.write(data)
 
