@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from rtune.components.common.records import InputError
+from rtune.components.common.typed_values import as_type, describe_type, shown
 
 T = TypeVar("T")
 
@@ -53,26 +54,20 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, source: str = "confi
         nested = _dataclass_in(hints[name])
         if nested and isinstance(value, Mapping):
             kwargs[name] = from_dict(nested, value, f"{source}.{name}")
-        else:
-            kwargs[name] = _coerce(hints[name], value)
+            continue
+        ok, kwargs[name] = as_type(hints[name], value)
+        if not ok:
+            wanted = "a mapping" if nested else describe_type(hints[name])
+            raise InputError(
+                source,
+                f"{name} must be {wanted}, got {shown(value)}",
+                f"give {name} {wanted} (quote text YAML would read otherwise: '\"5\"')",
+                field=name,
+            )
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:
         raise InputError(source, str(err), f"fix the {cls.__name__} values") from None
-
-
-def _coerce(hint: Any, value: Any) -> Any:
-    """KFP passes dict parameters through protobuf Struct, which turns every int into a float."""
-    accepts_int = hint is int or (
-        typing.get_origin(hint) in (typing.Union, types.UnionType) and int in typing.get_args(hint)
-    )
-    accepts_float = hint is float or (
-        typing.get_origin(hint) in (typing.Union, types.UnionType)
-        and float in typing.get_args(hint)
-    )
-    if accepts_int and not accepts_float and isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
 
 
 def _dataclass_in(hint: Any) -> type | None:
