@@ -12,8 +12,10 @@ import pytest
 import yaml
 
 from rtune.components.common.records import InputError
-from rtune.components.finetune import plan
+from rtune.components.finetune import plan_memory, plan_recommend, plan_shapes
 from rtune.pipelines.cli import main
+from rtune.pipelines.commands import plan as plan_command
+from rtune.pipelines.commands import plan_configs
 
 CONFIGS = Path(__file__).resolve().parents[1] / "pipelines" / "configs"
 # The shipped topologies (contract of issue 3); the YAML's finetune: section wins once it exists.
@@ -29,8 +31,8 @@ SHIPPED = {
 
 
 @pytest.fixture(scope="module")
-def estimators() -> plan.Estimators:
-    found = plan.load_estimators()
+def estimators() -> plan_memory.Estimators:
+    found = plan_memory.load_estimators()
     assert found.source.startswith("deepspeed "), "deepspeed must be importable in the dev venv"
     return found
 
@@ -40,18 +42,20 @@ def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-def rows_by_key(shape: plan.ModelShape, inputs: plan.PlanInputs, est: plan.Estimators) -> dict:
-    rows = plan.plan_rows(shape, plan.METHODS, inputs, est)
+def rows_by_key(
+    shape: plan_shapes.ModelShape, inputs: plan_memory.PlanInputs, est: plan_memory.Estimators
+) -> dict:
+    rows = plan_memory.plan_rows(shape, plan_memory.METHODS, inputs, est)
     return {(r.method, r.zero_stage, r.offload): r for r in rows}
 
 
 def test_known_shapes_match_published_parameter_counts() -> None:
     """Totals equal the safetensors totals of the real checkpoints; the embedding is largest."""
-    assert plan.KNOWN_SHAPES["135M"].total_params == 134_515_008
-    assert plan.KNOWN_SHAPES["8B"].total_params == 8_030_261_248
-    assert plan.KNOWN_SHAPES["70B"].total_params == 70_553_706_496
-    assert plan.KNOWN_SHAPES["70B"].largest_layer_params == 128256 * 8192
-    assert plan.shape_for_size("70b") is plan.KNOWN_SHAPES["70B"]
+    assert plan_shapes.KNOWN_SHAPES["135M"].total_params == 134_515_008
+    assert plan_shapes.KNOWN_SHAPES["8B"].total_params == 8_030_261_248
+    assert plan_shapes.KNOWN_SHAPES["70B"].total_params == 70_553_706_496
+    assert plan_shapes.KNOWN_SHAPES["70B"].largest_layer_params == 128256 * 8192
+    assert plan_shapes.shape_for_size("70b") is plan_shapes.KNOWN_SHAPES["70B"]
 
 
 def test_config_json_counts_like_deepspeed_model_to_params(tmp_path: Path) -> None:
@@ -72,14 +76,14 @@ def test_config_json_counts_like_deepspeed_model_to_params(tmp_path: Path) -> No
     config.save_pretrained(tmp_path)
     torch.manual_seed(0)
     total, largest = model_to_params(LlamaForCausalLM(config))
-    shape = plan.shape_from_config(tmp_path)
+    shape = plan_shapes.shape_from_config(tmp_path)
     assert (shape.total_params, shape.largest_layer_params) == (total, largest)
     assert largest == 32 * 512
 
 
 def test_embedded_model_config_is_the_known_135m_shape(embedded_model_dir: Path) -> None:
-    shape = plan.shape_from_config(embedded_model_dir / "config.json")
-    known = plan.KNOWN_SHAPES["135M"]
+    shape = plan_shapes.shape_from_config(embedded_model_dir / "config.json")
+    known = plan_shapes.KNOWN_SHAPES["135M"]
     assert shape.total_params == known.total_params
     assert shape.largest_layer_params == known.largest_layer_params
 
@@ -123,12 +127,12 @@ def test_70b_full_zero3_without_offload_does_not_fit_on_16_gpus(
 @pytest.mark.parametrize("size", ["8B", "70B", "405B"])
 @pytest.mark.parametrize(("gpus", "nodes"), [(1, 1), (8, 1), (8, 2), (4, 4)])
 def test_full_zero3_model_states_are_deepspeeds_estimates(
-    estimators: plan.Estimators, size: str, gpus: int, nodes: int
+    estimators: plan_memory.Estimators, size: str, gpus: int, nodes: int
 ) -> None:
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 
-    shape = plan.KNOWN_SHAPES[size]
-    inputs = plan.PlanInputs(gpus_per_node=gpus, nodes=nodes)
+    shape = plan_shapes.KNOWN_SHAPES[size]
+    inputs = plan_memory.PlanInputs(gpus_per_node=gpus, nodes=nodes)
     rows = rows_by_key(shape, inputs, estimators)
     for offload in (False, True):
         cpu, gpu, _ = estimate_zero3_model_states_mem_needs(
@@ -145,44 +149,44 @@ def test_fallback_formulas_equal_deepspeeds() -> None:
     for params, largest in ((134_515_008, 28_311_552), (70_553_706_496, 1_050_673_152)):
         for gpus, nodes in ((1, 1), (8, 1), (8, 2), (2, 16)):
             for offload in (False, True):
-                assert plan.fallback_zero2(params, gpus, nodes, offload) == z2(
+                assert plan_memory.fallback_zero2(params, gpus, nodes, offload) == z2(
                     params, gpus, nodes, offload
                 )
                 for offload_params in (False, True):
                     for zero_init in (False, True):
                         args = (params, largest, gpus, nodes, offload, offload_params, zero_init)
-                        assert plan.fallback_zero3(*args) == z3(*args)
+                        assert plan_memory.fallback_zero3(*args) == z3(*args)
 
 
 def test_fallback_used_when_deepspeed_is_not_importable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "deepspeed", None)
-    assert plan.load_estimators() is plan.FALLBACK
+    assert plan_memory.load_estimators() is plan_memory.FALLBACK
 
 
 def test_ds_accelerator_defaults_to_cpu_but_is_not_overridden(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("DS_ACCELERATOR", raising=False)
-    plan.load_estimators()
+    plan_memory.load_estimators()
     assert os.environ["DS_ACCELERATOR"] == "cpu"
     monkeypatch.setenv("DS_ACCELERATOR", "cuda")
     monkeypatch.setitem(sys.modules, "deepspeed", None)
-    plan.load_estimators()
+    plan_memory.load_estimators()
     assert os.environ["DS_ACCELERATOR"] == "cuda"
 
 
 @pytest.mark.parametrize("size", ["8B", "70B"])
-@pytest.mark.parametrize("method", plan.METHODS)
+@pytest.mark.parametrize("method", plan_memory.METHODS)
 def test_zero3_memory_per_gpu_falls_as_gpus_grow(
-    estimators: plan.Estimators, size: str, method: str
+    estimators: plan_memory.Estimators, size: str, method: str
 ) -> None:
     """Partitioned states shrink with every GPU added; with offload only the gathered layer stays."""
-    shape = plan.KNOWN_SHAPES[size]
+    shape = plan_shapes.KNOWN_SHAPES[size]
     topologies = [(1, 1), (2, 1), (4, 1), (8, 1), (8, 2), (8, 4)]
     for offload in (False, True):
         totals = []
         for gpus, nodes in topologies:
-            inputs = plan.PlanInputs(gpus_per_node=gpus, nodes=nodes)
+            inputs = plan_memory.PlanInputs(gpus_per_node=gpus, nodes=nodes)
             totals.append(rows_by_key(shape, inputs, estimators)[method, 3, offload].gpu_total)
         if offload:
             assert totals == sorted(totals, reverse=True)
@@ -192,13 +196,15 @@ def test_zero3_memory_per_gpu_falls_as_gpus_grow(
 
 @pytest.mark.parametrize(("size", "gpus", "nodes"), [("8B", 8, 1), ("70B", 8, 2), ("135M", 1, 1)])
 def test_offload_lowers_gpu_memory_and_raises_cpu_memory(
-    estimators: plan.Estimators, size: str, gpus: int, nodes: int
+    estimators: plan_memory.Estimators, size: str, gpus: int, nodes: int
 ) -> None:
     """ZeRO-3: strictly. ZeRO-2: GPU strictly lower; CPU never lower (DeepSpeed's ZeRO-2
     estimate counts 4 bytes/param x processes for loading either way, max(4 x all GPUs, 16) with
     the optimizer on CPU, equal on one node of >= 4 GPUs)."""
-    rows = rows_by_key(plan.KNOWN_SHAPES[size], plan.PlanInputs(gpus, nodes), estimators)
-    for method in plan.METHODS:
+    rows = rows_by_key(
+        plan_shapes.KNOWN_SHAPES[size], plan_memory.PlanInputs(gpus, nodes), estimators
+    )
+    for method in plan_memory.METHODS:
         for stage in (2, 3):
             on, off = rows[method, stage, True], rows[method, stage, False]
             assert on.gpu_total < off.gpu_total
@@ -206,21 +212,23 @@ def test_offload_lowers_gpu_memory_and_raises_cpu_memory(
                 assert on.cpu_per_node > off.cpu_per_node
             else:
                 assert on.cpu_per_node >= off.cpu_per_node
-    full2_multi = rows_by_key(plan.KNOWN_SHAPES[size], plan.PlanInputs(gpus, 2), estimators)
+    full2_multi = rows_by_key(
+        plan_shapes.KNOWN_SHAPES[size], plan_memory.PlanInputs(gpus, 2), estimators
+    )
     assert full2_multi["full", 2, True].cpu_per_node > full2_multi["full", 2, False].cpu_per_node
 
 
 @pytest.mark.parametrize(("size", "gpus", "nodes"), [("8B", 8, 1), ("70B", 8, 2), ("135M", 1, 1)])
 def test_qlora_below_lora_below_full_per_gpu(
-    estimators: plan.Estimators, size: str, gpus: int, nodes: int
+    estimators: plan_memory.Estimators, size: str, gpus: int, nodes: int
 ) -> None:
     """Strict wherever the optimizer states stay on the GPU. With them offloaded, full FT keeps
     only bf16 weights there: under ZeRO-2 LoRA keeps those (frozen) plus 2 bytes per adapter
     param, and under ZeRO-3 every method keeps just the gathered working layer."""
-    shape = plan.KNOWN_SHAPES[size]
-    rows = rows_by_key(shape, plan.PlanInputs(gpus, nodes), estimators)
-    adapters = plan.lora_trainable_params(shape, 16)
-    for stage, offload in plan.COMBINATIONS:
+    shape = plan_shapes.KNOWN_SHAPES[size]
+    rows = rows_by_key(shape, plan_memory.PlanInputs(gpus, nodes), estimators)
+    adapters = plan_memory.lora_trainable_params(shape, 16)
+    for stage, offload in plan_memory.COMBINATIONS:
         q, lo, f = (rows[m, stage, offload].gpu_total for m in ("qlora", "lora", "full"))
         if not offload:
             assert q < lo < f, (stage, offload)
@@ -261,15 +269,15 @@ def test_json_output_parses_and_adds_up(capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_activations_follow_the_documented_formula() -> None:
-    shape = plan.KNOWN_SHAPES["70B"]
+    shape = plan_shapes.KNOWN_SHAPES["70B"]
     s, h, a, layers, vocab = 2048, 8192, 64, 80, 128256
     one_block = s * (34 * h + 5 * a * s)
     logits = s * vocab * 4
-    checkpointed = plan.activation_bytes(shape, plan.PlanInputs())
+    checkpointed = plan_memory.activation_bytes(shape, plan_memory.PlanInputs())
     assert checkpointed == layers * 2 * s * h + one_block + logits
-    full = plan.activation_bytes(shape, plan.PlanInputs(gradient_checkpointing=False))
+    full = plan_memory.activation_bytes(shape, plan_memory.PlanInputs(gradient_checkpointing=False))
     assert full == layers * one_block + logits
-    doubled = plan.activation_bytes(shape, plan.PlanInputs(micro_batch=2))
+    doubled = plan_memory.activation_bytes(shape, plan_memory.PlanInputs(micro_batch=2))
     assert doubled == 2 * checkpointed
 
 
@@ -279,13 +287,13 @@ def test_zero2_recommended_only_when_zero3_does_not_fit() -> None:
     def huge_zero3(*args: object) -> tuple[int, int, int]:
         return 10**15, 10**15, 0
 
-    est = plan.Estimators(huge_zero3, plan.fallback_zero2, "test")
-    shape = plan.KNOWN_SHAPES["135M"]
-    rec = plan.recommend(shape, "full", plan.PlanInputs(gpus_per_node=1), est)
+    est = plan_memory.Estimators(huge_zero3, plan_memory.fallback_zero2, "test")
+    shape = plan_shapes.KNOWN_SHAPES["135M"]
+    rec = plan_recommend.recommend(shape, "full", plan_memory.PlanInputs(gpus_per_node=1), est)
     assert rec.row is not None and (rec.row.zero_stage, rec.row.offload) == (2, False)
     assert rec.row.deepspeed is None
     assert rec.reason.startswith("ZeRO-3 does not fit")
-    assert "no shipped DeepSpeed config" in "\n".join(plan.format_recommendation(rec))
+    assert "no shipped DeepSpeed config" in "\n".join(plan_command.format_recommendation(rec))
 
 
 def test_nothing_fits_says_so_and_suggests(capsys: pytest.CaptureFixture[str]) -> None:
@@ -325,21 +333,23 @@ def test_bad_flags_exit_2(
 def test_config_json_without_llama_fields_names_the_field(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 64, "n_layer": 2}))
     with pytest.raises(InputError) as err:
-        plan.shape_from_config(tmp_path)
+        plan_shapes.shape_from_config(tmp_path)
     assert err.value.field == "num_hidden_layers"
 
 
 def test_config_model_size_reads_the_student() -> None:
     assert (
-        plan.config_model_size({"scoring": {"model": "s3://m/meta-llama/Llama-3.1-70B-Instruct"}})
+        plan_configs.config_model_size(
+            {"scoring": {"model": "s3://m/meta-llama/Llama-3.1-70B-Instruct"}}
+        )
         == "70B"
     )
-    assert plan.config_model_size({"finetune": {"model": "default"}}) == "135M"
-    assert plan.config_model_size({"scoring": {"model": "/models/student"}}) is None
+    assert plan_configs.config_model_size({"finetune": {"model": "default"}}) == "135M"
+    assert plan_configs.config_model_size({"scoring": {"model": "/models/student"}}) is None
 
 
 def test_matching_pipeline_configs_compares_finetune_section_and_model_size(
-    tmp_path: Path, estimators: plan.Estimators
+    tmp_path: Path, estimators: plan_memory.Estimators
 ) -> None:
     finetune = {"method": "full", "deepspeed": "zero3_offload", "nodes": 2, "gpus_per_node": 8}
     configs = {
@@ -350,7 +360,7 @@ def test_matching_pipeline_configs_compares_finetune_section_and_model_size(
     }
     for name, config in configs.items():
         (tmp_path / name).write_text(yaml.safe_dump(config))
-    shape = plan.KNOWN_SHAPES["70B"]
-    rec = plan.recommend(shape, "full", plan.PlanInputs(nodes=2), estimators)
-    found = plan.matching_pipeline_configs(rec, shape.size, tmp_path)
+    shape = plan_shapes.KNOWN_SHAPES["70B"]
+    rec = plan_recommend.recommend(shape, "full", plan_memory.PlanInputs(nodes=2), estimators)
+    found = plan_configs.matching_pipeline_configs(rec, shape.size, tmp_path)
     assert [path.name for path in found] == ["a-70b.yaml"]

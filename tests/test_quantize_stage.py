@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from rtune.components.quantize import task
+from rtune.components.quantize import worker_control
+from rtune.components.quantize.outputs import MODEL_URI_FILE
 from rtune.components.quantize.task import QualityGateFailed, QuantizeOutputs, run_quantize
 from tests.conftest import RecordingMetrics
 from tests.finetune_helpers.records import training_records
@@ -147,13 +148,13 @@ def test_kfp_metrics_and_report(stage: dict[str, Any]) -> None:
 def test_finished_quantization_is_reused_not_redone(
     stage: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    (marker,) = (Path(stage["work"]) / "ck" / "quantize").glob(f"*/{task.SUMMARY_FILE}")
+    (marker,) = (Path(stage["work"]) / "ck" / "quantize").glob(f"*/{worker_control.SUMMARY_FILE}")
     written = marker.stat().st_mtime_ns
 
     def no_worker(*args: Any) -> dict[str, Any]:
         raise AssertionError("the worker ran again")
 
-    monkeypatch.setattr(task, "run_worker", no_worker)
+    monkeypatch.setattr(worker_control, "run_worker", no_worker)
     again = run_quantize(
         stage["model"],
         Path(stage["work"]) / "selected.jsonl",
@@ -199,7 +200,7 @@ def test_a_killed_worker_fails_with_its_output_and_the_rerun_redoes_it(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     selected, root = _selected(tmp_path, 12), str(tmp_path / "ck")
-    with pytest.raises(task.QuantizationFailed, match="exited with code -9") as caught:
+    with pytest.raises(worker_control.QuantizationFailed, match="exited with code -9") as caught:
         run_quantize(
             tiny_model_dir,
             selected,
@@ -211,7 +212,7 @@ def test_a_killed_worker_fails_with_its_output_and_the_rerun_redoes_it(
         )
     assert "worker.log" in str(caught.value)
     (work,) = (tmp_path / "ck" / "quantize").iterdir()
-    assert not (work / task.SUMMARY_FILE).exists()
+    assert not (work / worker_control.SUMMARY_FILE).exists()
     (work / "model").mkdir()
     (work / "model" / "config.json").write_text("{}")  # what a kill mid-save leaves
     summary = run_quantize(
@@ -223,7 +224,7 @@ def test_a_killed_worker_fails_with_its_output_and_the_rerun_redoes_it(
         QuantizeOutputs(tmp_path / "out"),
         root,
     )
-    assert summary["reused"] is False and (work / task.SUMMARY_FILE).exists()
+    assert summary["reused"] is False and (work / worker_control.SUMMARY_FILE).exists()
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["quantization_config"]["quant_method"] == "compressed-tensors"
 
@@ -234,7 +235,7 @@ def test_none_passes_the_model_through_without_llm_compressor(
     def no_interpreter(config: Any) -> Path:
         raise AssertionError("method none needs no llm-compressor")
 
-    monkeypatch.setattr(task, "quantize_python", no_interpreter)
+    monkeypatch.setattr(worker_control, "quantize_python", no_interpreter)
     summary = run_quantize(
         tiny_model_dir,
         _selected(tmp_path, 12),
@@ -253,7 +254,7 @@ def test_none_passes_the_model_through_without_llm_compressor(
 def test_none_on_a_stored_model_passes_its_uri_on(tmp_path: Path) -> None:
     model = tmp_path / "model"
     model.mkdir()
-    (model / task.MODEL_URI_FILE).write_text("s3://models/run-1/model\n")
+    (model / MODEL_URI_FILE).write_text("s3://models/run-1/model\n")
     summary = run_quantize(
         model,
         _selected(tmp_path, 3),
@@ -263,8 +264,8 @@ def test_none_on_a_stored_model_passes_its_uri_on(tmp_path: Path) -> None:
         QuantizeOutputs(tmp_path / "out"),
     )
     assert summary["model_store_uri"] == "s3://models/run-1/model"
-    assert [p.name for p in (tmp_path / "out").iterdir()] == [task.MODEL_URI_FILE]
-    assert (tmp_path / "out" / task.MODEL_URI_FILE).read_text().strip() == "s3://models/run-1/model"
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [MODEL_URI_FILE]
+    assert (tmp_path / "out" / MODEL_URI_FILE).read_text().strip() == "s3://models/run-1/model"
 
 
 @pytest.mark.integration
@@ -279,7 +280,7 @@ def test_a_model_in_the_store_is_quantized_back_into_the_store(
         source = upload_model(tiny_model_dir, "s3://models/run-7/model", progress=False).uri
         handed_over = tmp_path / "finetuned"
         handed_over.mkdir()
-        (handed_over / task.MODEL_URI_FILE).write_text(source + "\n")
+        (handed_over / MODEL_URI_FILE).write_text(source + "\n")
         summary = run_quantize(
             handed_over,
             _selected(tmp_path, 12),
@@ -292,8 +293,8 @@ def test_a_model_in_the_store_is_quantized_back_into_the_store(
         stored = summary["model_store_uri"]
         assert stored == "s3://models/run-7/model-w4a16"
         verify_model(stored)  # every file arrived intact, manifest written last
-    assert [p.name for p in (tmp_path / "out").iterdir()] == [task.MODEL_URI_FILE]
-    assert (tmp_path / "out" / task.MODEL_URI_FILE).read_text().strip() == stored
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [MODEL_URI_FILE]
+    assert (tmp_path / "out" / MODEL_URI_FILE).read_text().strip() == stored
 
 
 def test_cli_writes_model_and_report_and_exits_1_when_the_guard_fails(

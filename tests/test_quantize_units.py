@@ -19,10 +19,12 @@ import yaml
 
 from rtune.components.common.config import from_dict
 from rtune.components.common.records import InputError
-from rtune.components.quantize import task
 from rtune.components.quantize.config import METHODS, QuantizeConfig
 from rtune.components.quantize.data import response_passes, split_records
+from rtune.components.quantize.guard import QualityGateFailed, check_quality
+from rtune.components.quantize.plan import check_group_size, model_signature
 from rtune.components.quantize.recipes import recipe_stages, recipe_yaml
+from rtune.components.quantize.worker_control import WORKER_SCRIPT, quantize_python, worker_command
 from tests.finetune_helpers.records import training_records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -286,19 +288,19 @@ def test_model_signature_follows_content_not_location(tmp_path: Path) -> None:
     (model / "model.safetensors").write_bytes(bytes(range(256)) * 4000)
     copy = tmp_path / "b"
     shutil.copytree(model, copy)
-    assert task.model_signature(model) == task.model_signature(copy)
+    assert model_signature(model) == model_signature(copy)
     data = bytearray((copy / "model.safetensors").read_bytes())
     data[500_000] ^= 1  # one flipped bit in the middle of the weights
     (copy / "model.safetensors").write_bytes(bytes(data))
-    assert task.model_signature(model) != task.model_signature(copy)
+    assert model_signature(model) != model_signature(copy)
 
 
 def test_a_group_size_that_does_not_tile_the_model_is_refused_with_divisors(
     embedded_model_dir: Path,
 ) -> None:
-    task.check_group_size(embedded_model_dir, 64)
+    check_group_size(embedded_model_dir, 64)
     with pytest.raises(InputError) as caught:
-        task.check_group_size(embedded_model_dir, 128)
+        check_group_size(embedded_model_dir, 128)
     message = str(caught.value)
     assert "'hidden_size': 576" in message and "quantize.group_size" in message
     assert "[32, 64]" in message
@@ -309,7 +311,7 @@ def test_missing_interpreter_says_how_to_get_one(
 ) -> None:
     monkeypatch.setenv("RTUNE_QUANTIZE_PYTHON", str(tmp_path / "nope" / "python"))
     with pytest.raises(InputError) as caught:
-        task.quantize_python(QuantizeConfig())
+        quantize_python(QuantizeConfig())
     message = str(caught.value)
     assert str(tmp_path / "nope" / "python") in message and "RTUNE_QUANTIZE_PYTHON" in message
     assert "make setup" in message
@@ -320,21 +322,21 @@ def test_an_interpreter_without_llm_compressor_is_refused(monkeypatch: pytest.Mo
     with pytest.raises(
         InputError, match=r"llm-compressor is not installed there \(quantize.python\)"
     ):
-        task.quantize_python(QuantizeConfig(python=sys.executable))  # the project's own env
+        quantize_python(QuantizeConfig(python=sys.executable))  # the project's own env
 
 
 def test_interpreter_order_config_then_env_then_repo_venv(monkeypatch: pytest.MonkeyPatch) -> None:
     assert QUANTIZE_PYTHON.exists(), "run `make setup` (it creates .venv-quantize)"
     monkeypatch.delenv("RTUNE_QUANTIZE_PYTHON", raising=False)
-    assert task.quantize_python(QuantizeConfig()) == QUANTIZE_PYTHON
+    assert quantize_python(QuantizeConfig()) == QUANTIZE_PYTHON
     monkeypatch.setenv("RTUNE_QUANTIZE_PYTHON", "/nonexistent/python")
     with pytest.raises(InputError):
-        task.quantize_python(QuantizeConfig())
-    assert task.quantize_python(QuantizeConfig(python=str(QUANTIZE_PYTHON))) == QUANTIZE_PYTHON
+        quantize_python(QuantizeConfig())
+    assert quantize_python(QuantizeConfig(python=str(QUANTIZE_PYTHON))) == QUANTIZE_PYTHON
 
 
 def test_worker_imports_only_the_standard_library_at_module_level() -> None:
-    tree = ast.parse(task.WORKER_SCRIPT.read_text())
+    tree = ast.parse(WORKER_SCRIPT.read_text())
     top = set()
     for node in tree.body:
         if isinstance(node, ast.Import):
@@ -342,8 +344,8 @@ def test_worker_imports_only_the_standard_library_at_module_level() -> None:
         elif isinstance(node, ast.ImportFrom) and node.module:
             top.add(node.module.split(".")[0])
     assert top <= set(sys.stdlib_module_names) | {"__future__"}, top
-    command = task.worker_command(Path("/py"), Path("/w/job.json"))
-    assert command[:2] == ["/py", "-I"] and str(task.WORKER_SCRIPT) in command
+    command = worker_command(Path("/py"), Path("/w/job.json"))
+    assert command[:2] == ["/py", "-I"] and str(WORKER_SCRIPT) in command
 
 
 def _values(unquantized: float, quantized: float, bound: float) -> dict[str, Any]:
@@ -357,11 +359,11 @@ def _values(unquantized: float, quantized: float, bound: float) -> dict[str, Any
 
 
 def test_quality_guard_names_both_perplexities_the_bound_and_the_key() -> None:
-    task.check_quality(_values(4.0, 5.0, 0.25))  # +25 % exactly: allowed
-    with pytest.raises(task.QualityGateFailed) as caught:
-        task.check_quality(_values(6.8, 8.61, 0.25))
+    check_quality(_values(4.0, 5.0, 0.25))  # +25 % exactly: allowed
+    with pytest.raises(QualityGateFailed) as caught:
+        check_quality(_values(6.8, 8.61, 0.25))
     message = str(caught.value)
     for part in ("6.8", "8.61", "+26.6%", "+25.0%", "quantize.max_perplexity_increase"):
         assert part in message, part
-    with pytest.raises(task.QualityGateFailed):
-        task.check_quality(_values(6.8, math.nan, 0.25))
+    with pytest.raises(QualityGateFailed):
+        check_quality(_values(6.8, math.nan, 0.25))
