@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -126,21 +125,6 @@ def run_stage(stage: Stage[S], settings: StageSettings = StageSettings()) -> S:
         run.set_tags({SUMMARY_TAG: line[:5000]})
         print(f"{SUMMARY_MARK}{stage.name}: {line}", flush=True)
     return summary
-
-
-@contextmanager
-def tracked_stage(
-    name: str,
-    kfp_run_id: str,
-    tracking: Mapping[str, Any] | None,
-    config: Any,
-    extra_params: Mapping[str, str] | None = None,
-) -> Iterator[StageRun]:
-    """Open the stage's nested MLflow run and log its flattened config as params."""
-    tracking_config = config_from_dict(TrackingConfig, tracking, "tracking")
-    with stage_run(name, kfp_run_id, tracking_config) as run:
-        run.log_params({**flatten(config), **dict(extra_params or {})})
-        yield run
 
 
 def publish_metrics(

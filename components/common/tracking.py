@@ -188,13 +188,6 @@ class StageRun:
 
             mlflow.log_artifact(str(path), artifact_path)
 
-    def finish_pipeline(self, status: str = "FINISHED") -> None:
-        """Close the parent run (called by the last stage of the DAG)."""
-        if self.active and self.parent_run_id:
-            import mlflow
-
-            mlflow.MlflowClient().set_terminated(self.parent_run_id, status)
-
     def log_json(self, data: Any, artifact_file: str) -> None:
         self.log_text(json.dumps(data, indent=2, ensure_ascii=False, default=str), artifact_file)
 

@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from rtune.components.common.stage import publish_metrics
 from rtune.components.quantize.config import QuantizeConfig
 
 MODEL_URI_FILE = "MODEL_URI.txt"
@@ -56,11 +55,10 @@ def publish_outputs(
 
 
 def passthrough_remote(
-    config: QuantizeConfig, remote: str, model_dir: Path, run: Any, metrics: Any
+    config: QuantizeConfig, remote: str, model_dir: Path, run: Any
 ) -> dict[str, Any]:
     """``none`` on a model in the store: nothing to load, the same URI goes on."""
     write_outputs(Path(), model_dir, remote, local_copy=False)
     values = {"method": "none", "size_ratio": 1.0, "perplexity_increase": 0.0}
-    publish_metrics(run, metrics, values, to_parent=True)
     run.set_tags({"rtune.quantization": "none", "rtune.quantized_uri": remote}, to_parent=True)
     return {**values, "model_store_uri": remote}

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from rtune.components.common.checkpoint import fingerprint
 from rtune.components.common.records import InputError, read_jsonl
-from rtune.components.common.storage import cache_root
 from rtune.components.quantize.config import CALIBRATED, QuantizeConfig
 from rtune.components.quantize.data import (
     CalibrationSplit,
@@ -59,7 +58,7 @@ def model_signature(model_path: Path, blocks: int = 16, block_size: int = 1 << 1
 
 
 def work_dir_for(
-    config: QuantizeConfig, calibration: ResponseTexts, model_path: Path, root: str
+    config: QuantizeConfig, calibration: ResponseTexts, model_path: Path, folder: Path
 ) -> Path:
     """Same recipe + same calibration ids + same model -> same folder (reuse, never mix)."""
     from rtune.components.quantize.recipes import recipe_yaml
@@ -67,11 +66,11 @@ def work_dir_for(
     recipe = recipe_yaml(config) if config.method != "none" else "none"
     data = texts_digest(calibration) if config.method in CALIBRATED else ""
     key = fingerprint("quantize", recipe, config.max_seq_length, data, model_signature(model_path))
-    return Path(root or cache_root() / "checkpoints") / "quantize" / key
+    return Path(folder) / key
 
 
 def plan_quantization(
-    config: QuantizeConfig, model_path: Path, selected_path: Path, checkpoint_root: str
+    config: QuantizeConfig, model_path: Path, selected_path: Path, folder: Path
 ) -> QuantizePlan:
     """Split the selected records, tokenize both halves as the scorer does, and name the work
     folder; refuse a run whose held-out (or, for calibrated methods, calibration) responses were
@@ -99,7 +98,7 @@ def plan_quantization(
             "no calibration text left after max_seq_length cut every response away",
             "raise quantize.max_seq_length",
         )
-    work = work_dir_for(config, calibration, model_path, checkpoint_root)
+    work = work_dir_for(config, calibration, model_path, folder)
     return QuantizePlan(config, model_path, split, calibration, heldout, work)
 
 

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rtune.components.common.config import from_dict
-from rtune.components.common.stage import MetricsSink, publish_metrics, tracked_stage
+from rtune.components.common.stage import StageContext
+from rtune.components.common.student import stage_config
 from rtune.components.quantize.config import QuantizeConfig
 from rtune.components.quantize.guard import QualityGateFailed, check_quality, evaluate
 from rtune.components.quantize.outputs import passthrough_remote, publish_outputs, read_model_uri
@@ -36,7 +36,7 @@ from rtune.components.quantize.report import log_artifacts, log_datasets, stage_
 from rtune.components.quantize.worker_control import quantized_model
 
 # What the component and the CLI import from here; QualityGateFailed is what a caller catches.
-__all__ = ["QualityGateFailed", "QuantizeOutputs", "run_quantize"]
+__all__ = ["QualityGateFailed", "QuantizeOutputs", "QuantizeStage"]
 
 
 @dataclass
@@ -47,32 +47,66 @@ class QuantizeOutputs:
     report_path: Path | None = None
 
 
-def run_quantize(
-    model_dir: Path,
-    selected_path: Path,
-    quantize: Mapping[str, Any] | None,
-    tracking: Mapping[str, Any] | None,
-    kfp_run_id: str,
-    outputs: QuantizeOutputs,
-    checkpoint_root: str = "",
-    metrics: MetricsSink | None = None,
-) -> dict[str, Any]:
-    """Quantize the model, measure what it cost, guard quality; returns the stage summary."""
-    from rtune.components.common.models import resolve_model
+@dataclass
+class QuantizeSummary:
+    values: dict[str, Any]
 
-    started = time.perf_counter()
-    config = from_dict(QuantizeConfig, quantize, "quantize")
-    remote = read_model_uri(Path(model_dir))
-    with tracked_stage("quantize", kfp_run_id, tracking, config) as run:
+    def as_dict(self) -> dict[str, Any]:
+        return self.values
+
+    def line(self) -> str:
+        v = self.values
+        if v.get("method") == "none":
+            return "method none: the fine-tuned model goes on unchanged"
+        return (
+            f"{v['method']} {v.get('size_mb_quantized', 0):.0f} MB (was "
+            f"{v.get('size_mb_unquantized', 0):.0f} MB, x{v.get('size_ratio', 0):.2f}), response "
+            f"perplexity {v.get('perplexity_unquantized', float('nan')):.2f} -> "
+            f"{v.get('perplexity_quantized', float('nan')):.2f}"
+        )
+
+    def artifact_metadata(self) -> dict[str, Any]:
+        return {k: v for k, v in self.values.items() if isinstance(v, str | int | float)}
+
+
+@dataclass
+class QuantizeStage:
+    """The merged model and the selected records in; the compressed model out, quality guarded."""
+
+    config: QuantizeConfig
+    model: Path
+    selected: Path
+    outputs: QuantizeOutputs
+    name: str = "quantize"
+
+    @classmethod
+    def from_parameters(
+        cls,
+        student: Mapping[str, Any] | None,
+        quantize: Mapping[str, Any] | None,
+        model: Path,
+        selected: Path,
+        outputs: QuantizeOutputs,
+    ) -> QuantizeStage:
+        config = stage_config(QuantizeConfig, "quantize", quantize, student)
+        return cls(config, model, selected, outputs)
+
+    def run(self, context: StageContext) -> QuantizeSummary:
+        """Quantize the model, measure what it cost, guard quality (raises QualityGateFailed)."""
+        from rtune.components.common.models import resolve_model
+
+        started = time.perf_counter()
+        config, run, outputs = self.config, context.run, self.outputs
+        remote = read_model_uri(Path(self.model))
         if remote and config.method == "none":
-            return passthrough_remote(config, remote, outputs.model_dir, run, metrics)
-        model_path = resolve_model(remote) if remote else Path(model_dir)
-        plan = plan_quantization(config, model_path, Path(selected_path), checkpoint_root)
-        log_datasets(run, plan, selected_path)
+            return QuantizeSummary(passthrough_remote(config, remote, outputs.model_dir, run))
+        model_path = resolve_model(remote) if remote else Path(self.model)
+        plan = plan_quantization(config, model_path, Path(self.selected), context.checkpoint_dir)
+        log_datasets(run, plan, self.selected)
         quantized, worker, reused = quantized_model(plan)
         values = stage_values(plan, quantized, evaluate(plan, quantized), worker)
         values["seconds"] = round(time.perf_counter() - started, 2)
-        publish_metrics(run, metrics, values, to_parent=True)
+        context.publish(values)  # the numbers also when the guard fails next
         log_artifacts(run, plan, values, worker, reused, outputs.report_path)
         check_quality(values)
         uri = publish_outputs(config, quantized, outputs.model_dir, remote)
@@ -80,4 +114,6 @@ def run_quantize(
         run.set_tags(
             {"rtune.quantization": config.method, "rtune.quantized_uri": location}, to_parent=True
         )
-    return {**values, "reused": reused, **({"model_store_uri": uri} if uri else {})}
+        return QuantizeSummary(
+            {**values, "reused": reused, **({"model_store_uri": uri} if uri else {})}
+        )
