@@ -49,6 +49,8 @@ class RunConsole(io.TextIOBase):
         return len(text)
 
     def flush(self) -> None:
+        if self.all.closed:
+            return
         self.all.flush()
         if self.task_log is not None:
             self.task_log.flush()

@@ -19,4 +19,6 @@ def finalize(
         status.state, resolve_run_id(), from_dict(TrackingConfig, tracking, "tracking")
     )
     Path(summary.path).write_text(outcome.markdown(), encoding="utf-8")
-    print(outcome.line())
+    from rtune.components.common.stage import SUMMARY_MARK
+
+    print(f"{SUMMARY_MARK}finalize: {outcome.line()}", flush=True)

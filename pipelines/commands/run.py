@@ -13,6 +13,7 @@ import os
 import sys
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,12 +112,15 @@ def run_locally(
     saved = sys.stdout
     sys.stdout = console
     try:
-        local.init(
-            runner=local.SubprocessRunner(use_venv=False),
-            pipeline_root=str(root),
-            raise_on_error=False,
-        )
-        pipeline(**config.pipeline_arguments())
+        with warnings.catch_warnings():
+            # kfp.local warns that cluster-only settings and our images are not used here: known
+            warnings.filterwarnings("ignore", module=r"kfp\.local\..*")
+            local.init(
+                runner=local.SubprocessRunner(use_venv=False),
+                pipeline_root=str(root),
+                raise_on_error=False,
+            )
+            pipeline(**config.pipeline_arguments())
     finally:
         sys.stdout = saved
         console.close()
