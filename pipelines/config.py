@@ -19,6 +19,7 @@ section back into its typed config with :func:`stage_config`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,12 +117,14 @@ class RunConfig:
     def pipeline_arguments(self) -> dict[str, Any]:
         """Keyword arguments of ``reflection_tuning(...)``: each section as plain data, once.
 
-        A stage section leaves out the settings it mirrors from ``student`` (they travel once,
-        in the ``student`` argument).
+        The student goes whole (its settings are the run form's first thing to read); a stage
+        section carries only what differs from its defaults and never the settings it mirrors
+        from the student (they travel once, in ``student``).
         """
         arguments: dict[str, Any] = {"seed_uri": self.seed_uri}
         for name, config in self.sections.items():
-            arguments[PARAMETER_NAMES.get(name, name)] = own_values(config)
+            plain = dataclasses.asdict(config) if name == "student" else own_values(config)
+            arguments[PARAMETER_NAMES.get(name, name)] = plain
         arguments["checkpoint_root"] = self.checkpoint_root
         return arguments
 

@@ -40,10 +40,20 @@ def test_compiling_never_imports_torch() -> None:
     assert result.returncode == 0, result.stderr
 
 
+def _stage_tasks(spec: dict) -> dict:
+    """The stages: the tasks inside the exit handler's DAG (finalize runs after them)."""
+    (handler,) = [
+        t
+        for t in spec["root"]["dag"]["tasks"].values()
+        if "exit-handler" in t["componentRef"]["name"]
+    ]
+    return spec["components"][handler["componentRef"]["name"]]["dag"]["tasks"]
+
+
 def test_compiled_pipeline_has_every_stage_and_cluster_settings(tmp_path: Path) -> None:
     compiled = _compile(tmp_path, "--config", str(CONFIG_DIR / "llama3-8b.yaml"))
     spec, platform = compiled["spec"], compiled["platform"]
-    tasks = spec["root"]["dag"]["tasks"]
+    tasks = _stage_tasks(spec)
     stages = {
         "prepare",
         "reflect-instruction",
@@ -70,42 +80,49 @@ def test_compiled_pipeline_has_every_stage_and_cluster_settings(tmp_path: Path) 
         "outputArtifactKey": "endpoint",
         "producerTask": "serve",
     }
-    assert (
-        sum(1 for name in tasks if name.startswith("for-loop")) == 2
-    )  # two ParallelFor over shards
+    assert sum(1 for name in tasks if name.startswith("for-loop")) == 2  # ParallelFor over shards
     assert tasks["reflect-instruction"]["retryPolicy"]["maxRetryCount"] == 3
     defaults = spec["root"]["inputDefinitions"]["parameters"]
     assert defaults["teacher"]["defaultValue"]["backend"] == "openai"
     assert defaults["scoring"]["defaultValue"]["num_shards"] == 8
+    assert defaults["student"]["defaultValue"]["template"] == "vicuna"
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     secrets = {name: e["secretAsEnv"][0] for name, e in executors.items() if "secretAsEnv" in e}
     teacher = [m for m in secrets.values() if m["secretName"] == "rtune-teacher"]
     assert len(teacher) == 3  # both teacher stages and the judge (evaluate)
     for mapping in teacher:
         assert mapping["keyToEnv"] == [{"secretKey": "api_key", "envVar": "OPENAI_API_KEY"}]
-    s3 = [m for m in secrets.values() if m["secretName"] == "rtune-s3"]
-    assert len(s3) == 2  # finetune and quantize (the model store)
-    for mapping in s3:
-        assert {k["envVar"] for k in mapping["keyToEnv"]} == {
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-        }
     containers = spec["deploymentSpec"]["executors"]
     scoring = [c["container"] for name, c in containers.items() if "score-shard" in name]
-    assert scoring and all(
-        c["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu" for c in scoring
-    )
+    assert scoring and all(c["resources"]["accelerator"]["resourceCount"] == "1" for c in scoring)
+    assert all(c["image"].startswith("ghcr.io/rtune/rtune-train:") for c in scoring)  # CUDA
     (train,) = [c["container"] for name, c in containers.items() if "finetune" in name]
     assert train["image"].startswith("ghcr.io/rtune/rtune-train:")
-    assert train["resources"]["accelerator"]["count"] == "8"  # torchrun over the pod's 8 GPUs
+    assert train["resources"]["accelerator"]["resourceCount"] == "8"  # cluster.finetune.gpus
+    assert train["resources"]["resourceMemoryRequest"] == "512Gi"
     (squeeze,) = [c["container"] for name, c in containers.items() if "quantize" in name]
     assert squeeze["image"].startswith("ghcr.io/rtune/rtune-quantize:")
-    assert squeeze["resources"]["accelerator"]["count"] == "1"  # cluster.quantize_gpus
-    assert all(
-        c["container"]["image"].startswith("ghcr.io/rtune/rtune-base:")
-        for name, c in containers.items()
-        if "finetune" not in name and "quantize" not in name
-    )
+    assert squeeze["resources"]["accelerator"]["resourceCount"] == "1"  # cluster.quantize.gpus
+
+
+def test_the_dag_owns_run_id_images_and_closing(tmp_path: Path) -> None:
+    """Run id from the pod label (not a task input: cacheable), kfp not installed at run time,
+    and the MLflow parent run closed by an exit handler, whatever happened."""
+    compiled = _compile(tmp_path, "--config", str(CONFIG_DIR / "llama3-8b.yaml"))
+    spec, platform = compiled["spec"], compiled["platform"]
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for name, container in spec["deploymentSpec"]["executors"].items():
+        command = " ".join(container["container"]["command"])
+        assert "pip install" not in command, name
+        assert {
+            "name": "KFP_RUN_ID",
+            "fieldPath": "metadata.labels['pipeline/runid']",
+        } in executors[name]["fieldPathAsEnv"], name
+    for component in spec["components"].values():
+        assert "kfp_run_id" not in component.get("inputDefinitions", {}).get("parameters", {})
+    root = spec["root"]["dag"]["tasks"]
+    assert root["finalize"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert root["finalize"]["dependentTasks"] == ["exit-handler-1"]
 
 
 def test_compiled_yaml_holds_no_secret_value(
@@ -140,6 +157,7 @@ def test_every_shipped_config_loads_and_validates(path: Path) -> None:
     args = config.pipeline_arguments()
     assert set(args) == {
         "seed_uri",
+        "student",
         "prepare_config",
         "teacher",
         "scoring",
@@ -160,7 +178,8 @@ def test_config_typos_and_bad_overrides_are_clear_errors(tmp_path: Path) -> None
     with pytest.raises(InputError, match="bad --set"):
         load_run_config(None, ["teacher.backend"])
     config = load_run_config(None, ["prepare.limit=4", "selection.policy=reference"])
-    assert config.prepare["limit"] == 4 and config.selection["policy"] == "reference"
+    assert config.section("prepare").limit == 4
+    assert config.section("selection").policy == "reference"
     result = subprocess.run(
         [
             sys.executable,
@@ -170,7 +189,7 @@ def test_config_typos_and_bad_overrides_are_clear_errors(tmp_path: Path) -> None
             "-o",
             str(tmp_path / "p.yaml"),
             "--set",
-            "scoring.template=nope",
+            "student.template=nope",
         ],
         cwd=ROOT,
         capture_output=True,
@@ -189,4 +208,4 @@ def test_scoring_gpus_per_shard_come_from_the_cluster_section(tmp_path: Path) ->
         for name, c in executors.items()
         if "score-shard" in name
     }
-    assert limits == {"4"}
+    assert limits == {"4"}  # cluster.scoring.gpus of the 70B config
