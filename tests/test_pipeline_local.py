@@ -33,7 +33,7 @@ def local_run(tmp_path_factory: pytest.TempPathFactory, embedded_model_dir: Path
         "scoring.num_shards=2",
         "selection.policy=fallback",
         "finetune.max_steps=2",
-        "finetune.max_length=512",
+        "student.max_length=512",
         "finetune.registered_model=local-student",
         "quantize.calibration_records=8",
         "quantize.max_seq_length=128",
@@ -118,24 +118,20 @@ def test_mlflow_has_one_parent_and_a_nested_run_per_stage(local_run) -> None:
 def test_finetune_trains_on_the_selected_records_and_registers_the_candidate(local_run) -> None:
     import mlflow
 
-    from rtune.pipelines.commands.run import summary_lines
-
     assert (local_run.model / "model.safetensors").exists()
     assert (local_run.adapter / "adapter_config.json").exists()
     assert "training loss" in local_run.training_report.read_text()
     client = mlflow.MlflowClient(local_run.tracking_uri)
     version = client.get_model_version_by_alias("local-student", "candidate")
     assert version.tags["rtune.training_dataset.source"].endswith("selected")
-    printed = "\n".join(summary_lines(local_run))
-    assert "training loss:" in printed and "over 2 steps" in printed
+    summary = local_run.summary.read_text()  # finalize's run summary: each stage's own line
+    assert "| finetune |" in summary and "over 2 steps" in summary
 
 
 def test_quantize_serve_evaluate_finish_the_dag(local_run) -> None:
     import json
 
     import mlflow
-
-    from rtune.pipelines.commands.run import summary_lines
 
     client = mlflow.MlflowClient(local_run.tracking_uri)
     parent = client.get_run(local_run.mlflow_run_id)
@@ -152,6 +148,26 @@ def test_quantize_serve_evaluate_finish_the_dag(local_run) -> None:
     assert 0 <= summary["suite_accuracy_candidate"] <= 1
     assert summary["judge_wins"] + summary["judge_ties"] + summary["judge_losses"] == 1
     assert "<img" in local_run.evaluation_report.read_text()
-    printed = "\n".join(summary_lines(local_run))
-    for line in ("quantized model:", "served endpoint:", "smoke test ok", "evaluation:"):
-        assert line in printed
+    summary = local_run.summary.read_text()
+    for stage in ("quantize", "serve", "evaluate"):
+        assert f"| {stage} |" in summary
+    assert "smoke test ok" in summary and "suite accuracy" in summary
+
+
+def test_the_run_closes_finished_with_its_config_and_a_quiet_log(local_run) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient(local_run.tracking_uri)
+    parent = client.get_run(local_run.mlflow_run_id)
+    assert local_run.succeeded and parent.info.status == "FINISHED"
+    assert parent.data.tags["rtune.failed_stages"] == ""
+    # the run's config is on the parent run, each stage's settings under its name
+    assert parent.data.params["finetune.max_steps"] == "2"
+    assert parent.data.params["prepare.limit"] == "8"
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert any(i.dataset.name == "seed" for i in parent.inputs.dataset_inputs)
+    # every task's full log is a file; the summary names every stage once
+    logs = {p.stem for p in local_run.logs.glob("*.log")}
+    assert {"prepare", "finetune", "evaluate", "finalize", "pipeline"} <= logs
+    assert "executor_input" in (local_run.logs / "prepare.log").read_text()

@@ -80,10 +80,11 @@ class StageContext:
     run_id: str
     checkpoint_dir: Path
     sink: MetricsSink | None = None
+    to_parent: bool = False
 
     def publish(self, metrics: Mapping[str, Any]) -> None:
         """Metrics now, e.g. what a failing stage cost before it raises."""
-        publish_metrics(self.run, self.sink, metrics)
+        publish_metrics(self.run, self.sink, metrics, self.to_parent)
 
     def checkpoint(self, *identity: Any) -> Path:
         """The checkpoint file of the work ``identity`` names (the same work lands on it again)."""

@@ -29,7 +29,10 @@ def finetune(
         student, finetune, Path(selected.path), outputs, train_image
     )
     summary = run_stage(
-        stage, StageSettings(tracking=tracking, checkpoint_root=checkpoint_root, metrics=metrics)
+        stage,
+        StageSettings(
+            tracking=tracking, checkpoint_root=checkpoint_root, metrics=metrics, to_parent=True
+        ),
     )
     for artifact, kind in ((adapter, "lora-adapter"), (model, "merged-model")):
         artifact.metadata.update(summary.artifact_metadata())

@@ -25,7 +25,10 @@ def quantize(
         student, quantize, Path(model.path), Path(selected.path), outputs
     )
     summary = run_stage(
-        stage, StageSettings(tracking=tracking, checkpoint_root=checkpoint_root, metrics=metrics)
+        stage,
+        StageSettings(
+            tracking=tracking, checkpoint_root=checkpoint_root, metrics=metrics, to_parent=True
+        ),
     )
     quantized.metadata.update(summary.artifact_metadata())
     quantized.metadata["kind"] = "quantized-model"

@@ -17,6 +17,6 @@ def serve(
     from rtune.components.serve.task import ServeStage
 
     stage = ServeStage.from_parameters(serve, Path(model.path), Path(endpoint.path))
-    summary = run_stage(stage, StageSettings(tracking=tracking, metrics=metrics))
+    summary = run_stage(stage, StageSettings(tracking=tracking, metrics=metrics, to_parent=True))
     endpoint.metadata.update(summary.artifact_metadata())
     return summary.base_url

@@ -68,6 +68,18 @@ class LocalRunResult:
         return self.output("finetune", "model")
 
     @property
+    def adapter(self) -> Path:
+        return self.output("finetune", "adapter")
+
+    @property
+    def training_report(self) -> Path:
+        return self.output("finetune", "report")
+
+    @property
+    def evaluation_report(self) -> Path:
+        return self.output("evaluate", "report")
+
+    @property
     def quantized(self) -> Path:
         return self.output("quantize", "quantized")
 
