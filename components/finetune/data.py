@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from rtune.components.common.records import require_text_fields
-from rtune.components.scoring.scorer import resolve_start_ids
+from rtune.components.scoring.passes import resolve_start_ids
 from rtune.components.scoring.templates import get_template, render_prompt
 
 IGNORE = -100

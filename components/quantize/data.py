@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from rtune.components.common.records import InputError, require_text_fields
-from rtune.components.scoring.scorer import PassBuilder, TokenPass, resolve_start_ids
+from rtune.components.scoring.passes import PassBuilder, TokenPass, resolve_start_ids
 from rtune.components.scoring.templates import get_template, render_prompt
 
 

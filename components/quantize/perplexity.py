@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rtune.components.scoring.scorer import TokenPass
+from rtune.components.scoring.passes import TokenPass
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 MB = 1_000_000
