@@ -6,7 +6,7 @@
 Both score the same records (IFD and r-IFD: four passes per record) with the same model object in
 one process. To be fair on a shared machine they take turns: the records are split into
 ``--rounds`` chunks and each chunk is scored by the fast scorer, then by the oracle, so both see
-the same background load. Records: /work/shared/data/alpaca_sample_300.json when present (real
+the same background load. Records: ../shared/data/alpaca_sample_300.json (beside the repository) when present (real
 Alpaca lengths), else the shipped seed data, else generated records.
 
 Work is counted as matmul FLOPs, 2 x parameters x rows (attention-score FLOPs are left out; at
@@ -50,7 +50,7 @@ from rtune.components.scoring.config import ScoringConfig  # noqa: E402
 from rtune.components.scoring.scorer import ScoringCandidate, StudentScorer  # noqa: E402
 from tests.scoring_oracle import oracle_scores  # noqa: E402
 
-ALPACA_SAMPLE = Path("/work/shared/data/alpaca_sample_300.json")
+ALPACA_SAMPLE = Path(__file__).resolve().parents[3] / "shared" / "data" / "alpaca_sample_300.json"
 SEED = ROOT / "components" / "prepare" / "data" / "seed.jsonl"
 TARGET_SPEEDUP = 2.0
 TOLERANCE = 1e-4
