@@ -135,6 +135,12 @@ def digest_file(
     return FileDigest(size, whole.hexdigest(), parts, multipart, checksum)
 
 
+def run_prefix(store: str, run_id: str) -> str:
+    """``<store>/runs/<run id>``: where one pipeline run keeps its models, apart from every other
+    run's (a registered version never ends up pointing at another run's weights)."""
+    return f"{store.rstrip('/')}/runs/{run_id}"
+
+
 def _model_prefix(uri: str) -> tuple[str, str, str]:
     """``(bucket, prefix without trailing slash, normalised uri)``."""
     try:

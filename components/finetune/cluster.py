@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rtune.components.common.images import Images
+from rtune.components.common.model_store import run_prefix
 from rtune.components.common.storage import download_file, is_s3, upload_file
 from rtune.components.finetune.config import FinetuneConfig
 from rtune.components.finetune.worker import TrainingJob
@@ -28,19 +29,22 @@ WORKER_COMMAND = ["torchrun"]
 WORKER_ARGS = ["-m", "rtune.components.finetune.worker", "--job"]
 
 
-def cluster_prefix(config: FinetuneConfig, work_dir: Path) -> str:
-    """Where this training's job, rows and outputs live in the model store."""
+def cluster_prefix(config: FinetuneConfig, work_dir: Path, run_id: str) -> str:
+    """Where this training's job, rows and outputs live: the run's folder of the model store,
+    one subfolder per training (a retried step finds its own job there again)."""
     if not is_s3(config.model_store):
         raise ValueError(
             f"launcher {config.launcher} needs finetune.model_store = s3://bucket/prefix: the "
             "training pods read the rows and write the model there"
         )
-    return f"{config.model_store.rstrip('/')}/runs/{work_dir.name}"
+    return f"{run_prefix(config.model_store, run_id or 'local')}/finetune-{work_dir.name[:12]}"
 
 
-def stage_job(config: FinetuneConfig, job: TrainingJob, work_dir: Path) -> tuple[TrainingJob, str]:
+def stage_job(
+    config: FinetuneConfig, job: TrainingJob, work_dir: Path, run_id: str = ""
+) -> tuple[TrainingJob, str]:
     """Upload rows + job file; returns the remote job and the job file's URI."""
-    prefix = cluster_prefix(config, work_dir)
+    prefix = cluster_prefix(config, work_dir, run_id)
     rows_uri = upload_file(Path(job.rows), f"{prefix}/rows.jsonl")
     remote = replace(job, rows=rows_uri, output_dir=f"{prefix}/output")
     local_job = remote.save(work_dir / "cluster-job.json")
@@ -86,7 +90,7 @@ def run_cluster_job(
     """Create (or adopt) the job, follow it to the end, return rank 0's training summary."""
     from rtune.components.finetune.distributed_job import load_api_client, run_distributed_job
 
-    remote, job_uri = stage_job(config, job, work_dir)
+    remote, job_uri = stage_job(config, job, work_dir, kfp_run_id)
     spec = job_spec(config, job_uri, kfp_run_id, env, image)
     run_distributed_job(
         spec,

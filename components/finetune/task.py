@@ -146,7 +146,9 @@ class FinetuneStage:
         run.log_json(summary, "finetune/train_summary.json")
         figure = reports.figure_training_loss(summary["loss_history"])
         run.log_figure(figure, "figures/training_loss.png")
-        registered = _register(run, config, outputs, self.selected, selected, values, remote)
+        registered = _register(
+            run, config, outputs, self.selected, selected, values, remote, context.run_id
+        )
         if outputs.report_path is not None:
             page = reports.html_report(
                 "Fine-tune: the student on the selected records",
@@ -226,13 +228,15 @@ def _register(
     selected: list[Any],
     values: Mapping[str, Any],
     remote_output: str = "",
+    run_id: str = "",
 ) -> dict[str, str]:
     """Register the model (+ optional upload to the model store) when tracking is on."""
     store_uri = f"{remote_output}/model" if remote_output else ""
     if config.model_store and not store_uri:
-        from rtune.components.common.model_store import upload_model
+        from rtune.components.common.model_store import run_prefix, upload_model
 
-        store_uri = upload_model(outputs.model_dir, config.model_store.rstrip("/") + "/model").uri
+        target = f"{run_prefix(config.model_store, run_id or 'local')}/model"
+        store_uri = upload_model(outputs.model_dir, target).uri
     if not run.active:
         return {"model_store_uri": store_uri} if store_uri else {}
     from rtune.components.finetune.registry import register_student

@@ -32,19 +32,21 @@ def write_outputs(source: Path, model_dir: Path, store_uri: str, local_copy: boo
         (dest / MODEL_URI_FILE).write_text(store_uri + "\n", encoding="utf-8")
 
 
-def store_target(config: QuantizeConfig, remote_input: str) -> str:
-    """Where the quantized model goes in the store: the configured prefix, or beside the input
-    model when that came from the store (cluster runs always store their models)."""
+def store_target(config: QuantizeConfig, remote_input: str, run_id: str = "") -> str:
+    """Where the quantized model goes in the store: the run's folder of the configured prefix, or
+    beside the input model when that came from the store (cluster runs always store models)."""
     if config.model_store:
-        return config.model_store.rstrip("/") + "/quantized"
+        from rtune.components.common.model_store import run_prefix
+
+        return f"{run_prefix(config.model_store, run_id or 'local')}/quantized"
     return f"{remote_input.rstrip('/')}-{config.method}" if remote_input else ""
 
 
 def publish_outputs(
-    config: QuantizeConfig, source: Path, model_dir: Path, remote_input: str
+    config: QuantizeConfig, source: Path, model_dir: Path, remote_input: str, run_id: str = ""
 ) -> str:
     """Upload (when configured or when the input came from the store), then fill the output."""
-    target = store_target(config, remote_input)
+    target = store_target(config, remote_input, run_id)
     uri = ""
     if target:
         from rtune.components.common.model_store import upload_model

@@ -109,7 +109,7 @@ class QuantizeStage:
         context.publish(values)  # the numbers also when the guard fails next
         log_artifacts(run, plan, values, worker, reused, outputs.report_path)
         check_quality(values)
-        uri = publish_outputs(config, quantized, outputs.model_dir, remote)
+        uri = publish_outputs(config, quantized, outputs.model_dir, remote, context.run_id)
         location = uri or str(outputs.model_dir)
         run.set_tags(
             {"rtune.quantization": config.method, "rtune.quantized_uri": location}, to_parent=True
