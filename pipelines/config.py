@@ -82,15 +82,42 @@ class ImagesConfig:
     tag: str = field(default="", metadata={"help": "'' = the package version"})
 
 
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+
 @dataclass
 class ClusterConfig:
-    """What only a cluster uses, fixed when the pipeline is compiled: images, pod sizes."""
+    """What only a cluster uses, fixed when the pipeline is compiled (``kfp.local`` ignores it):
+    images, pod sizes, where GPU pods may run, the work volume and the pods' extra env."""
 
     images: ImagesConfig = field(default_factory=ImagesConfig)
     default: PodSize = field(default_factory=PodSize)
     scoring: PodSize = field(default_factory=lambda: PodSize(cpu="8", memory="32Gi", gpus=1))
     finetune: PodSize = field(default_factory=lambda: PodSize(cpu="16", memory="128Gi"))
     quantize: PodSize = field(default_factory=lambda: PodSize(cpu="8", memory="64Gi", gpus=1))
+    gpu_tolerations: list[dict[str, Any]] = field(
+        default_factory=lambda: [dict(GPU_TOLERATION)],
+        metadata={"help": "tolerations of GPU pods (your GPU nodes' taints)"},
+    )
+    gpu_node_selector: dict[str, str] = field(
+        default_factory=dict, metadata={"help": "node labels GPU pods need, e.g. a GPU type"}
+    )
+    shm_size: str = field(
+        default="16Gi", metadata={"help": "memory-backed /dev/shm of GPU pods ('' = 64 MiB)"}
+    )
+    work_volume: str = field(
+        default="rtune-work",
+        metadata={"help": "PVC mounted at work_mount (checkpoints, model cache); '' = none"},
+    )
+    work_mount: str = field(default="/mnt/rtune", metadata={"help": "where the work volume is"})
+    pod_env: str = field(
+        default="rtune-pod-env",
+        metadata={"help": "ConfigMap of env for every pod (caches on the work volume, HOME)"},
+    )
+
+    def __post_init__(self) -> None:
+        if self.work_volume and not self.work_mount.startswith("/"):
+            raise ValueError(f"work_mount must be an absolute path, got {self.work_mount!r}")
 
 
 @dataclass
@@ -217,14 +244,30 @@ def build_run_config(data: Mapping[str, Any], source: str) -> RunConfig:
         if name != "student":
             sections[name] = section_config(cls, name, data.get(name), student, source)
     _judge_defaults_to_teacher(sections)
+    cluster = from_dict(ClusterConfig, data.get("cluster"), f"{source}: cluster")
     return RunConfig(
         seed_uri=str(data.get("seed_uri", "builtin:seed")),
         sections=sections,
         checkpoint_root=str(data.get("checkpoint_root") or ""),
-        cluster=from_dict(ClusterConfig, data.get("cluster"), f"{source}: cluster"),
+        cluster=cluster,
         local=from_dict(LocalConfig, data.get("local"), f"{source}: local"),
         source=source,
     )
+
+
+def check_for_cluster(config: RunConfig) -> None:
+    """What only matters when the config is compiled for a cluster (kfp.local runs anywhere):
+    checkpoints must be on the work volume, since a retried pod's own disk is gone."""
+    root, cluster, source = config.checkpoint_root, config.cluster, config.source
+    mount = cluster.work_mount.rstrip("/") + "/"
+    if root and cluster.work_volume and not (root.rstrip("/") + "/").startswith(mount):
+        raise InputError(
+            source,
+            f"checkpoint_root {root!r} is not on the work volume ({cluster.work_volume} at "
+            f"{cluster.work_mount}): a retried pod would not find its checkpoints",
+            f"set checkpoint_root under {cluster.work_mount}, e.g. {mount}checkpoints",
+            field="checkpoint_root",
+        )
 
 
 JUDGE_FROM_TEACHER = ("backend", "model", "url", "api_key_env", "timeout_s", "max_attempts")
@@ -236,3 +279,18 @@ def _judge_defaults_to_teacher(sections: dict[str, Any]) -> None:
     if not evaluate.judge:
         teacher = own_values(sections["teacher"])
         evaluate.judge = {k: v for k, v in teacher.items() if k in JUDGE_FROM_TEACHER}
+
+
+def uses_s3(config: RunConfig) -> bool:
+    """Whether any setting names an ``s3://`` location (then tasks get the S3 Secret)."""
+
+    def walk(value: Any) -> bool:
+        if isinstance(value, str):
+            return value.startswith("s3://")
+        if isinstance(value, dict):
+            return any(walk(v) for v in value.values())
+        if isinstance(value, list):
+            return any(walk(v) for v in value)
+        return False
+
+    return walk(config.pipeline_arguments())

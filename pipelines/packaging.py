@@ -82,11 +82,13 @@ def _compile(config: RunConfig, output: Path, images: Images, options: Any = Non
     """The one place the pipeline is built from a config (pod sizes and images are compile-time)."""
     from kfp import compiler
 
+    from rtune.pipelines.config import check_for_cluster
     from rtune.pipelines.reflection_tuning import build_reflection_tuning
 
+    check_for_cluster(config)
     output.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(
-        build_reflection_tuning(config.cluster, images),
+        build_reflection_tuning(config, images),
         package_path=str(output),
         pipeline_parameters=config.pipeline_arguments(),
         kubernetes_manifest_format=options is not None,

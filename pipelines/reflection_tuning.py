@@ -13,6 +13,7 @@ at compile time), retries and caching, where the run id comes from (``$KFP_RUN_I
 closes the MLflow parent run (``finalize``, an exit handler that runs whatever happened).
 """
 
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -22,6 +23,7 @@ from rtune.components.common.images import Images
 from rtune.components.evaluate.component import evaluate
 from rtune.components.finalize.component import finalize
 from rtune.components.finetune.component import finetune
+from rtune.components.preflight.component import preflight
 from rtune.components.prepare.component import prepare
 from rtune.components.quantize.component import quantize
 from rtune.components.reflect_instruction.component import reflect_instruction
@@ -46,16 +48,18 @@ STAGE_IMAGES = {
     serve: "base",
     evaluate: "base",
     finalize: "base",
+    preflight: "base",
 }
 RUN_ID_ENV, RUN_ID_FIELD = "KFP_RUN_ID", "metadata.labels['pipeline/runid']"
 GPU_RESOURCE = "nvidia.com/gpu"
 TEACHER_SECRET = "rtune-teacher"
 TEACHER_SECRET_KEYS = {"api_key": "OPENAI_API_KEY"}
 S3_SECRET = "rtune-s3"
-S3_SECRET_KEYS = {
+S3_KEYS = {
     "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
 }
+S3_ENDPOINT_KEY = {"AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL"}  # MinIO; absent on AWS
 
 
 def stage_components(images: Images) -> SimpleNamespace:
@@ -70,35 +74,79 @@ def stage_components(images: Images) -> SimpleNamespace:
     )
 
 
-def _task(task: Any, size: Any = None) -> Any:
-    """Every task: the run id from the pod's label; a pod size when the cluster section gives one."""
-    kubernetes.use_field_path_as_env(task, env_name=RUN_ID_ENV, field_path=RUN_ID_FIELD)
-    if size is not None:
-        task.set_cpu_request(size.cpu).set_memory_request(size.memory)
-        if size.gpus:
-            task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(size.gpus)
-    return task
+@dataclass(frozen=True)
+class Wiring:
+    """How the DAG dresses a task for the cluster (all of it ignored by kfp.local)."""
+
+    cluster: Any
+    s3: bool  # some setting is an s3:// URI: tasks that read or write models get the Secret
+    teacher_served: bool  # the teacher (or judge) is an endpoint: its key comes from a Secret
+
+    def task(self, task: Any, size: Any = None, *, work: bool = True, s3: bool = False) -> Any:
+        """Run id from the pod's label, the pods' env ConfigMap, a size, the work volume, S3."""
+        kubernetes.use_field_path_as_env(task, env_name=RUN_ID_ENV, field_path=RUN_ID_FIELD)
+        cluster = self.cluster
+        if cluster.pod_env:
+            kubernetes.use_config_map_as_env(
+                task, cluster.pod_env, {k: k for k in POD_ENV_KEYS}, optional=True
+            )
+        if work and cluster.work_volume:
+            kubernetes.mount_pvc(task, pvc_name=cluster.work_volume, mount_path=cluster.work_mount)
+        if size is not None:
+            task.set_cpu_request(size.cpu).set_memory_request(size.memory)
+            if size.gpus:
+                self._gpu(task, size.gpus)
+        if s3 and self.s3:
+            kubernetes.use_secret_as_env(task, S3_SECRET, S3_KEYS, optional=False)
+            kubernetes.use_secret_as_env(task, S3_SECRET, S3_ENDPOINT_KEY, optional=True)
+        return task
+
+    def _gpu(self, task: Any, gpus: int) -> None:
+        cluster = self.cluster
+        task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
+        for toleration in cluster.gpu_tolerations:
+            kubernetes.add_toleration_json(task, toleration)
+        if cluster.gpu_node_selector:
+            kubernetes.add_node_selector_json(task, cluster.gpu_node_selector)
+        if cluster.shm_size:
+            kubernetes.empty_dir_mount(
+                task, "shm", "/dev/shm", medium="Memory", size_limit=cluster.shm_size
+            )
+
+    def teacher(self, task: Any) -> Any:
+        """Teacher calls are remote and flaky: retry the task; a served teacher's key is required."""
+        task.set_retry(num_retries=3, backoff_duration="60s", backoff_factor=2.0)
+        task.set_caching_options(False)
+        if self.teacher_served:
+            kubernetes.use_secret_as_env(task, TEACHER_SECRET, TEACHER_SECRET_KEYS, optional=False)
+        return task
 
 
-def _with_secret(task: Any, secret: str, keys: dict[str, str]) -> Any:
-    """Env vars from a Kubernetes Secret (optional: kfp.local and keyless endpoints go without)."""
-    kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env=keys, optional=True)
-    return task
+# what the pods' env ConfigMap may set (manifests/base/pod-env.yaml): caches on the work volume
+POD_ENV_KEYS = (
+    "RTUNE_CACHE",
+    "HF_HOME",
+    "XDG_CACHE_HOME",
+    "TRITON_CACHE_DIR",
+    "TORCH_EXTENSIONS_DIR",
+)
 
 
-def _teacher_task(task: Any) -> Any:
-    """Teacher calls are remote and flaky: retry the task; the key comes from a Secret."""
-    task.set_retry(num_retries=3, backoff_duration="60s", backoff_factor=2.0)
-    task.set_caching_options(False)
-    return _with_secret(task, TEACHER_SECRET, TEACHER_SECRET_KEYS)
+def wiring_for(config: Any) -> Wiring:
+    from rtune.pipelines.config import uses_s3
+
+    served = {config.section("teacher").backend}
+    judge = config.section("evaluate").judge_config()
+    return Wiring(config.cluster, uses_s3(config), "openai" in {*served, judge.backend})
 
 
-def build_reflection_tuning(cluster: Any, images: Images | None = None) -> Any:
-    """The pipeline for a run config's ``cluster`` section (pod sizes and images are compile-time:
+def build_reflection_tuning(config: Any, images: Images | None = None) -> Any:
+    """The pipeline for a run config (pod sizes, images and cluster wiring are compile-time:
     kfp.local cannot resolve a pipeline parameter inside a ``ParallelFor`` resource setting)."""
-    images = images or Images()
+    images = images or Images(config.cluster.images.registry, config.cluster.images.tag)
     c = stage_components(images)
-    gpus = SimpleNamespace(finetune=cluster.finetune, quantize=cluster.quantize)
+    w = wiring_for(config)
+    sizes = config.cluster
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
@@ -118,34 +166,54 @@ def build_reflection_tuning(cluster: Any, images: Images | None = None) -> Any:
         tracking: dict = {},  # noqa: B006
         checkpoint_root: str = "",
     ) -> None:
-        closing = _task(c.finalize(tracking=tracking))
+        closing = w.task(c.finalize(tracking=tracking), sizes.default, work=False)
         with dsl.ExitHandler(closing, name="stages"):
-            prepared = _task(
+            checked = w.teacher(
+                w.task(
+                    c.preflight(
+                        seed_uri=seed_uri,
+                        student=student,
+                        teacher=teacher,
+                        finetune=finetune,
+                        quantize=quantize,
+                        serve=serve,
+                        evaluate=evaluate,
+                        tracking=tracking,
+                        checkpoint_root=checkpoint_root,
+                    ),
+                    sizes.default,
+                    s3=True,
+                )
+            )
+            checked.set_retry(num_retries=0).set_caching_options(False)
+            prepared = w.task(
                 c.prepare(
                     seed_uri=seed_uri,
                     student=student,
                     prepare_config=prepare_config,
                     tracking=tracking,
                 ),
-                cluster.default,
-            )
-            phase1 = _teacher_task(
-                _task(
+                sizes.default,
+                s3=True,
+            ).after(checked)
+            phase1 = w.teacher(
+                w.task(
                     c.reflect_instruction(
                         records=prepared.outputs["prepared"],
                         teacher=teacher,
                         tracking=tracking,
                         checkpoint_root=checkpoint_root,
                     ),
-                    cluster.default,
+                    sizes.default,
+                    s3=True,
                 )
             )
-            shards = _task(c.plan_shards(scoring=scoring))
+            shards = w.task(c.plan_shards(scoring=scoring), work=False).after(checked)
 
             def score_in_shards(candidates: Any, phase: str) -> Any:
                 """One scoring task per shard (``dsl.ParallelFor``); their scores, collected."""
                 with dsl.ParallelFor(shards.output, name=f"{phase}-shards") as shard:
-                    scores = _task(
+                    scores = w.task(
                         c.score_shard(
                             records=candidates,
                             student=student,
@@ -155,39 +223,46 @@ def build_reflection_tuning(cluster: Any, images: Images | None = None) -> Any:
                             shard_index=shard,
                             checkpoint_root=checkpoint_root,
                         ),
-                        cluster.scoring,
+                        sizes.scoring,
+                        s3=True,
                     )
+                    scores.set_retry(
+                        num_retries=2, backoff_duration="30s"
+                    )  # resumes its checkpoint
                 return dsl.Collected(scores.outputs["scores"])
 
-            chosen = _task(
+            chosen = w.task(
                 c.select_ifd(
                     candidates=phase1.outputs["candidates"],
                     scores=score_in_shards(phase1.outputs["candidates"], "ifd"),
                     tracking=tracking,
                 ),
-                cluster.default,
+                sizes.default,
+                work=False,
             )
-            phase2 = _teacher_task(
-                _task(
+            phase2 = w.teacher(
+                w.task(
                     c.reflect_response(
                         records=chosen.outputs["selected"],
                         teacher=teacher,
                         tracking=tracking,
                         checkpoint_root=checkpoint_root,
                     ),
-                    cluster.default,
+                    sizes.default,
+                    s3=True,
                 )
             )
-            final = _task(
+            final = w.task(
                 c.select_rifd(
                     candidates=phase2.outputs["candidates"],
                     scores=score_in_shards(phase2.outputs["candidates"], "rifd"),
                     selection=selection,
                     tracking=tracking,
                 ),
-                cluster.default,
+                sizes.default,
+                work=False,
             )
-            trained = _task(
+            trained = w.task(
                 c.finetune(
                     selected=final.outputs["selected"],
                     student=student,
@@ -196,11 +271,12 @@ def build_reflection_tuning(cluster: Any, images: Images | None = None) -> Any:
                     checkpoint_root=checkpoint_root,
                     train_image=images.reference("train"),
                 ),
-                gpus.finetune,
+                sizes.finetune,
+                s3=True,
             )
-            trained.set_caching_options(False)
-            _with_secret(trained, S3_SECRET, S3_SECRET_KEYS)
-            compressed = _task(
+            # a retried finetune resumes from its last complete checkpoint on the work volume
+            trained.set_caching_options(False).set_retry(num_retries=2, backoff_duration="60s")
+            compressed = w.task(
                 c.quantize(
                     model=trained.outputs["model"],
                     selected=final.outputs["selected"],
@@ -209,33 +285,36 @@ def build_reflection_tuning(cluster: Any, images: Images | None = None) -> Any:
                     tracking=tracking,
                     checkpoint_root=checkpoint_root,
                 ),
-                gpus.quantize,
+                sizes.quantize,
+                s3=True,
             )
-            _with_secret(compressed, S3_SECRET, S3_SECRET_KEYS)
-            served = _task(
+            compressed.set_retry(num_retries=1, backoff_duration="60s")
+            served = w.task(
                 c.serve(model=compressed.outputs["quantized"], serve=serve, tracking=tracking),
-                cluster.default,
+                sizes.default,
+                s3=True,
             )
             served.set_caching_options(False)  # creates/updates a live InferenceService
-            judged = _task(
-                c.evaluate(
-                    endpoint=served.outputs["endpoint"],
-                    student=student,
-                    evaluate=evaluate,
-                    tracking=tracking,
-                    checkpoint_root=checkpoint_root,
-                ),
-                cluster.default,
+            judged = w.teacher(
+                w.task(
+                    c.evaluate(
+                        endpoint=served.outputs["endpoint"],
+                        student=student,
+                        evaluate=evaluate,
+                        tracking=tracking,
+                        checkpoint_root=checkpoint_root,
+                    ),
+                    sizes.default,
+                    s3=True,
+                )
             )
-            judged.set_caching_options(False)
             judged.set_retry(num_retries=2, backoff_duration="60s", backoff_factor=2.0)
-            _with_secret(judged, TEACHER_SECRET, TEACHER_SECRET_KEYS)
 
     return reflection_tuning
 
 
 def default_pipeline() -> Any:
     """The pipeline for the default run config (what ``rtune run`` executes)."""
-    from rtune.pipelines.config import ClusterConfig
+    from rtune.pipelines.config import load_run_config
 
-    return build_reflection_tuning(ClusterConfig())
+    return build_reflection_tuning(load_run_config())
