@@ -168,7 +168,13 @@ def _pod_context(
     cluster.kube.add_account(
         token, subject, grants_for(documents, cluster.namespace, service_account)
     )
+    config_maps = {
+        doc["metadata"]["name"]: {k: str(v) for k, v in (doc.get("data") or {}).items()}
+        for doc in rendered
+        if doc.get("kind") == "ConfigMap"
+    }
     return PodContext(
+        config_maps=config_maps,
         run_id=run_id,
         workflow=f"reflection-tuning-{run_id[:5]}",
         service_account=service_account,
