@@ -167,7 +167,8 @@ def _handler(api: KubeApi) -> type[BaseHTTPRequestHandler]:
         def _serve(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else None
-            token = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+            scheme, _, token = self.headers.get("Authorization", "").partition(" ")
+            token = token.strip() if scheme.lower() == "bearer" else ""
             if token not in api.accounts:
                 self._send(401, _status(401, "Unauthorized", "Unauthorized"))
                 return

@@ -128,6 +128,9 @@ def pod_script(spec: PodSpec, attempt_dir: Path) -> str:
         lines += _bind(local, image_path, read_only=True)
     for path in _interpreter_paths():
         lines += _bind(path, str(path), read_only=True)
+    for source, target in _source_mounts(image.python_environments):
+        if Path(target) != source:
+            lines += _bind(source, target, read_only=True)
     for mount in spec.mounts:
         if not mount.source.is_absolute():  # an emptyDir / ephemeral volume of this attempt
             mount = Mount(mount.target, attempt_dir / "volumes" / mount.source, mount.read_only)
@@ -153,8 +156,27 @@ def _system_mounts() -> list[str]:
 
 
 def _interpreter_paths() -> list[Path]:
-    """The interpreter behind the local environments and the sources an editable install maps."""
+    """The interpreter behind the local environments, and this checkout (read-only)."""
     return [Path(sys.base_prefix).resolve(), ROOT]
+
+
+def _source_mounts(environments: Mapping[str, Path]) -> list[tuple[Path, str]]:
+    """This checkout's packages where the environments' editable install expects them.
+
+    An editable install maps ``rtune.components`` to the folder it was made from; the pods must
+    import the code being rehearsed (this checkout), wherever that install came from.
+    """
+    import ast
+
+    here = {"rtune.components": ROOT / "components", "rtune.pipelines": ROOT / "pipelines"}
+    mounts = []
+    for environment in environments.values():
+        for finder in environment.glob("lib/python*/site-packages/__editable___rtune_*_finder.py"):
+            text = finder.read_text(encoding="utf-8")
+            line = next((s for s in text.splitlines() if s.startswith("MAPPING")), "")
+            mapping = ast.literal_eval(line.split("=", 1)[1].strip()) if line else {}
+            mounts += [(here[name], target) for name, target in mapping.items() if name in here]
+    return mounts
 
 
 def _owned_dir(source: Path, uid: int, gid: int, mode: str) -> list[str]:
