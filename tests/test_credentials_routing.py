@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 from rtune.components.evaluate import lm_eval
-from rtune.components.evaluate.task import run_evaluate
 from rtune.components.serve.endpoint import EndpointSpec
 from tests.fakes.openai_server import Body, FakeOpenAIServer
 from tests.test_evaluate_lm_eval import TASK_YAML
+from tests.test_evaluate_task import run_evaluate
 
 pytestmark = pytest.mark.integration
 
@@ -91,7 +91,7 @@ def test_each_endpoint_sees_only_its_own_key(
     }
     summary = run_evaluate(
         spec, config, {"enabled": False}, "keys", None, None,
-        checkpoint_root=str(tmp_path / "ck"), progress=False,
+        checkpoint_root=str(tmp_path / "ck"),
     )  # fmt: skip
     assert "lm_eval/rtune_arith/exact_match_strict-match_base" in summary
     asked = {role: len(server.completions) for role, server in servers.items()}

@@ -1,7 +1,8 @@
 """The evaluate stage's config, its thin KFP component and the ``rtune evaluate`` command.
 
-The component is compiled without importing torch/transformers/mlflow, then called through its
-``python_func`` (the first tier of component tests); the CLI runs against loopback servers."""
+The component (a plain function the DAG wraps with its image) is compiled without importing
+torch/transformers/mlflow, then called directly (the first tier of component tests); the CLI
+runs against loopback servers."""
 
 from __future__ import annotations
 
@@ -93,14 +94,16 @@ def test_lm_eval_primary_metric_needs_its_task() -> None:
 def test_component_compiles_without_heavy_imports(tmp_path: Path) -> None:
     code = (
         "import sys; from kfp import compiler; "
-        "from rtune.components.evaluate.component import evaluate; "
+        "from rtune.components.common.images import Images; "
+        "from rtune.pipelines.reflection_tuning import stage_components; "
+        "evaluate = stage_components(Images()).evaluate; "
         f"compiler.Compiler().compile(evaluate, {str(tmp_path / 'c.yaml')!r}); "
         "bad = [m for m in ('torch', 'transformers', 'mlflow') if m in sys.modules]; "
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=300)
     text = (tmp_path / "c.yaml").read_text()
-    assert "rtune-base" in text and "run_evaluate" in text
+    assert "rtune-base" in text and "EvaluateStage" in text
 
 
 class Artifact:
@@ -143,10 +146,10 @@ def test_component_function_fills_its_outputs(tmp_path: Path) -> None:
         results, metrics, report = (
             Artifact(tmp_path / n) for n in ("results", "metrics", "report")
         )
-        evaluate.python_func(
-            endpoint=Artifact(spec), evaluate=config, tracking={"enabled": False},
-            kfp_run_id="kfp-1", results=results, metrics=metrics, report=report,
-            checkpoint_root=str(tmp_path / "ck"),
+        evaluate(
+            endpoint=Artifact(spec), student={}, evaluate=config, tracking={"enabled": False},
+            checkpoint_root=str(tmp_path / "ck"), results=results, metrics=metrics,
+            report=report,
         )  # fmt: skip
     assert json.loads(Path(results.path).read_text())["summary"]["judge_wins"] == 3
     assert metrics.metrics["suite_accuracy_candidate"] == pytest.approx(0.8)
@@ -198,7 +201,9 @@ def test_cli_evaluates_a_running_endpoint(
         )  # fmt: skip
         assert args.func(args) == 0
         assert len(judge.completions) == 4  # --judge-limit 2, both orders
-    summary = json.loads(capsys.readouterr().out)
+    line, _, printed = capsys.readouterr().out.partition("\n")  # the runner's line, then JSON
+    assert line.startswith("rtune-summary evaluate: suite accuracy 0.80 vs base 0.20")
+    summary = json.loads(printed)
     assert summary["judge_wins"] == 2 and summary["candidate_beats_base"] is True
     assert json.loads((out / "endpoint.json").read_text())["base_url"] == cand.url
     assert (out / "report.html").exists() and (out / "results.json").exists()

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from rtune.components.evaluate.task import run_evaluate
 from rtune.components.serve.endpoint import EndpointSpec
+from tests.test_evaluate_task import run_evaluate
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -66,15 +66,15 @@ def test_local_servers_and_local_judge_end_to_end(tiny_model_dir: Path, tmp_path
         "suite_limit": 3,
         "judge_limit": 2,
         "max_new_tokens": 12,
-        "base_model": str(tiny_model_dir),
         "server": "transformers",
         "judge": {"model": str(tiny_model_dir), "max_new_tokens": 8},
     }
+    student = {"model": str(tiny_model_dir)}  # the base student
     activity = Activity(tiny_model_dir)
     with activity.recording():
         summary = run_evaluate(
             spec, config, {"enabled": False}, "local", tmp_path / "report.html",
-            tmp_path / "results.json", checkpoint_root=str(tmp_path / "ck"), progress=False,
+            tmp_path / "results.json", checkpoint_root=str(tmp_path / "ck"), student=student,
         )  # fmt: skip
     assert activity.started == ["transformers", "transformers"]  # candidate and base servers
     assert "tokenizer_config.json" in activity.opened  # the judge, loaded in this process
@@ -90,7 +90,7 @@ def test_local_servers_and_local_judge_end_to_end(tiny_model_dir: Path, tmp_path
     with activity.recording():
         again = run_evaluate(
             spec, config, {"enabled": False}, "local", None, None,
-            checkpoint_root=str(tmp_path / "ck"), progress=False,
+            checkpoint_root=str(tmp_path / "ck"), student=student,
         )  # fmt: skip
     # everything checkpointed: no server started, no model loaded
     assert activity.started == [] and activity.opened == set()

@@ -3,7 +3,8 @@ servers (FakeOpenAIServer) answering fixed texts, the judge is the real ``openai
 against a third one. Checks the metrics (MLflow parent + KFP), the per-item tables, the
 ``champion`` alias on a registered version in a sqlite MLflow (and none when the candidate
 loses), resume after a SIGKILL without re-asking, no server touched when everything is done, and
-the HTML report rendered in headless Chromium."""
+the HTML report rendered in headless Chromium. The stage runs as its KFP component runs it:
+plain data in, ``EvaluateStage.from_parameters``, the stage runner."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from typing import Any
 import pytest
 
 from rtune.components.common.records import InputError
-from rtune.components.evaluate.task import run_evaluate
+from rtune.components.common.stage import StageSettings, run_stage
+from rtune.components.evaluate.task import EvaluateStage
 from rtune.components.serve.endpoint import EndpointSpec
 from tests.conftest import RecordingMetrics
 from tests.fakes.openai_server import Body, FakeOpenAIServer, Fault, last_user_message
@@ -116,6 +118,30 @@ def evaluate_config(
     }
 
 
+def run_evaluate(
+    spec: Path,
+    config: dict[str, Any],
+    tracking: dict[str, Any] | None = None,
+    run_id: str = "test",
+    report: Path | None = None,
+    results: Path | None = None,
+    metrics: RecordingMetrics | None = None,
+    checkpoint_root: str = "",
+    student: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The evaluate stage as its component runs it (plain data -> stage -> runner); its summary."""
+    stage = EvaluateStage.from_parameters(student or {}, config, spec, results, report)
+    stage.progress = False
+    settings = StageSettings(
+        tracking=tracking or {"enabled": False},
+        checkpoint_root=checkpoint_root,
+        metrics=metrics,
+        run_id=run_id,
+        to_parent=True,
+    )
+    return run_stage(stage, settings).values
+
+
 def _spec(folder: Path, server: FakeOpenAIServer) -> Path:
     return EndpointSpec(kind="kserve", base_url=server.url, model=server.model).save(
         folder / "endpoint.json"
@@ -161,7 +187,6 @@ def won(
         folder / "results.json",
         metrics,
         checkpoint_root=str(folder / "ck"),
-        progress=False,
     )
     asked = {role: len(server.completions) - before[role] for role, server in servers.items()}
     return {"folder": folder, "tracking": tracking, "version": version, "summary": summary, "metrics": metrics, "asked": asked}  # fmt: skip
@@ -209,7 +234,6 @@ def test_champion_alias_and_mlflow_records(won: dict[str, Any]) -> None:
     assert parent.data.metrics["suite_accuracy_candidate"] == pytest.approx(0.8)
     assert parent.data.metrics["judge_win_rate"] == 1.0
     assert parent.data.tags["rtune.champion_version"] == won["version"]
-    assert parent.info.status == "FINISHED"  # the last stage closes the pipeline run
     assert stage.data.params["primary_metric"] == "suite_accuracy"
     assert "judge.url" in stage.data.params and "judge.api_key_env" not in stage.data.params
     artifacts = {a.path for a in client.list_artifacts(stage.info.run_id, "evaluate")}
@@ -229,6 +253,40 @@ def test_champion_alias_and_mlflow_records(won: dict[str, Any]) -> None:
     }
     contexts = {i.tags[0].value for i in stage.inputs.dataset_inputs}
     assert contexts == {"eval"}
+
+
+def test_finalize_not_the_evaluation_closes_the_pipeline_run(won: dict[str, Any]) -> None:
+    """The exit handler closes the parent run the evaluation reported to, with its line."""
+    from rtune.components.common.tracking import TrackingConfig
+    from rtune.components.finalize.finalize import finalize_run
+
+    parent, stage = _runs(won["tracking"], "kfp-won")
+    assert parent.info.status == "RUNNING"  # no stage closes it
+    outcome = finalize_run("SUCCEEDED", "kfp-won", TrackingConfig(**won["tracking"]))
+    parent, _ = _runs(won["tracking"], "kfp-won")
+    assert outcome.status == parent.info.status == "FINISHED" and outcome.failed_stages == []
+    line = stage.data.tags["rtune.summary"]
+    assert line.startswith("suite accuracy 0.80 vs base 0.20; judge wins/ties/losses 3/0/0")
+    assert ("evaluate", line) in outcome.lines
+
+
+def test_finalize_names_a_failed_evaluation(
+    servers: dict[str, FakeOpenAIServer], tmp_path: Path
+) -> None:
+    tracking = {"experiment": "eval-test", "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    bad_heldout = tmp_path / "bad.jsonl"
+    bad_heldout.write_text('{"instruction": ""}\n')
+    config = {**evaluate_config(tmp_path, servers), "heldout": str(bad_heldout)}
+    with pytest.raises(InputError, match="line 1"):
+        run_evaluate(_spec(tmp_path, servers["candidate"]), config, tracking, "kfp-failed")
+    from rtune.components.common.tracking import TrackingConfig
+    from rtune.components.finalize.finalize import finalize_run
+
+    outcome = finalize_run("FAILED", "kfp-failed", TrackingConfig(**tracking))
+    parent = _client(tracking).get_run(_runs(tracking, "kfp-failed")[0].info.run_id)
+    assert outcome.status == parent.info.status == "FAILED"
+    assert outcome.failed_stages == ["evaluate"] and "FAILED in evaluate" in outcome.line()
+    assert parent.data.tags["rtune.failed_stages"] == "evaluate"
 
 
 def test_results_file_has_the_per_item_tables(won: dict[str, Any]) -> None:
@@ -251,7 +309,7 @@ def test_no_champion_when_the_candidate_loses(
     config = {**evaluate_config(tmp_path, servers, swap=True), "primary_metric": "judge_win_rate"}
     summary = run_evaluate(
         _spec(tmp_path, servers["base"]), config, tracking, "kfp-lost", None, None,
-        checkpoint_root=str(tmp_path / "ck"), progress=False,
+        checkpoint_root=str(tmp_path / "ck"),
     )  # fmt: skip
     assert summary["judge_losses"] == 3 and summary["judge_win_rate"] == 0.0
     assert summary["candidate_beats_base"] is False and summary["champion_version"] == ""
@@ -269,7 +327,7 @@ def test_a_finished_evaluation_asks_nobody_again(
     before = {role: len(server.completions) for role, server in servers.items()}
     summary = run_evaluate(
         folder / "endpoint.json", evaluate_config(folder, servers), {"enabled": False}, "again",
-        None, None, checkpoint_root=str(folder / "ck"), progress=False,
+        None, None, checkpoint_root=str(folder / "ck"),
     )  # fmt: skip
     assert {role: len(s.completions) - before[role] for role, s in servers.items()} == {
         "candidate": 0,
@@ -282,10 +340,10 @@ def test_a_finished_evaluation_asks_nobody_again(
 RUN_IN_CHILD = """
 import json, sys
 from pathlib import Path
-from rtune.components.evaluate.task import run_evaluate
+from tests.test_evaluate_task import run_evaluate
 args = json.loads(sys.argv[1])
 run_evaluate(Path(args["spec"]), args["config"], {"enabled": False}, "child", None, None,
-             checkpoint_root=args["root"], progress=False)
+             checkpoint_root=args["root"])
 """
 
 
@@ -313,7 +371,7 @@ def test_resume_after_sigkill_does_not_re_ask_answered_items(
         assert answered == 3
         summary = run_evaluate(
             tmp_path / "endpoint.json", config, {"enabled": False}, "resumed", None, None,
-            checkpoint_root=str(tmp_path / "ck"), progress=False,
+            checkpoint_root=str(tmp_path / "ck"),
         )  # fmt: skip
         asked = [r.body["messages"][-1]["content"] for r in held.completions]
     assert len(asked) == 4 + 5 and len(set(asked)) == 8  # only the held question twice
@@ -339,7 +397,7 @@ def test_bad_config_and_inputs_fail_before_any_request(
     ]
     for bad, message in cases:
         with pytest.raises(InputError, match=message):
-            run_evaluate(spec, bad, {"enabled": False}, "bad", None, None, progress=False)
+            run_evaluate(spec, bad, {"enabled": False}, "bad", None, None)
     assert len(servers["candidate"].completions) == before
 
 
@@ -401,7 +459,7 @@ def test_reflection_format_scores_only_the_output_part(
         config = {**evaluate_config(tmp_path, servers), "reasoning_format": "reflection"}
         summary = run_evaluate(
             spec, config, {"enabled": False}, "reflect", None, tmp_path / "results.json",
-            checkpoint_root=str(tmp_path / "ck"), progress=False,
+            checkpoint_root=str(tmp_path / "ck"),
         )  # fmt: skip
     assert summary["suite_accuracy_candidate"] == pytest.approx(0.8)  # as without the reasoning
     rows = json.loads((tmp_path / "results.json").read_text())["suite"]

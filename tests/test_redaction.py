@@ -1,5 +1,6 @@
 """Credentials written into URLs (``https://user:pass@host``, ``?token=...``) never reach MLflow
-params, tags or logged text and JSON, nor the evaluate stage's messages."""
+params, tags or logged text and JSON, the stage's summary line, nor the evaluate stage's
+messages."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 from rtune.components.common.config import flatten, redact_credentials
-from rtune.components.common.stage import tracked_stage
+from rtune.components.common.stage import StageContext, StageSettings, run_stage
 
 PASSWORD = "s3cr3t-pw"
 TOKEN = "tok-9f8e7d"
@@ -66,25 +67,60 @@ def test_flatten_hides_credentials_inside_values() -> None:
     assert flat["teacher.api_key_env"] == "OPENAI_API_KEY"
 
 
-def test_nothing_secret_reaches_the_mlflow_run(tmp_path: Path) -> None:
-    """Params (also extra ones), tags on the stage and the parent run, logged JSON and text,
-    and a dataset's source, read back from a real (sqlite) MLflow store."""
-    import mlflow
+@dataclass
+class _Served:
+    endpoint: str
 
-    tracking = {"experiment": "redact", "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    endpoint = f"https://alice:{PASSWORD}@student.example/v1"
-    with tracked_stage("serve", "kfp-r", tracking, _Config(), {"endpoint": endpoint}) as run:
+    def as_dict(self) -> dict[str, Any]:
+        return {"smoke_ok": 1.0}
+
+    def line(self) -> str:
+        return f"served at {self.endpoint}"
+
+
+@dataclass
+class _LeakyStage:
+    """A stage that hands a URL with a password to everything a stage can log."""
+
+    config: _Config
+    endpoint: str
+    name: str = "serve"
+    run_ids: tuple[str | None, str | None] = (None, None)
+
+    def run(self, context: StageContext) -> _Served:
+        run, endpoint = context.run, self.endpoint
         run.set_tags({"rtune.endpoint": endpoint}, to_parent=True)
         run.log_json({"base_url": endpoint, "ok": True}, "serve/endpoint.json")
         run.log_text(f"served at {endpoint}?token={TOKEN}", "serve/notes.txt")
         run.log_dataset([{"id": "a"}], f"https://u:{PASSWORD}@data.example/seed.jsonl", "s", "seed")
-        stage_id, parent_id = run.run_id, run.parent_run_id
+        self.run_ids = (run.run_id, run.parent_run_id)
+        return _Served(endpoint)
+
+
+def test_nothing_secret_reaches_the_mlflow_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Params (also extra ones, and the parent's copy), tags on the stage and the parent run,
+    logged JSON and text, a dataset's source, and the summary line (tag and log line), read back
+    from a real (sqlite) MLflow store."""
+    import mlflow
+
+    tracking = {"experiment": "redact", "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    endpoint = f"https://alice:{PASSWORD}@student.example/v1"
+    stage = _LeakyStage(_Config(), endpoint)
+    settings = StageSettings(tracking=tracking, run_id="kfp-r", extra_params={"endpoint": endpoint})
+    run_stage(stage, settings)
+    printed = capsys.readouterr().out
+    stage_id, parent_id = stage.run_ids
+    assert stage_id is not None and parent_id is not None
     client = mlflow.MlflowClient(tracking["tracking_uri"])
     stage, parent = client.get_run(stage_id), client.get_run(parent_id)
     logged = {
         "params": stage.data.params,
         "tags": stage.data.tags,
         "parent_tags": parent.data.tags,
+        "parent_params": parent.data.params,
+        "printed": printed,
         "json": Path(client.download_artifacts(stage_id, "serve/endpoint.json")).read_text(),
         "text": Path(client.download_artifacts(stage_id, "serve/notes.txt")).read_text(),
         "dataset": [d.dataset.source for d in stage.inputs.dataset_inputs],
@@ -92,6 +128,9 @@ def test_nothing_secret_reaches_the_mlflow_run(tmp_path: Path) -> None:
     shown = json.dumps(logged)
     assert PASSWORD not in shown and TOKEN not in shown
     assert stage.data.params["endpoint"] == "https://***@student.example/v1"
+    assert parent.data.params["serve.endpoint"] == "https://***@student.example/v1"
+    assert stage.data.tags["rtune.summary"] == "served at https://***@student.example/v1"
+    assert "rtune-summary serve: served at https://***@student.example/v1" in printed
     assert parent.data.tags["rtune.endpoint"] == "https://***@student.example/v1"
     assert json.loads(logged["json"]) == {"base_url": "https://***@student.example/v1", "ok": True}
     assert "data.example/seed.jsonl" in logged["dataset"][0]

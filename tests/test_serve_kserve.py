@@ -18,9 +18,11 @@ import yaml
 from kubernetes import client
 
 from rtune.components.common.records import InputError
+from rtune.components.common.stage import MetricsSink, StageSettings, run_stage
 from rtune.components.serve.endpoint import EndpointSpec
 from rtune.components.serve.kserve import (
     GPU_RESOURCE,
+    RUN_ID_LABEL,
     InferenceServiceFailed,
     InferenceServiceTimeout,
     build_inference_service,
@@ -30,8 +32,9 @@ from rtune.components.serve.kserve import (
     ready_urls,
     wait_ready,
 )
-from rtune.components.serve.task import SmokeTestFailed, run_serve
+from rtune.components.serve.task import ServeStage, SmokeTestFailed
 from tests import kube as kube_fixtures
+from tests.conftest import RecordingMetrics
 from tests.crd_schemas import CustomResourceInvalid, validate_custom_resource
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.kube import KubeEmulator, condition
@@ -258,6 +261,19 @@ def test_wait_times_out_with_the_last_state_and_leaves_the_service(
 # ----------------------------------------------------------------------------- the stage
 
 
+def run_serve(
+    model: Path,
+    serve: dict[str, Any],
+    tracking: dict[str, Any],
+    run_id: str,
+    endpoint: Path,
+    metrics: MetricsSink | None = None,
+) -> dict[str, Any]:
+    """The serve stage as its component runs it (plain data -> stage -> runner); its summary."""
+    stage = ServeStage.from_parameters(serve, model, endpoint)
+    return run_stage(stage, StageSettings(tracking=tracking, run_id=run_id, metrics=metrics)).values
+
+
 def kubeconfig_for(kube: KubeEmulator, path: Path) -> Path:
     config = {
         "apiVersion": "v1",
@@ -291,7 +307,8 @@ def test_run_serve_on_kserve_end_to_end(
     reply = "<thinking>Paris it is.</thinking><output>Paris.</output>"
     with FakeOpenAIServer(reply=lambda body: reply) as server:
         kube.on_fetch(ISVCS, NS, NAME, ready_after(2, server.base_url))
-        summary = run_serve(model_dir, serve, tracking, RUN_ID, tmp_path / "endpoint.json")
+        metrics = RecordingMetrics()
+        summary = run_serve(model_dir, serve, tracking, RUN_ID, tmp_path / "endpoint.json", metrics)
         [smoke] = server.completions
     assert summary["kind"] == "kserve" and summary["smoke_ok"] is True
     assert summary["base_url"] == f"{server.base_url}/v1" and summary["model"] == NAME
@@ -299,6 +316,7 @@ def test_run_serve_on_kserve_end_to_end(
     assert smoke.body["model"] == NAME and smoke.body["max_tokens"] == 16
     stored = kube.object(ISVCS, NS, NAME)
     assert stored is not None and stored["spec"]["predictor"]["model"]["storageUri"] == STORE
+    assert stored["metadata"]["labels"][RUN_ID_LABEL] == RUN_ID  # the runner's run id
     validate_custom_resource({k: v for k, v in stored.items() if k != "status"})
     spec = json.loads((tmp_path / "endpoint.json").read_text())
     assert spec["kind"] == "kserve" and spec["namespace"] == NS and spec["name"] == NAME
@@ -310,6 +328,7 @@ def test_run_serve_on_kserve_end_to_end(
     )
     assert parent.data.tags["rtune.endpoint"] == f"{server.base_url}/v1"
     assert parent.data.metrics["smoke_ok"] == 1.0 and parent.data.metrics["smoke_latency_s"] > 0
+    assert metrics.values["smoke_ok"] == 1.0 and metrics.values["ready_s"] >= 0  # the KFP UI's
 
 
 @pytest.mark.integration

@@ -28,8 +28,8 @@ from rtune.components.serve.client import ChatEndpoint
 from rtune.components.serve.endpoint import EndpointSpec, open_endpoint
 from rtune.components.serve.local_server import LocalServer, ServerStartError
 from rtune.components.serve.reasoning import split_reflection
-from rtune.components.serve.task import run_serve
 from tests.servers import free_port
+from tests.test_serve_kserve import run_serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from rtune.components.common.checkpoint import fingerprint
-from rtune.components.common.config import flatten
+from rtune.components.common.config import flatten, redact_credentials
 from rtune.components.common.config import from_dict as config_from_dict
 from rtune.components.common.storage import cache_root
 from rtune.components.common.tracking import StageRun, TrackingConfig, stage_run
@@ -122,7 +122,7 @@ def run_stage(stage: Stage[S], settings: StageSettings = StageSettings()) -> S:
         )
         summary = stage.run(context)
         publish_metrics(run, settings.metrics, summary.as_dict(), settings.to_parent)
-        line = summary.line()
+        line = redact_credentials(summary.line())  # a log line too, not only MLflow's tag
         run.set_tags({SUMMARY_TAG: line[:5000]})
         print(f"{SUMMARY_MARK}{stage.name}: {line}", flush=True)
     return summary

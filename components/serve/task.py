@@ -86,7 +86,8 @@ class ServeSummary:
         return str(self.values["base_url"])
 
     def as_dict(self) -> dict[str, Any]:
-        return self.values
+        """The metrics view: the smoke test's verdict as a number (a bool is not a metric)."""
+        return {**self.values, "smoke_ok": float(self.values["smoke_ok"])}
 
     def line(self) -> str:
         v = self.values

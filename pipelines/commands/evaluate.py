@@ -99,5 +99,5 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     summary = run_stage(stage, stage_settings(config))
-    print(json.dumps(summary.as_dict(), indent=2, default=str))
+    print(json.dumps(summary.values, indent=2, default=str))  # as_dict() is the metrics view
     return 0
