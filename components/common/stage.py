@@ -20,6 +20,7 @@ artifact) and the stage's line of the run summary (an MLflow tag, and one log li
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -124,7 +125,7 @@ def run_stage(stage: Stage[S], settings: StageSettings = StageSettings()) -> S:
         publish_metrics(run, settings.metrics, summary.as_dict(), settings.to_parent)
         line = redact_credentials(summary.line())  # a log line too, not only MLflow's tag
         run.set_tags({SUMMARY_TAG: line[:5000]})
-        print(f"{SUMMARY_MARK}{stage.name}: {line}", flush=True)
+        print(f"{SUMMARY_MARK}{stage.name}: {line}", file=sys.stderr, flush=True)
     return summary
 
 
