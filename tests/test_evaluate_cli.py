@@ -201,9 +201,9 @@ def test_cli_evaluates_a_running_endpoint(
         )  # fmt: skip
         assert args.func(args) == 0
         assert len(judge.completions) == 4  # --judge-limit 2, both orders
-    line, _, printed = capsys.readouterr().out.partition("\n")  # the runner's line, then JSON
-    assert line.startswith("rtune-summary evaluate: suite accuracy 0.80 vs base 0.20")
-    summary = json.loads(printed)
+    captured = capsys.readouterr()  # the runner's line on stderr; the result (JSON) on stdout
+    assert captured.err.startswith("rtune-summary evaluate: suite accuracy 0.80 vs base 0.20")
+    summary = json.loads(captured.out)
     assert summary["judge_wins"] == 2 and summary["candidate_beats_base"] is True
     assert json.loads((out / "endpoint.json").read_text())["base_url"] == cand.url
     assert (out / "report.html").exists() and (out / "results.json").exists()

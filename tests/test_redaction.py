@@ -110,7 +110,8 @@ def test_nothing_secret_reaches_the_mlflow_run(
     stage = _LeakyStage(_Config(), endpoint)
     settings = StageSettings(tracking=tracking, run_id="kfp-r", extra_params={"endpoint": endpoint})
     run_stage(stage, settings)
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out + captured.err
     stage_id, parent_id = stage.run_ids
     assert stage_id is not None and parent_id is not None
     client = mlflow.MlflowClient(tracking["tracking_uri"])
