@@ -386,5 +386,12 @@ def _upload_outputs(
             client.upload_file(str(path), bucket, f"{key}/{relative}".rstrip("/"))
 
 
+def last_error(tail: str) -> str:
+    """The line that says what went wrong: the last exception line of a traceback, if any."""
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    errors = [line for line in lines if ("Error" in line or "Exception" in line) and ":" in line]
+    return (errors or lines or [""])[-1]
+
+
 def new_run_id() -> str:
     return str(uuid.uuid4())

@@ -99,7 +99,11 @@ def _certificate(work: Path, address: str) -> tuple[Path, Path]:
 
 
 def _start_kmock(resources: Mapping[str, str]) -> tuple[str, Any]:
+    import logging
+
     import kmock
+
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
     started: Future[tuple[str, Any]] = Future()
     loop = asyncio.new_event_loop()

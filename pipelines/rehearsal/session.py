@@ -27,7 +27,6 @@ from rtune.pipelines.rehearsal.ir import load_compiled
 from rtune.pipelines.rehearsal.report import TaskReport, leaked, verdict
 
 DEFAULT_OVERLAY = "manifests/overlays/prod"
-MODEL_KEYS = (("prepare", "tokenizer"), ("scoring", "model"), ("finetune", "model"))
 
 
 @dataclass
@@ -125,10 +124,8 @@ def _stage(cluster: Cluster, arguments: Mapping[str, Any], out: Callable[[str], 
         client.upload_file(str(seed_path()), bucket, key)
         out(f"staged seed data at {seed}")
     model = provision_embedded_model()
-    prefixes = {
-        str(arguments.get(section if section != "prepare" else "prepare_config", {}).get(key, ""))
-        for section, key in MODEL_KEYS
-    }
+    student = arguments.get("student", {})
+    prefixes = {str(student.get("model", "")), str(student.get("tokenizer", ""))}
     for prefix in sorted(p for p in prefixes if p.startswith("s3://")):
         bucket, key = prefix[5:].split("/", 1)
         for path in sorted(p for p in model.rglob("*") if p.is_file()):
