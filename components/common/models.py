@@ -12,6 +12,7 @@ cached folder that exists is a whole model).
 from __future__ import annotations
 
 import importlib.metadata
+import re
 import shutil
 import subprocess
 import sys
@@ -106,13 +107,41 @@ def resolve_model(spec: str, endpoint_url: str | None = None) -> Path:
     return path
 
 
+TOKENIZER_FILES = re.compile(
+    r"^(config\.json|generation_config\.json|tokenizer.*|special_tokens_map\.json|vocab\..*|"
+    r"merges\.txt|added_tokens\.json|chat_template\..*|.*\.model|.*\.tiktoken)$"
+)
+
+
+def resolve_tokenizer(spec: str, endpoint_url: str | None = None) -> Path:
+    """A folder with the model's tokenizer. From an ``s3://`` prefix only the tokenizer's own
+    files are fetched (a 70B student's 140 GB of weights are not needed to count tokens)."""
+    if not storage.is_s3(spec):
+        return resolve_model(spec, endpoint_url)
+    full = storage.uri_cache_dir(spec, "models")
+    if _is_model_folder(full):
+        return full
+    dest = storage.uri_cache_dir(spec, "tokenizers")
+    if not _is_model_folder(dest):
+        storage.download_prefix(
+            spec,
+            dest,
+            endpoint_url,
+            check=_model_check(spec, whole=False),
+            keep=_is_model_folder,
+            only=lambda relative: bool(TOKENIZER_FILES.match(relative.name))
+            and len(relative.parts) == 1,
+        )
+    return dest
+
+
 def _is_model_folder(folder: Path) -> bool:
     return (folder / "config.json").is_file()
 
 
-def _model_check(spec: str) -> Callable[[Path], None]:
+def _model_check(spec: str, whole: bool = True) -> Callable[[Path], None]:
     """What a downloaded model folder must pass before it enters the cache: a ``config.json``,
-    and the files the model store's manifest lists, byte for byte, when it has one."""
+    and (``whole``) the files the model store's manifest lists, byte for byte, when it has one."""
 
     def check(folder: Path) -> None:
         from rtune.components.common.model_store import check_local_copy
@@ -123,7 +152,8 @@ def _model_check(spec: str) -> Callable[[Path], None]:
                 "is not a Hugging Face model folder (no config.json under the prefix)",
                 "point --model at the prefix that holds config.json (saved with save_pretrained)",
             )
-        check_local_copy(spec, folder)
+        if whole:
+            check_local_copy(spec, folder)
 
     return check
 

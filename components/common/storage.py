@@ -72,8 +72,10 @@ def download_prefix(
     endpoint_url: str | None = None,
     check: Callable[[Path], None] | None = None,
     keep: Callable[[Path], bool] | None = None,
+    only: Callable[[PurePosixPath], bool] | None = None,
 ) -> Path:
-    """Copy every object under an ``s3://`` prefix into ``dest_dir`` keeping relative paths.
+    """Copy every object under an ``s3://`` prefix into ``dest_dir`` keeping relative paths
+    (``only``: just the objects whose relative path it accepts).
 
     All keys are listed and checked first (:func:`local_relative_path`); the objects land in a
     staging folder beside ``dest_dir``, ``check`` may refuse the finished copy, and only then does
@@ -83,6 +85,8 @@ def download_prefix(
     prefix = prefix.rstrip("/") + "/" if prefix else ""
     client = s3_client(endpoint_url)
     plan = plan_prefix_download(uri, list_keys(client, bucket, prefix), prefix)
+    if only is not None:
+        plan = {relative: key for relative, key in plan.items() if only(relative)}
     if not plan:
         raise FileNotFoundError(f"no objects under {uri}")
     staging = staging_dir(dest_dir)

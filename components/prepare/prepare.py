@@ -234,9 +234,9 @@ def make_token_counter(
     """
     if spec is None:
         return _estimate_tokens, "chars/4 estimate"
-    from rtune.components.common.models import load_tokenizer, resolve_model
+    from rtune.components.common.models import load_tokenizer, resolve_tokenizer
 
-    tokenizer = load_tokenizer(resolve_model(spec, endpoint_url))
+    tokenizer = load_tokenizer(resolve_tokenizer(spec, endpoint_url))
 
     def count(texts: list[str]) -> list[int]:
         encoded = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
