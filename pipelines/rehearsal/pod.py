@@ -197,13 +197,32 @@ def _bind(source: Path, target: str, read_only: bool = False) -> list[str]:
     return lines
 
 
+QUANTITY = {
+    "Ki": 1 << 10,
+    "Mi": 1 << 20,
+    "Gi": 1 << 30,
+    "Ti": 1 << 40,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+}
+
+
+def tmpfs_size(quantity: str) -> str:
+    """A Kubernetes quantity (``16Gi``) or a share (``50%``) as ``mount -o size=`` takes it."""
+    if quantity.endswith("%"):
+        return quantity
+    for suffix, factor in sorted(QUANTITY.items(), key=lambda item: -len(item[0])):
+        if quantity.endswith(suffix):
+            return str(int(float(quantity[: -len(suffix)]) * factor))
+    return str(int(quantity))
+
+
 def _volume(mount: Mount, image: ImageFacts) -> list[str]:
     dst = f'"$R"{shlex.quote(mount.target)}'
     if mount.tmpfs_size:
-        return [
-            f"mkdir -p {dst}",
-            f"mount -t tmpfs -o size={mount.tmpfs_size},mode=1777 tmpfs {dst}",
-        ]
+        size = tmpfs_size(mount.tmpfs_size)
+        return [f"mkdir -p {dst}", f"mount -t tmpfs -o size={size},mode=1777 tmpfs {dst}"]
     lines = [] if mount.read_only else _owned_dir(mount.source, image.uid, image.gid, "0777")
     return lines + _bind(mount.source, mount.target, read_only=mount.read_only)
 
