@@ -111,6 +111,8 @@ class StudentScorer:
         self.pad_id = int(pad if pad is not None else 0)
         self.decoder = model.base_model
         self.head = model.get_output_embeddings()
+        # where inputs go (a student spread over GPUs by device_map has its embeddings on the first)
+        self.device = model.get_input_embeddings().weight.device
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
         self._check_head()
         self.prefixes = self._template_prefixes()
@@ -124,7 +126,7 @@ class StudentScorer:
         from rtune.components.common.models import load_causal_lm, load_tokenizer, resolve_model
 
         path = resolve_model(config.model)
-        return cls(load_causal_lm(path, config.dtype), load_tokenizer(path), config)
+        return cls(load_causal_lm(path, config.dtype, "auto"), load_tokenizer(path), config)
 
     def plan(self, candidate: ScoringCandidate) -> CandidatePlan:
         return plan_candidate(self.builder, self.template, candidate, self.config.reverse_prompt)
@@ -160,7 +162,7 @@ class StudentScorer:
         values come from a cache (computed once per run) and only the rest is run.
         """
         with torch.inference_mode():
-            ids, mask = _pad(passes, self.pad_id)
+            ids, mask = (tensor.to(self.device) for tensor in _pad(passes, self.pad_id))
             cache = self._prefix_cache(passes[0].ids[:shared], len(passes)) if shared else None
             hidden = self.decoder(
                 input_ids=ids[:, shared:],
@@ -171,7 +173,8 @@ class StudentScorer:
             if len(passes) == 1 and not shared and len(passes[0].ids) < MIN_GEMM_ROWS:
                 return [self._short_pass_loss(passes[0], hidden[0])]
             rows, cols, targets = _target_index(passes)
-            token_losses = self._target_cross_entropy(hidden[rows, cols - shared], targets)
+            picked = hidden[rows.to(hidden.device), (cols - shared).to(hidden.device)]
+            token_losses = self._target_cross_entropy(picked, targets).cpu()
             sums = torch.zeros(len(passes), dtype=torch.float64)
             sums.index_add_(0, rows, token_losses.double())
             counts = torch.tensor([p.n_targets for p in passes], dtype=torch.float64)
@@ -213,7 +216,7 @@ class StudentScorer:
         from transformers import DynamicCache
 
         if prefix not in self._prefix_kv:
-            out = self.decoder(input_ids=torch.tensor([prefix]), use_cache=True)
+            out = self.decoder(input_ids=torch.tensor([prefix], device=self.device), use_cache=True)
             self._prefix_kv[prefix] = [(lay.keys, lay.values) for lay in out.past_key_values.layers]
         data = [
             (k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1))
@@ -239,7 +242,8 @@ class StudentScorer:
         """
         vocab = self.head.weight.shape[0]
         chunk = max(MIN_GEMM_ROWS, LOGIT_CHUNK_ELEMENTS // vocab)
-        out = torch.empty(len(targets), dtype=torch.float32)
+        out = torch.empty(len(targets), dtype=torch.float32, device=self.head.weight.device)
+        targets = targets.to(out.device)
         for begin in range(0, len(targets), chunk):
             end = min(begin + chunk, len(targets))
             first = min(begin, max(0, end - MIN_GEMM_ROWS))
@@ -256,11 +260,13 @@ class StudentScorer:
         """A pass shorter than ``MIN_GEMM_ROWS``: every position is projected, as HF does."""
         logits = self._logits(hidden).float()[token_pass.start - 1 : len(token_pass.ids) - 1]
         targets = torch.tensor(token_pass.ids[token_pass.start :], dtype=torch.long)
-        token_losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+        token_losses = torch.nn.functional.cross_entropy(
+            logits, targets.to(logits.device), reduction="none"
+        )
         return float(token_losses.double().mean())
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.head(hidden)
+        logits = self.head(hidden.to(self.head.weight.device))
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
@@ -288,7 +294,7 @@ class StudentScorer:
     def _check_head(self) -> None:
         """Refuse models whose logits are not ``lm_head(last hidden state)`` (+ softcap): the
         fast path would silently disagree with ``outputs.loss`` for them."""
-        ids = torch.tensor([self.builder.encode("Check the output head.")[:8]])
+        ids = torch.tensor([self.builder.encode("Check the output head.")[:8]], device=self.device)
         with torch.inference_mode():
             full = self.model(input_ids=ids, use_cache=False).logits[0].float()
             try:
