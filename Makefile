@@ -57,7 +57,7 @@ test-fast: setup
 # every benchmark prints its figures even when an earlier one misses its target; the exit code
 # says whether all met theirs
 bench: setup
-	@status=0; for bench in scoring teacher training; do \
+	@status=0; for bench in scoring teacher training dtype; do \
 	  $(BIN)/python tests/benchmarks/bench_$$bench.py || status=1; done; exit $$status
 
 lint: setup
