@@ -118,6 +118,7 @@ def run_stage(stage: Stage[S], settings: StageSettings = StageSettings()) -> S:
             run,
             run_id,
             checkpoint_dir(settings.checkpoint_root, stage_group(stage.name)),
+            settings.metrics,  # what a failing stage publishes reaches the Kubeflow UI too
         )
         summary = stage.run(context)
         publish_metrics(run, settings.metrics, summary.as_dict(), settings.to_parent)
