@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from rtune.components.common.stage import SUMMARY_MARK, MetricsSink, StageSettings, run_stage
 from rtune.components.quantize import worker_control
 from rtune.components.quantize.outputs import MODEL_URI_FILE
-from rtune.components.common.stage import SUMMARY_MARK, MetricsSink, StageSettings, run_stage
 from rtune.components.quantize.task import QualityGateFailed, QuantizeOutputs, QuantizeStage
 from tests.conftest import RecordingMetrics
 from tests.finetune_helpers.records import training_records

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from rtune.components.common.records import Record, read_jsonl, write_jsonl
-from rtune.components.reflect_instruction.reflect import reflect_instructions
 from rtune.components.common.stage import StageSettings, run_stage
+from rtune.components.reflect_instruction.reflect import reflect_instructions
 from rtune.components.reflect_instruction.task import ReflectStage
 from rtune.components.teacher.config import TeacherConfig
 from rtune.components.teacher.health import TeacherUnavailable

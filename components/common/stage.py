@@ -91,7 +91,12 @@ class StageContext:
 
 
 def resolve_run_id(given: str = "") -> str:
-    return given or os.environ.get(RUN_ID_ENV) or f"cli-{uuid.uuid4().hex[:12]}"
+    return given or os.environ.get(RUN_ID_ENV) or new_run_id()
+
+
+def new_run_id() -> str:
+    """A run of its own (a CLI command): ``cli-`` and 12 hex digits."""
+    return f"cli-{uuid.uuid4().hex[:12]}"
 
 
 def checkpoint_dir(root: str, group: str) -> Path:
