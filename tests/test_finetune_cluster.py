@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from rtune.components.common.images import image
+from rtune.components.common.images import Images
 from rtune.components.finetune.cluster import run_cluster_job
 from rtune.components.finetune.config import FinetuneConfig
 from rtune.components.finetune.distributed_job import DistributedJobFailed
@@ -96,7 +96,7 @@ def test_trainjob_runs_the_worker_from_s3_and_returns_rank0_summary(
     assert trainer["command"] == ["torchrun"]
     job_uri = f"s3://{BUCKET}/{prefix}/job.json"
     assert trainer["args"] == ["-m", "rtune.components.finetune.worker", "--job", job_uri]
-    assert trainer["image"] == image("train")
+    assert trainer["image"] == Images().reference("train")
     env = {e["name"]: e for e in trainer["env"]}
     assert env["MLFLOW_RUN_ID"]["value"] == "abc"
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "rtune-s3"

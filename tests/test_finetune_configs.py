@@ -25,8 +25,8 @@ REFERENCE = {
 
 @pytest.mark.parametrize("name", ["local", "llama3-8b", "llama3-70b"])
 def test_pipeline_training_sections_validate(name: str) -> None:
-    config = load_run_config(CONFIG_DIR / f"{name}.yaml")
-    finetune = from_dict(FinetuneConfig, config.finetune, name)
+    finetune = load_run_config(CONFIG_DIR / f"{name}.yaml").section("finetune")
+    assert isinstance(finetune, FinetuneConfig)
     if name == "local":
         assert (
             finetune.method == "lora" and finetune.deepspeed == "" and finetune.launcher == "local"
@@ -39,15 +39,17 @@ def test_pipeline_training_sections_validate(name: str) -> None:
 
 
 def test_cluster_configs_pick_the_topology_plan_recommends() -> None:
-    big = from_dict(FinetuneConfig, load_run_config(CONFIG_DIR / "llama3-70b.yaml").finetune)
-    assert (big.deepspeed, big.launcher, big.nodes, big.gpus_per_node) == (
+    """The fine-tune task's own pod has GPUs only when it trains itself (no TrainJob)."""
+    big = load_run_config(CONFIG_DIR / "llama3-70b.yaml")
+    finetune = big.section("finetune")
+    assert (finetune.deepspeed, finetune.launcher, finetune.nodes, finetune.gpus_per_node) == (
         "zero3_offload",
         "trainjob",
         2,
         8,
     )
-    assert load_run_config(CONFIG_DIR / "llama3-70b.yaml").finetune_gpus() == 0
-    assert load_run_config(CONFIG_DIR / "llama3-8b.yaml").finetune_gpus() == 8
+    assert big.cluster.finetune.gpus == 0
+    assert load_run_config(CONFIG_DIR / "llama3-8b.yaml").cluster.finetune.gpus == 8
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED_DEEPSPEED))

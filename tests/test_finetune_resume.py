@@ -18,6 +18,8 @@ from tests.finetune_helpers.records import worker_job
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_STEPS = 30
+# The worker must import `rtune` from where this test does (a worktree's shim, an install).
+PYTHONPATH = os.pathsep.join(filter(None, sys.path))
 
 
 def _job(tiny_model_dir: Path, work: Path) -> Path:
@@ -34,7 +36,7 @@ def _job(tiny_model_dir: Path, work: Path) -> Path:
 
 
 def _worker(job: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH}
     return subprocess.Popen(
         [sys.executable, "-m", "rtune.components.finetune.worker", "--job", str(job)],
         cwd=ROOT,
@@ -65,7 +67,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(
     second = subprocess.run(
         [sys.executable, "-m", "rtune.components.finetune.worker", "--job", str(job)],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": PYTHONPATH},
         capture_output=True,
         text=True,
         timeout=600,

@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
-from rtune.components.finetune.task import FinetuneOutputs, run_finetune
+from rtune.components.common.stage import StageSettings, run_stage
+from rtune.components.finetune.config import FinetuneConfig
+from rtune.components.finetune.task import FinetuneOutputs, FinetuneStage
 from tests.conftest import RecordingMetrics
 from tests.finetune_helpers.records import training_records
 
@@ -23,20 +25,21 @@ def stage(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     selected = work / "selected.jsonl"
     selected.write_text("".join(json.dumps(r) + "\n" for r in training_records(10)))
     tracking = {"experiment": "ft-test", "tracking_uri": f"sqlite:///{work / 'mlflow.db'}"}
-    finetune = {
-        "model": str(tiny_model_dir),
-        "max_steps": 4,
-        "learning_rate": 1e-3,
-        "global_batch_size": 2,
-        "max_length": 256,
-        "save_steps": 2,
-        "registered_model": "student-t",
-    }
+    finetune = FinetuneConfig(
+        model=str(tiny_model_dir),
+        max_steps=4,
+        learning_rate=1e-3,
+        global_batch_size=2,
+        max_length=256,
+        save_steps=2,
+        registered_model="student-t",
+    )
     outputs = FinetuneOutputs(work / "adapter", work / "model", work / "report.html")
     metrics = RecordingMetrics()
-    summary = run_finetune(
-        selected, finetune, tracking, "kfp-run-1", outputs, str(work / "ck"), metrics
+    settings = StageSettings(
+        tracking=tracking, checkpoint_root=str(work / "ck"), metrics=metrics, run_id="kfp-run-1"
     )
+    summary = run_stage(FinetuneStage(finetune, selected, outputs), settings)
     return {
         "work": work,
         "summary": summary,
@@ -86,7 +89,7 @@ def test_model_version_is_the_candidate_and_links_the_training_data(stage: dict[
 
     client = _client(stage)
     version = client.get_model_version_by_alias("student-t", "candidate")
-    assert str(version.version) == stage["summary"]["model_version"]
+    assert str(version.version) == stage["summary"].registered["model_version"]
     assert version.tags["rtune.training_dataset.source"] == str(stage["selected"])
     assert version.tags["rtune.training_run"] == _stage_run(stage).info.run_id
     logged = mlflow.get_logged_model(version.tags["rtune.logged_model_id"])
@@ -117,15 +120,11 @@ def test_finished_training_is_not_done_again(
 
     monkeypatch.setattr(launch_module, "launch", refuse)
     again = FinetuneOutputs(stage["work"] / "a2", stage["work"] / "m2")
-    summary = run_finetune(
-        stage["selected"],
-        stage["finetune"],
-        stage["tracking"],
-        "kfp-run-2",
-        again,
-        str(stage["work"] / "ck"),
+    settings = StageSettings(
+        tracking=stage["tracking"], checkpoint_root=str(stage["work"] / "ck"), run_id="kfp-run-2"
     )
-    assert summary["global_step"] == 4
+    summary = run_stage(FinetuneStage(stage["finetune"], stage["selected"], again), settings)
+    assert summary.values["global_step"] == 4
     assert (again.model_dir / "model.safetensors").exists()
 
 
@@ -136,11 +135,11 @@ def test_no_trainable_record_is_one_clear_error(tiny_model_dir: Path, tmp_path: 
     record = {"id": "long-1", "instruction": "word " * 400, "input": "", "output": "ok"}
     selected.write_text(json.dumps(record) + "\n")
     with pytest.raises(InputError, match="max_length"):
-        run_finetune(
-            selected,
-            {"model": str(tiny_model_dir), "max_length": 64},
-            {"enabled": False},
-            "r",
-            FinetuneOutputs(tmp_path / "a", tmp_path / "m"),
-            str(tmp_path / "ck"),
+        run_stage(
+            FinetuneStage(
+                FinetuneConfig(model=str(tiny_model_dir), max_length=64),
+                selected,
+                FinetuneOutputs(tmp_path / "a", tmp_path / "m"),
+            ),
+            StageSettings(tracking={"enabled": False}, checkpoint_root=str(tmp_path / "ck")),
         )

@@ -20,6 +20,8 @@ from tests.finetune_helpers.records import training_records, worker_job
 
 pytestmark = [pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
+# The ranks must import `rtune` from where this test does (a worktree's shim, an install).
+PYTHONPATH = os.pathsep.join(filter(None, sys.path))
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,7 @@ def zero3_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
         nproc_per_node=2,
     )
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(DS_ACCELERATOR="cpu", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env.update(DS_ACCELERATOR="cpu", PYTHONPATH=PYTHONPATH, OMP_NUM_THREADS="1")
     command = [
         sys.executable,
         "-m",
@@ -100,25 +102,30 @@ def test_stage_with_torchrun_launcher_trains_zero3_and_logs_curves_to_its_run(
     """The task launches 2 ranks with torchrun; rank 0's Trainer logs into the stage's MLflow run."""
     import mlflow
 
-    from rtune.components.finetune.task import FinetuneOutputs, run_finetune
+    from rtune.components.common.stage import StageSettings, run_stage
+    from rtune.components.finetune.config import FinetuneConfig
+    from rtune.components.finetune.task import FinetuneOutputs, FinetuneStage
 
     selected = tmp_path / "selected.jsonl"
     selected.write_text("".join(json.dumps(r) + "\n" for r in training_records(12)))
     tracking = {"experiment": "ft-torchrun", "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    finetune = {
-        "model": str(tiny_model_dir),
-        "method": "lora",
-        "deepspeed": "zero3",
-        "launcher": "torchrun",
-        "nproc_per_node": 2,
-        "max_steps": 2,
-        "global_batch_size": 2,
-        "max_length": 256,
-        "registered_model": "student-zero3",
-    }
+    finetune = FinetuneConfig(
+        model=str(tiny_model_dir),
+        method="lora",
+        deepspeed="zero3",
+        launcher="torchrun",
+        nproc_per_node=2,
+        max_steps=2,
+        global_batch_size=2,
+        max_length=256,
+        registered_model="student-zero3",
+    )
     outputs = FinetuneOutputs(tmp_path / "adapter", tmp_path / "model")
-    summary = run_finetune(selected, finetune, tracking, "kfp-z3", outputs, str(tmp_path / "ck"))
-    assert summary["global_step"] == 2
+    settings = StageSettings(
+        tracking=tracking, checkpoint_root=str(tmp_path / "ck"), run_id="kfp-z3"
+    )
+    summary = run_stage(FinetuneStage(finetune, selected, outputs), settings)
+    assert summary.values["global_step"] == 2
     assert (outputs.adapter_dir / "adapter_model.safetensors").exists()
     assert (outputs.model_dir / "model.safetensors").exists()
     mlflow.set_tracking_uri(tracking["tracking_uri"])

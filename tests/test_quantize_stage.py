@@ -11,15 +11,39 @@ from typing import Any
 
 import pytest
 
+from rtune.components.common.stage import SUMMARY_MARK, MetricsSink, StageSettings, run_stage
 from rtune.components.quantize import worker_control
 from rtune.components.quantize.outputs import MODEL_URI_FILE
-from rtune.components.quantize.task import QualityGateFailed, QuantizeOutputs, run_quantize
+from rtune.components.quantize.task import QualityGateFailed, QuantizeOutputs, QuantizeStage
 from tests.conftest import RecordingMetrics
 from tests.finetune_helpers.records import training_records
 
 pytestmark = pytest.mark.slow
 
 NO_TRACKING = {"enabled": False}
+
+
+def run_quantize(
+    model: Path,
+    selected: Path,
+    quantize: dict[str, Any],
+    tracking: dict[str, Any],
+    run_id: str,
+    outputs: QuantizeOutputs,
+    checkpoint_root: str = "",
+    metrics: MetricsSink | None = None,
+) -> dict[str, Any]:
+    """The stage as the pipeline's quantize task runs it (section as plain data, metrics also on
+    the parent run); returns the summary's numbers."""
+    stage = QuantizeStage.from_parameters(None, quantize, model, selected, outputs)
+    settings = StageSettings(
+        tracking=tracking,
+        checkpoint_root=checkpoint_root,
+        metrics=metrics,
+        run_id=run_id,
+        to_parent=True,
+    )
+    return run_stage(stage, settings).as_dict()
 
 
 def _selected(folder: Path, count: int) -> Path:
@@ -319,7 +343,8 @@ def test_cli_writes_model_and_report_and_exits_1_when_the_guard_fails(
         "--no-tracking",
     ]
     assert cli.main([*command, "--output-dir", str(tmp_path / "ok")]) == 0
-    printed = json.loads(capsys.readouterr().out)
+    out = capsys.readouterr().out.splitlines()
+    printed = json.loads("\n".join(line for line in out if not line.startswith(SUMMARY_MARK)))
     assert printed["method"] == "w4a16" and printed["reused"] is True
     assert (tmp_path / "ok" / "model" / "config.json").exists()
     assert (tmp_path / "ok" / "report.html").exists()

@@ -11,6 +11,7 @@ import pytest
 
 from rtune.components.common.config import flatten, from_dict
 from rtune.components.common.records import InputError, read_jsonl, write_jsonl
+from rtune.components.common.stage import SUMMARY_MARK
 from rtune.components.reflect_instruction.reflect import reflect_instructions
 from rtune.components.reflect_response.reflect import reflect_responses
 from rtune.components.teacher.config import TeacherConfig
@@ -441,7 +442,7 @@ def only_the_reflect_command(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def run_cli(*args: str) -> int:
-    return main(["reflect", *args, "--no-progress"])
+    return main(["reflect", *args, "--no-progress", "--no-tracking"])
 
 
 def test_cli_runs_both_stages_and_prints_one_summary_line(
@@ -472,9 +473,14 @@ def test_cli_runs_both_stages_and_prints_one_summary_line(
             "--api-key-env",
             "NO_SUCH_KEY",
         )
-        lines = capsys.readouterr().out.strip().splitlines()
+        out = capsys.readouterr().out.strip().splitlines()
         assert code == 0
+        # the runner's mark line (what `rtune run` shows) and the command's own line
+        marks = [line for line in out if line.startswith(SUMMARY_MARK)]
+        lines = [line for line in out if not line.startswith(SUMMARY_MARK)]
+        assert len(marks) == 1 and marks[0].startswith(f"{SUMMARY_MARK}reflect_instruction: ")
         assert len(lines) == 1 and "records=3" in lines[0] and "parse_ok=3" in lines[0]
+        assert lines[0].endswith(f"-> {tmp_path / 'out.jsonl'}")
         assert server.completions[0].body["max_tokens"] == 64
         records = read_jsonl(tmp_path / "out.jsonl")
         for record in records:

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from rtune.components.common.records import Record, read_jsonl, write_jsonl
+from rtune.components.common.stage import StageSettings, run_stage
 from rtune.components.reflect_instruction.reflect import reflect_instructions
-from rtune.components.reflect_instruction.task import run_reflect_instruction
+from rtune.components.reflect_instruction.task import ReflectStage
 from rtune.components.teacher.config import TeacherConfig
 from rtune.components.teacher.health import TeacherUnavailable
 from rtune.components.teacher.protocol import Completion, OnDone, TeacherRequest
@@ -170,6 +171,7 @@ def reflect_cli(tmp_path: Path, url: str, *extra: str) -> int:
             "--max-attempts",
             "1",
             "--no-progress",
+            "--no-tracking",
             *extra,
         ]
     )
@@ -210,26 +212,21 @@ def test_the_task_fails_and_its_rerun_against_a_live_teacher_resumes(tmp_path: P
         server.inject(*[Fault(status=503)] * 3)
         sink = Sink()
         with pytest.raises(TeacherUnavailable, match="3 of 4 records"):
-            run_reflect_instruction(
-                tmp_path / "in.jsonl",
-                {**teacher, "url": server.url},
-                {"enabled": False},
-                "run-1",
-                output,
-                ckpt,
-                sink,
+            run_stage(
+                ReflectStage.from_parameters(
+                    "instruction", {**teacher, "url": server.url}, tmp_path / "in.jsonl", output
+                ),
+                StageSettings({"enabled": False}, ckpt, sink, run_id="run-1"),
             )
     assert sink.values["fallback_error"] == 3 and sink.values["parse_ok"] == 1
     assert not output.exists()
     with FakeOpenAIServer() as live:  # another address: the URL does not shape the answers
-        values = run_reflect_instruction(
-            tmp_path / "in.jsonl",
-            {**teacher, "url": live.url},
-            {"enabled": False},
-            "run-1",
-            output,
-            ckpt,
-        )
+        values = run_stage(
+            ReflectStage.from_parameters(
+                "instruction", {**teacher, "url": live.url}, tmp_path / "in.jsonl", output
+            ),
+            StageSettings({"enabled": False}, ckpt, run_id="run-1"),
+        ).as_dict()
         asked = len(live.completions)
     assert asked == 3 and values["resumed_from_checkpoint"] == 1 and values["parse_ok"] == 4
     assert [r["id"] for r in read_jsonl(output)] == ["r0", "r1", "r2", "r3"]

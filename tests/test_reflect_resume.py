@@ -60,6 +60,7 @@ def reflect_command(server_url: str, source: Path, output: Path) -> list[str]:
         "--api-key-env",
         "RTUNE_RESUME_TEST_KEY",
         "--no-progress",
+        "--no-tracking",
     ]
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from rtune.components.common.records import read_jsonl, write_jsonl
-from rtune.components.reflect_instruction.task import run_reflect_instruction
-from rtune.components.reflect_response.task import run_reflect_response
+from rtune.components.common.stage import StageSettings, run_stage
+from rtune.components.reflect_instruction.task import ReflectStage
 from tests.fakes.openai_server import FakeOpenAIServer
 
 
@@ -37,25 +37,24 @@ def test_both_phases_run_as_tasks_against_a_served_teacher(tmp_path: Path) -> No
     with FakeOpenAIServer() as server:
         teacher = {"backend": "openai", "url": server.url, "model": "m", "concurrency": 2}
         sink = _Sink()
-        phase1 = run_reflect_instruction(
-            prepared, teacher, tracking, "k1", tmp_path / "q.jsonl", str(tmp_path / "ck"), sink
+        phase1 = run_stage(
+            ReflectStage.from_parameters("instruction", teacher, prepared, tmp_path / "q.jsonl"),
+            StageSettings(tracking, str(tmp_path / "ck"), sink, run_id="k1"),
         )
         records = read_jsonl(tmp_path / "q.jsonl")
         assert [r["id"] for r in records] == ["r0", "r1", "r2"]
-        assert sink.values["records"] == 3 and phase1["records"] == 3
+        assert sink.values["records"] == 3 and phase1.as_dict()["records"] == 3
         assert (tmp_path / "ck" / "reflect_instruction").is_dir()
         write_jsonl(
             tmp_path / "w.jsonl",
             [{**r, "phase1": {"winner": "ori", "reason": "t"}} for r in records],
         )
-        phase2 = run_reflect_response(
-            tmp_path / "w.jsonl",
-            teacher,
-            tracking,
-            "k1",
-            tmp_path / "a.jsonl",
-            str(tmp_path / "ck"),
+        phase2 = run_stage(
+            ReflectStage.from_parameters(
+                "response", teacher, tmp_path / "w.jsonl", tmp_path / "a.jsonl"
+            ),
+            StageSettings(tracking, str(tmp_path / "ck"), run_id="k1"),
         )
     answered = read_jsonl(tmp_path / "a.jsonl")
-    assert phase2["records"] == 3 and all("A" in r["candidates"] for r in answered)
+    assert phase2.as_dict()["records"] == 3 and all("A" in r["candidates"] for r in answered)
     assert all(r["teacher"]["response"]["parse_status"] for r in answered)

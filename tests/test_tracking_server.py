@@ -32,16 +32,17 @@ def test_stage_runs_nest_under_one_parent_and_artifacts_reach_s3(
     import mlflow
 
     from rtune.components.common import reports
-    from rtune.components.prepare.task import run_prepare
+    from rtune.components.common.stage import StageSettings, run_stage
+    from rtune.components.prepare.config import PrepareConfig
+    from rtune.components.prepare.task import PrepareStage
 
     url, endpoint = tracking_server
     tracking = {"experiment": "rt-int", "tracking_uri": url}
-    summary = run_prepare(
-        "builtin:seed",
-        {"limit": 6, "tokenizer": None},
-        tracking,
-        "kfp-123",
-        tmp_path / "prepared.jsonl",
+    summary = run_stage(
+        PrepareStage(
+            PrepareConfig(limit=6, tokenizer=None), "builtin:seed", tmp_path / "prepared.jsonl"
+        ),
+        StageSettings(tracking=tracking, run_id="kfp-123"),
     )
     assert summary.as_dict()["records_written"] == 6
     with stage_run("select_ifd", "kfp-123", TrackingConfig(**tracking)) as run:

@@ -93,7 +93,12 @@ class StageContext:
 
 
 def resolve_run_id(given: str = "") -> str:
-    return given or os.environ.get(RUN_ID_ENV) or f"cli-{uuid.uuid4().hex[:12]}"
+    return given or os.environ.get(RUN_ID_ENV) or new_run_id()
+
+
+def new_run_id() -> str:
+    """A run of its own (a CLI command): ``cli-`` and 12 hex digits."""
+    return f"cli-{uuid.uuid4().hex[:12]}"
 
 
 def checkpoint_dir(root: str, group: str) -> Path:
@@ -120,6 +125,7 @@ def run_stage(stage: Stage[S], settings: StageSettings = StageSettings()) -> S:
             run,
             run_id,
             checkpoint_dir(settings.checkpoint_root, stage_group(stage.name)),
+            settings.metrics,  # what a failing stage publishes reaches the Kubeflow UI too
         )
         summary = stage.run(context)
         publish_metrics(run, settings.metrics, summary.as_dict(), settings.to_parent)

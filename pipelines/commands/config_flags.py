@@ -180,9 +180,12 @@ def load_command_config(args: argparse.Namespace, defaults: Sequence[str] = ()) 
 def stage_settings(config: Any) -> Any:
     """What a one-stage command gives the stage runner: tracking and checkpoints from the config.
 
-    A CLI run is a pipeline run of its own in MLflow (its own run id).
+    A CLI run is a pipeline run of its own in MLflow (its own run id), also where
+    ``$KFP_RUN_ID`` is set (in a pod, or by an earlier ``rtune run`` in the same process).
     """
-    from rtune.components.common.stage import StageSettings
+    from rtune.components.common.stage import StageSettings, new_run_id
 
     tracking = dataclasses.asdict(config.section("tracking"))
-    return StageSettings(tracking=tracking, checkpoint_root=config.checkpoint_root)
+    return StageSettings(
+        tracking=tracking, checkpoint_root=config.checkpoint_root, run_id=new_run_id()
+    )

@@ -17,7 +17,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 def config_model_size(config: Mapping[str, Any]) -> str | None:
     """The size token ("8B", "70B", "135M") of a pipeline config's student, when it names one."""
-    for section in ("finetune", "scoring"):
+    for section in ("student", "finetune", "scoring"):
         model = (config.get(section) or {}).get("model")
         if model == "default":
             return "135M"
