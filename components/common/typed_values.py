@@ -26,7 +26,7 @@ def as_type(hint: Any, value: Any) -> tuple[bool, Any]:
         hint = plain(hint)
     if hint is Any:
         return True, value
-    if dataclasses.is_dataclass(hint):  # a nested section: from_dict builds it from a mapping
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):  # a section: from a mapping
         return isinstance(value, hint), value
     if hint is dict:
         return (True, {}) if value is None else (isinstance(value, dict), value)
