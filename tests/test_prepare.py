@@ -572,7 +572,7 @@ def _cli_parser() -> argparse.ArgumentParser:
 def test_cli_handler_writes_output_and_prints_the_runners_line_then_its_own(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.chdir(tmp_path)  # where an untracked run would still leave ./mlflow.db
+    monkeypatch.chdir(tmp_path)  # a tracked run would write ./mlflow.db here
     out = tmp_path / "seed.jsonl"
     args = _cli_parser().parse_args(
         [
@@ -715,9 +715,11 @@ def test_cli_prepares_the_seed_as_the_config_says_and_tracks_it(tmp_path: Path) 
 
     import mlflow
 
-    (run,) = mlflow.MlflowClient(store).search_runs(
-        [mlflow.MlflowClient(store).get_experiment_by_name("reflection-tuning").experiment_id],
-        filter_string="tags.`rtune.stage` = 'prepare'",
+    client = mlflow.MlflowClient(store)
+    experiment = client.get_experiment_by_name("reflection-tuning")
+    (run,) = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`rtune.stage` = 'prepare'"
     )
     assert run.data.tags["rtune.summary"] == runner.removeprefix("rtune-summary prepare: ")
-    assert run.data.params["count_tokens"] == "False" and run.data.params["limit"] == "8"
+    assert run.data.params["count_tokens"] == "False"
+    assert run.data.params["limit"] == str(config.limit)
