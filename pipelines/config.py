@@ -230,7 +230,7 @@ def build_run_config(data: Mapping[str, Any], source: str) -> RunConfig:
             f"valid sections: {sorted(known)}",
             field=unknown[0],
         )
-    for name in classes:
+    for name in [*classes, "cluster", "local"]:
         if data.get(name) is not None and not isinstance(data[name], Mapping):
             raise InputError(
                 source,
@@ -246,9 +246,9 @@ def build_run_config(data: Mapping[str, Any], source: str) -> RunConfig:
     _judge_defaults_to_teacher(sections)
     cluster = from_dict(ClusterConfig, data.get("cluster"), f"{source}: cluster")
     return RunConfig(
-        seed_uri=str(data.get("seed_uri", "builtin:seed")),
+        seed_uri=_text(data, "seed_uri", RunConfig.seed_uri, source),
         sections=sections,
-        checkpoint_root=str(data.get("checkpoint_root") or ""),
+        checkpoint_root=_text(data, "checkpoint_root", RunConfig.checkpoint_root, source),
         cluster=cluster,
         local=from_dict(LocalConfig, data.get("local"), f"{source}: local"),
         source=source,
@@ -268,6 +268,22 @@ def check_for_cluster(config: RunConfig) -> None:
             f"set checkpoint_root under {cluster.work_mount}, e.g. {mount}checkpoints",
             field="checkpoint_root",
         )
+
+
+def _text(data: Mapping[str, Any], key: str, default: str, source: str) -> str:
+    """A top-level text setting (empty in YAML = the default); ``seed_uri: 5`` is refused, not
+    read as a file named ``5``."""
+    value = data.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise InputError(
+            source,
+            f"{key} must be a string, got {type(value).__name__} {value!r}",
+            f"give {key} a path or URI (quote it if YAML reads it otherwise: '\"5\"')",
+            field=key,
+        )
+    return value
 
 
 JUDGE_FROM_TEACHER = ("backend", "model", "url", "api_key_env", "timeout_s", "max_attempts")

@@ -87,11 +87,12 @@ def run_hadolint(path: Path) -> list[dict]:
 
 
 def test_every_image_a_component_names_has_a_dockerfile() -> None:
-    named = set()
-    for path in (ROOT / "components").rglob("*.py"):
-        named |= set(re.findall(r"""\bimage\(\s*["'](\w+)["']\s*\)""", path.read_text()))
-    assert "base" in named, "no component names an image through components/common/images.py"
-    assert named <= set(IMAGE_NAMES), f"components name images without a Dockerfile: {named}"
+    from rtune.pipelines.reflection_tuning import STAGE_IMAGES
+
+    named = set(STAGE_IMAGES.values())  # the image each stage runs in (the DAG assigns them)
+    assert "base" in named, "no stage runs in the base image"
+    assert named <= set(IMAGE_NAMES), f"stages name images without a Dockerfile: {named}"
+    assert set(images.IMAGE_NAMES) == set(IMAGE_NAMES), "images.py names every Dockerfile's image"
     assert {"base", "train", "serve", "quantize"} <= set(IMAGE_NAMES)
 
 
@@ -141,13 +142,9 @@ def test_final_stage_runs_as_a_numeric_non_root_user(dockerfile: Path) -> None:
 
 
 @pytest.mark.parametrize("name", IMAGE_NAMES)
-def test_header_gives_the_build_command_for_the_default_image_name(
-    name: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("RTUNE_IMAGE_REGISTRY", raising=False)
-    monkeypatch.delenv("RTUNE_IMAGE_TAG", raising=False)
+def test_header_gives_the_build_command_for_the_default_image_name(name: str) -> None:
     header = (ROOT / "images" / name / "Dockerfile").read_text().split("\nFROM ")[0]
-    command = f"docker build -f images/{name}/Dockerfile -t {images.image(name)} ."
+    command = f"docker build -f images/{name}/Dockerfile -t {images.Images().reference(name)} ."
     assert command in header, f"images/{name}/Dockerfile header should show: {command}"
 
 
@@ -253,12 +250,29 @@ def test_dockerignore_drops_local_state_and_keeps_what_the_images_copy() -> None
 def test_image_names_follow_the_registry_and_tag_overrides(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    version = images.package_version()
+    assert images.Images().reference("train") == f"ghcr.io/rtune/rtune-train:{version}"
+    # an empty tag (a CI default) means the version; a trailing slash is not doubled
+    custom = images.Images(registry="registry.example.org/ml/", tag="")
+    assert custom.reference("serve") == f"registry.example.org/ml/rtune-serve:{version}"
+    tagged = images.Images(registry="registry.example.org/ml", tag="2.0.0rc1")
+    assert tagged.reference("base") == "registry.example.org/ml/rtune-base:2.0.0rc1"
+    with pytest.raises(ValueError, match="unknown image 'gpu'"):
+        images.Images().reference("gpu")
+
+
+@pytest.mark.parametrize("command", ["compile", "submit"])
+def test_image_flags_default_to_the_environment(
+    command: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rtune.pipelines.cli import make_parser
+
+    host = ["--host", "http://127.0.0.1:1"] if command == "submit" else []
     monkeypatch.delenv("RTUNE_IMAGE_REGISTRY", raising=False)
     monkeypatch.delenv("RTUNE_IMAGE_TAG", raising=False)
-    version = images.package_version()
-    assert images.image("train") == f"ghcr.io/rtune/rtune-train:{version}"
-    monkeypatch.setenv("RTUNE_IMAGE_REGISTRY", "registry.example.org/ml/")
-    monkeypatch.setenv("RTUNE_IMAGE_TAG", "")  # an empty variable (a CI default) means the version
-    assert images.image("serve") == f"registry.example.org/ml/rtune-serve:{version}"
+    args = make_parser().parse_args([command, *host])
+    assert (args.image_registry, args.image_tag) == ("", "")  # '' = cluster.images, else default
+    monkeypatch.setenv("RTUNE_IMAGE_REGISTRY", "registry.example.org/ml")
     monkeypatch.setenv("RTUNE_IMAGE_TAG", "2.0.0rc1")
-    assert images.image("base") == "registry.example.org/ml/rtune-base:2.0.0rc1"
+    args = make_parser().parse_args([command, *host])
+    assert (args.image_registry, args.image_tag) == ("registry.example.org/ml", "2.0.0rc1")

@@ -569,9 +569,10 @@ def _cli_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def test_cli_handler_writes_output_and_prints_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_cli_handler_writes_output_and_prints_the_runners_line_then_its_own(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.chdir(tmp_path)  # a tracked run would write ./mlflow.db here
     out = tmp_path / "seed.jsonl"
     args = _cli_parser().parse_args(
         [
@@ -582,26 +583,72 @@ def test_cli_handler_writes_output_and_prints_one_line(
             str(out),
             "--limit",
             "10",
-            "--tokenizer",
+            "--tokenizer",  # the old spelling of --count-tokens false
             "none",
             "--max-length",
             "512",
+            "--no-tracking",
         ]
     )
     assert args.func(args) == 0
     assert len(read_jsonl(out)) == 10
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 1 and "wrote 10" in lines[0] and str(out) in lines[0]
+    runner, own = capsys.readouterr().out.strip().splitlines()
+    assert runner.startswith("rtune-summary prepare: read ") and "wrote 10" in runner
+    assert own.startswith("prepare: read ") and "wrote 10" in own and own.endswith(f"-> {out}")
+    assert "> 512 tokens by chars/4 estimate" in own
+    assert not (tmp_path / "mlflow.db").exists()
 
 
-def _rtune(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+@pytest.mark.parametrize(
+    ("flags", "counter"),
+    [
+        ([], "tokenizer"),
+        (["--tokenizer", "none"], "chars/4 estimate"),
+        (["--count-tokens", "false"], "chars/4 estimate"),
+        (["--tokenizer", "none", "--count-tokens", "true"], "tokenizer"),  # explicit flag wins
+        (["--tokenizer", "none", "--set", "prepare.count_tokens=true"], "tokenizer"),
+    ],
+)
+def test_cli_tokenizer_none_is_an_alias_of_count_tokens_false(
+    flags: list[str], counter: str, embedded_model_dir: Path
+) -> None:
+    from rtune.pipelines.commands.config_flags import load_command_config
+    from rtune.pipelines.commands.prepare import tokenizer_none_alias
+
+    argv = ["prepare", "--input", SEED_URI, "--output", "o.jsonl", "--no-tracking", *flags]
+    args = _cli_parser().parse_args(argv)
+    config = load_command_config(args, defaults=tokenizer_none_alias(args)).section("prepare")
+    assert config.tokenizer == "default"  # the student's, untouched by the alias
+    _, summary = prepare_records(SEED_URI, config)
+    assert summary.token_counter.startswith(counter)
+
+
+def test_cli_tokenizer_names_the_students_tokenizer(
+    tmp_path: Path, embedded_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "seed.jsonl"
+    argv = ["prepare", "--input", SEED_URI, "--output", str(out), "--limit", "5", "--no-tracking"]
+    args = _cli_parser().parse_args([*argv, "--tokenizer", str(embedded_model_dir)])
+    assert args.func(args) == 0
+    assert f"by tokenizer {embedded_model_dir}" in capsys.readouterr().out
+    config = PrepareConfig(tokenizer=str(embedded_model_dir), limit=5)
+    assert read_jsonl(out) == prepare_records(SEED_URI, config)[0]
+
+
+def _rtune(
+    *argv: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "rtune.pipelines.cli", *argv],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, sys.path)),  # this checkout's rtune
+            **(env or {}),
+        },
     )
 
 
@@ -615,6 +662,7 @@ def test_cli_bad_input_exits_2_with_the_message(tmp_path: Path) -> None:
         str(tmp_path / "o.jsonl"),
         "--tokenizer",
         "none",
+        "--no-tracking",
         cwd=tmp_path,
     )
     assert result.returncode == 2, result.stderr
@@ -634,17 +682,44 @@ def test_cli_bad_flag_value_exits_2(tmp_path: Path) -> None:
         "0",
         "--tokenizer",
         "none",
+        "--no-tracking",
         cwd=tmp_path,
     )
     assert result.returncode == 2 and "max_length" in result.stderr
     assert "Traceback" not in result.stderr
 
 
-def test_cli_prepares_the_seed(tmp_path: Path) -> None:
-    out = tmp_path / "seed.jsonl"
+def test_cli_prepares_the_seed_as_the_config_says_and_tracks_it(tmp_path: Path) -> None:
+    """``rtune prepare`` runs the default config's prepare section (local.yaml: limit 8) through
+    the stage runner, which records the run in MLflow."""
+    from rtune.pipelines.config import load_run_config
+
+    out, store = tmp_path / "seed.jsonl", f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = _rtune(
-        "prepare", "--input", SEED_URI, "--output", str(out), "--tokenizer", "none", cwd=tmp_path
+        "prepare",
+        "--input",
+        SEED_URI,
+        "--output",
+        str(out),
+        "--tokenizer",
+        "none",
+        cwd=tmp_path,
+        env={"MLFLOW_TRACKING_URI": store},
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("\n") == 1 and "removed 0 exact duplicates" in result.stdout
-    assert read_jsonl(out) == prepare_records(SEED_URI, fast())[0]
+    runner, own = result.stdout.strip().splitlines()
+    assert "removed 0 exact duplicates" in own and own.endswith(f"-> {out}")
+    config = load_run_config(None, ["prepare.count_tokens=false"]).section("prepare")
+    assert read_jsonl(out) == prepare_records(SEED_URI, config)[0]
+    assert len(read_jsonl(out)) == config.limit
+
+    import mlflow
+
+    client = mlflow.MlflowClient(store)
+    experiment = client.get_experiment_by_name("reflection-tuning")
+    (run,) = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`rtune.stage` = 'prepare'"
+    )
+    assert run.data.tags["rtune.summary"] == runner.removeprefix("rtune-summary prepare: ")
+    assert run.data.params["count_tokens"] == "False"
+    assert run.data.params["limit"] == str(config.limit)

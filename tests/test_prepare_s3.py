@@ -132,6 +132,9 @@ def test_cli_writes_its_output_to_s3(
             "none",
             "--s3-endpoint",
             s3_endpoint,
+            "--limit",
+            "2",
+            "--no-tracking",
         ]
     )
     assert args.func(args) == 0
@@ -139,4 +142,5 @@ def test_cli_writes_its_output_to_s3(
     boto3.client("s3", endpoint_url=s3_endpoint).download_file(
         BUCKET, "prepared/seed.jsonl", str(downloaded)
     )
-    assert read_jsonl(downloaded) == prepare_records(source, PrepareConfig(tokenizer=None))[0]
+    expected, _ = prepare_records(source, PrepareConfig(tokenizer=None, limit=2))
+    assert read_jsonl(downloaded) == expected and len(expected) == 2

@@ -496,7 +496,8 @@ def test_score_on_an_empty_input_is_bad_input(
     empty = tmp_path / "empty.jsonl"
     empty.write_text(content, encoding="utf-8")
     output = tmp_path / "out.jsonl"
-    code = main(["score", "--input", str(empty), "--output", str(output), *candidates])
+    argv = ["score", "--input", str(empty), "--output", str(output), "--no-tracking"]
+    code = main([*argv, *candidates])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert str(empty) in err and "no records" in err and "fix:" in err
@@ -537,9 +538,12 @@ def test_cli_scores_and_selects(
             "--candidates",
             "ifd",
             "--no-progress",
+            "--no-tracking",
         ]
     )
-    assert code == 0 and "score: 5 records, 10 candidates" in capsys.readouterr().out
+    runner, own = capsys.readouterr().out.strip().splitlines()
+    assert code == 0 and runner.startswith("rtune-summary score_ifd-shard-0: 5 records, 10 cand")
+    assert own.startswith("score: 5 records, 10 candidates") and own.endswith(f"-> {scores}")
     out = tmp_path / "phase1.jsonl"
     code = main(
         [
@@ -552,9 +556,12 @@ def test_cli_scores_and_selects(
             str(scores),
             "--output",
             str(out),
+            "--no-tracking",
         ]
     )
-    assert code == 0 and capsys.readouterr().out.lstrip().startswith("select ifd: 5 records; Q won")
+    runner, own = capsys.readouterr().out.strip().splitlines()
+    assert code == 0 and runner.startswith("rtune-summary select_ifd: 5 records; Q won")
+    assert own.startswith("select ifd: 5 records; Q won") and own.endswith(f"-> {out}")
     assert all("phase1" in r for r in read_jsonl(out))
 
 
@@ -563,7 +570,7 @@ def test_cli_scores_and_selects(
     [
         (
             ["score", "--template", "llama"],
-            "valid templates are ['alpaca', 'chat', 'none', 'vicuna', 'wizardlm']",
+            "template must be one of ['alpaca', 'chat', 'none', 'vicuna', 'wizardlm']",
         ),
         (["score", "--candidates", "both"], "unknown --candidates 'both'"),
         (
@@ -575,7 +582,7 @@ def test_cli_scores_and_selects(
         (["select", "--phase", "both", "--scores", "s"], "unknown --phase 'both'"),
         (
             ["select", "--phase", "ifd", "--scores", "s", "--policy", "fallback"],
-            "only apply to --phase rifd",
+            "--policy only applies to --phase rifd",
         ),
         (
             ["select", "--phase", "rifd", "--scores", "s", "--keep-top", "2"],
@@ -589,6 +596,6 @@ def test_cli_bad_input_exits_2_with_one_message(
     bad = tmp_path / "bad.jsonl"
     write_jsonl(bad, [{"id": "x", "instruction": "Say hi."}])
     flag = "--input" if argv[0] == "score" else "--records"
-    code = main([*argv, flag, str(bad), "--output", str(tmp_path / "out.jsonl")])
+    code = main([*argv, flag, str(bad), "--output", str(tmp_path / "out.jsonl"), "--no-tracking"])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err

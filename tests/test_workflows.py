@@ -276,8 +276,13 @@ def _run_submit_step(tmp_path: Path, env: dict[str, str]) -> list[str]:
     return (tmp_path / "argv").read_text().splitlines()
 
 
-def test_pipeline_submit_step_passes_settings_that_rtune_submit_accepts(tmp_path: Path) -> None:
+def test_pipeline_submit_step_passes_settings_that_rtune_submit_accepts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from rtune.pipelines.cli import make_parser
+
+    monkeypatch.delenv("RTUNE_IMAGE_REGISTRY", raising=False)  # the flags' defaults
+    monkeypatch.delenv("RTUNE_IMAGE_TAG", raising=False)
 
     unset = {"EXPERIMENT": "", "KFP_NAMESPACE": "", "KFP_SERVICE_ACCOUNT": "", "IMAGE_REGISTRY": ""}
     argv = _run_submit_step(tmp_path, {**unset, "IMAGE_TAG": ""})
@@ -290,7 +295,8 @@ def test_pipeline_submit_step_passes_settings_that_rtune_submit_accepts(tmp_path
     assert args.image_registry == "ghcr.io/reflect-org", (
         "images.yml pushes to lowercase ghcr.io/<owner>"
     )
-    assert args.image_tag is None and args.namespace == "" and args.service_account == ""
+    # an empty tag: the config's cluster.images.tag, else the package version
+    assert args.image_tag == "" and args.namespace == "" and args.service_account == ""
 
     settings = {
         "EXPERIMENT": "nightly",

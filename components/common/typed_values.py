@@ -9,6 +9,7 @@ text). A value that does not fit is one error naming the key and the type.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import types
 import typing
@@ -25,6 +26,8 @@ def as_type(hint: Any, value: Any) -> tuple[bool, Any]:
         hint = plain(hint)
     if hint is Any:
         return True, value
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):  # a section: from a mapping
+        return isinstance(value, hint), value
     if hint is dict:
         return (True, {}) if value is None else (isinstance(value, dict), value)
     if hint is bool or hint is str:

@@ -1,9 +1,12 @@
 """``rtune prepare``: check, normalise and de-duplicate seed data into contract JSONL.
 
     rtune prepare --input builtin:seed --output work/seed.jsonl
-    rtune prepare --input alpaca_data.json --output work/seed.jsonl --limit 200 --tokenizer none
+    rtune prepare --input alpaca_data.json --output work/seed.jsonl --limit 200 --count-tokens false
     AWS_ENDPOINT_URL=http://minio:9000 rtune prepare --input s3://data/alpaca.parquet \\
         --output s3://data/prepared/seed.jsonl
+
+Tokens are counted with the student's tokenizer (``student.tokenizer``, else ``student.model``);
+``--count-tokens false`` estimates chars/4 instead (``--tokenizer none`` in earlier releases).
 """
 
 from __future__ import annotations
@@ -13,7 +16,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-NO_TOKENIZER = "none"
+from rtune.components.prepare.config import PrepareConfig
+from rtune.pipelines.commands.config_flags import (
+    DEST_PREFIX,
+    add_config_options,
+    load_command_config,
+    stage_settings,
+)
+
+NO_TOKENIZER = "none"  # `--tokenizer none`: the old spelling of `--count-tokens false`
+ALIASES = {"--tokenizer": "student.tokenizer"}  # flags of earlier releases
 
 
 def register(subparsers: Any) -> None:
@@ -33,53 +45,37 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--output", required=True, metavar="URI", help="JSONL to write (local path or s3:// URI)"
     )
-    parser.add_argument(
-        "--max-length",
-        type=int,
-        metavar="N",
-        default=2048,
-        help="flag records longer than this many student tokens as too_long (default 2048)",
-    )
-    parser.add_argument(
-        "--limit", type=int, metavar="N", help="keep only the first N records after dedupe"
-    )
-    parser.add_argument(
-        "--tokenizer",
-        default="default",
-        metavar="MODEL",
-        help="model whose tokenizer counts tokens: 'default' (embedded), a model folder, an "
-        f"s3:// prefix, or '{NO_TOKENIZER}' for a chars/4 estimate",
-    )
-    parser.add_argument(
-        "--s3-endpoint",
-        metavar="URL",
-        help="S3 endpoint URL (MinIO, moto); default $AWS_ENDPOINT_URL",
-    )
+    add_config_options(parser, {"prepare": PrepareConfig}, ALIASES)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from rtune.components.common import storage
-    from rtune.components.common.config import from_dict
-    from rtune.components.prepare.config import PrepareConfig
-    from rtune.components.prepare.prepare import prepare_dataset
+    from rtune.components.common.stage import run_stage
+    from rtune.components.prepare.task import PrepareStage
 
-    config = from_dict(
-        PrepareConfig,
-        {
-            "max_length": args.max_length,
-            "tokenizer": None if args.tokenizer == NO_TOKENIZER else args.tokenizer,
-            "limit": args.limit,
-            "s3_endpoint": args.s3_endpoint,
-        },
-        source="rtune prepare flags",
-    )
+    config = load_command_config(args, defaults=tokenizer_none_alias(args))
+    prepare = config.section("prepare")
+    settings = stage_settings(config)
     if not storage.is_s3(args.output):
-        summary = prepare_dataset(args.input, Path(args.output), config)
+        summary = run_stage(PrepareStage(prepare, args.input, Path(args.output)), settings)
     else:
         with tempfile.TemporaryDirectory(prefix="rtune-prepare-") as tmp:
             local = Path(tmp) / "prepared.jsonl"
-            summary = prepare_dataset(args.input, local, config)
-            storage.upload_file(local, args.output, config.s3_endpoint)
-    print(f"prepare: {summary.one_line()} -> {args.output}")
+            summary = run_stage(PrepareStage(prepare, args.input, local), settings)
+            storage.upload_file(local, args.output, prepare.s3_endpoint)
+    print(f"prepare: {summary.line()} -> {args.output}")
     return 0
+
+
+def tokenizer_none_alias(args: argparse.Namespace) -> list[str]:
+    """``--tokenizer none`` meant "no tokenizer, estimate chars/4": ``prepare.count_tokens=false``.
+
+    Taken out of the flags (``none`` is no model) and given as a default, so an explicit
+    ``--count-tokens`` or ``--set`` still wins.
+    """
+    dest = DEST_PREFIX + "student.tokenizer"
+    if getattr(args, dest, None) != NO_TOKENIZER:
+        return []
+    delattr(args, dest)
+    return ["prepare.count_tokens=false"]
