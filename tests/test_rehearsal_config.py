@@ -16,6 +16,7 @@ ALLOWED = {
     "teacher.concurrency": "size",
     "teacher.max_new_tokens": "size",
     "scoring.num_shards": "count: 2 shards",
+    "selection.policy": "data: the stand-in teacher's rewrites rarely pass the reference rule",
     "finetune.max_tokens_per_batch": "size (CPU rows)",
     "finetune.epochs": "count",
     "finetune.max_steps": "count",

@@ -83,6 +83,8 @@ class FinetuneSummary:
             f"loss {v['first_loss']:.3f} -> {v['final_loss']:.3f} over {v['global_step']:.0f} "
             f"steps, {v['tokens_per_second']:.0f} tokens/s, {v['training_records']} records"
         )
+        if v.get("resumed_from_step"):
+            text += f", resumed from step {v['resumed_from_step']:.0f}"
         if "model_version" in self.registered:
             text += f"; registered version {self.registered['model_version']} (alias candidate)"
         return text

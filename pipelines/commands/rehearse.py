@@ -36,6 +36,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--service-account", default="pipeline-runner", help="the run's service account"
     )
+    parser.add_argument(
+        "--runs", type=int, default=1, help="run the pipeline N times (the later runs show caching)"
+    )
+    parser.add_argument(
+        "--kill",
+        action="append",
+        default=[],
+        metavar="TASK:GLOB",
+        help="SIGKILL TASK's first attempt once GLOB (under the work folder) matches a path; "
+        "its retry must resume (e.g. finetune:pvcs/*/checkpoints/finetune/*/checkpoints/checkpoint-*)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -46,8 +57,18 @@ def run(args: argparse.Namespace) -> int:
     from rtune.pipelines.rehearsal.session import rehearse
 
     work = Path(args.work or tempfile.mkdtemp(prefix="rtune-rehearsal-")).resolve()
+    kill = {}
+    for item in args.kill:
+        task, _, pattern = item.partition(":")
+        kill[task] = lambda pattern=pattern: any(work.glob(pattern))
     result = rehearse(
-        Path(args.compiled), Path(args.config), work, args.until, args.service_account
+        Path(args.compiled),
+        Path(args.config),
+        work,
+        args.until,
+        args.service_account,
+        kill=kill,
+        runs=args.runs,
     )
     print(f"work folder: {work}")
     return 0 if result.passed else 1

@@ -46,6 +46,7 @@ def rehearse(
     service_account: str = "pipeline-runner",
     kill: Mapping[str, Callable[[], bool]] | None = None,
     out: Callable[[str], None] = print,
+    runs: int = 1,
 ) -> RehearsalResult:
     from rtune.pipelines.config import load_run_config
 
