@@ -1,6 +1,7 @@
 # rtune — every target sets up (or refreshes) the virtualenv first, so each works on a fresh machine.
 #   make demo    run the whole pipeline locally on the embedded default model (kfp.local + MLflow sqlite)
 #   make test    run the test suite (CPU, offline, real parts); make test-fast: the unit tier
+#   make rehearse  run the compiled pipeline as a cluster would, pods' rules enforced (needs root)
 #   make bench   scoring and teacher benchmarks, figures side by side
 #   make lint    ruff check + ruff format --check + mypy on the pure-logic modules + yamllint + hadolint
 #   make compiled  regenerate the committed pipelines/compiled/ (IR + Kubernetes form, llama3-8b config)
@@ -49,6 +50,10 @@ demo: setup
 
 test: setup $(CHROMIUM)
 	RTUNE_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest
+
+# the compiled pipeline under a cluster pod's rules on this machine (root + namespaces; see README)
+rehearse: setup
+	$(BIN)/rtune rehearse --until quantize
 
 # the unit tier: no model loading, no whole pipelines (minutes, not a quarter hour)
 test-fast: setup
