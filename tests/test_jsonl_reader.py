@@ -158,7 +158,7 @@ def test_writer_refuses_non_standard_json_and_writes_nothing(
 def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "RTUNE_CACHE": str(tmp_path / "cache")}
     return subprocess.run(
-        [sys.executable, "-m", "rtune.pipelines.cli", *args],
+        [sys.executable, "-m", "rtune.pipelines.cli", *args, "--no-tracking"],
         cwd=ROOT,
         env=env,
         capture_output=True,
