@@ -157,14 +157,21 @@ class RunConfig:
 
 
 def load_run_config(
-    path: str | Path | None = None, overrides: list[str] | None = None
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    default: Path | None = DEFAULT_CONFIG,
 ) -> RunConfig:
-    """Read a YAML run config, apply ``section.key=value`` overrides, validate every section."""
-    path = Path(path) if path else DEFAULT_CONFIG
-    data = _read_yaml(path)
+    """Read a YAML run config, apply ``section.key=value`` overrides, validate every section.
+
+    Without ``path``: ``default`` (``rtune run`` runs the local demo config), or — ``None``, what a
+    one-stage command does — the code's defaults only (no demo-sized limits sneak in).
+    """
+    chosen = Path(path) if path else default
+    data = _read_yaml(chosen) if chosen is not None else {}
+    source = str(chosen) if chosen is not None else "settings"
     for item in overrides or []:
-        apply_override(data, item, str(path))
-    return build_run_config(data, str(path))
+        apply_override(data, item, source)
+    return build_run_config(data, source)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

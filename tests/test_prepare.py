@@ -30,6 +30,8 @@ from rtune.components.prepare.prepare import (
     sample_text,
     seed_path,
 )
+from rtune.pipelines.config import CONFIG_DIR
+from tests.cli_lines import summary_line
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -592,7 +594,8 @@ def test_cli_handler_writes_output_and_prints_the_runners_line_then_its_own(
     )
     assert args.func(args) == 0
     assert len(read_jsonl(out)) == 10
-    runner, own = capsys.readouterr().out.strip().splitlines()
+    captured = capsys.readouterr()  # the runner's line on stderr, the command's on stdout
+    runner, own = summary_line(captured.err), captured.out.strip()
     assert runner.startswith("rtune-summary prepare: read ") and "wrote 10" in runner
     assert own.startswith("prepare: read ") and "wrote 10" in own and own.endswith(f"-> {out}")
     assert "> 512 tokens by chars/4 estimate" in own
@@ -690,7 +693,7 @@ def test_cli_bad_flag_value_exits_2(tmp_path: Path) -> None:
 
 
 def test_cli_prepares_the_seed_as_the_config_says_and_tracks_it(tmp_path: Path) -> None:
-    """``rtune prepare`` runs the default config's prepare section (local.yaml: limit 8) through
+    """``rtune prepare --config local.yaml`` runs that config's prepare section (limit 8) through
     the stage runner, which records the run in MLflow."""
     from rtune.pipelines.config import load_run_config
 
@@ -703,13 +706,16 @@ def test_cli_prepares_the_seed_as_the_config_says_and_tracks_it(tmp_path: Path) 
         str(out),
         "--tokenizer",
         "none",
+        "--config",
+        str(CONFIG_DIR / "local.yaml"),
         cwd=tmp_path,
         env={"MLFLOW_TRACKING_URI": store},
     )
     assert result.returncode == 0, result.stderr
-    runner, own = result.stdout.strip().splitlines()
+    runner, own = summary_line(result.stderr), result.stdout.strip()
     assert "removed 0 exact duplicates" in own and own.endswith(f"-> {out}")
-    config = load_run_config(None, ["prepare.count_tokens=false"]).section("prepare")
+    config = load_run_config(CONFIG_DIR / "local.yaml", ["prepare.count_tokens=false"])
+    config = config.section("prepare")
     assert read_jsonl(out) == prepare_records(SEED_URI, config)[0]
     assert len(read_jsonl(out)) == config.limit
 

@@ -37,7 +37,9 @@ def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
         return {prefix: data}
     flat: dict[str, Any] = {}
     for key, value in data.items():
-        flat.update(_flat(value, f"{prefix}{key}." if isinstance(value, dict) else f"{prefix}{key}"))
+        flat.update(
+            _flat(value, f"{prefix}{key}." if isinstance(value, dict) else f"{prefix}{key}")
+        )
     return flat
 
 

@@ -17,6 +17,7 @@ from rtune.components.select_ifd.stage import select_ifd
 from rtune.components.select_rifd.rules import SelectionConfig
 from rtune.components.select_rifd.stage import select_rifd
 from rtune.pipelines.cli import main
+from tests.cli_lines import summary_line
 
 SEED = [
     ("r1", "Name a colour.", "", "Blue."),
@@ -541,7 +542,8 @@ def test_cli_scores_and_selects(
             "--no-tracking",
         ]
     )
-    runner, own = capsys.readouterr().out.strip().splitlines()
+    captured = capsys.readouterr()  # the runner's line on stderr, the command's on stdout
+    runner, own = summary_line(captured.err), captured.out.strip()
     assert code == 0 and runner.startswith("rtune-summary score_ifd-shard-0: 5 records, 10 cand")
     assert own.startswith("score: 5 records, 10 candidates") and own.endswith(f"-> {scores}")
     out = tmp_path / "phase1.jsonl"
@@ -559,7 +561,8 @@ def test_cli_scores_and_selects(
             "--no-tracking",
         ]
     )
-    runner, own = capsys.readouterr().out.strip().splitlines()
+    captured = capsys.readouterr()  # the runner's line on stderr, the command's on stdout
+    runner, own = summary_line(captured.err), captured.out.strip()
     assert code == 0 and runner.startswith("rtune-summary select_ifd: 5 records; Q won")
     assert own.startswith("select ifd: 5 records; Q won") and own.endswith(f"-> {out}")
     assert all("phase1" in r for r in read_jsonl(out))

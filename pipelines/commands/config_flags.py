@@ -37,7 +37,9 @@ def add_config_options(
 
     ``aliases`` maps an extra flag (kept for old command lines) to its ``section.key``.
     """
-    parser.add_argument("--config", default=None, help="run config YAML (default local.yaml)")
+    parser.add_argument(
+        "--config", default=None, help="run config YAML (default: the settings' own defaults)"
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -174,7 +176,7 @@ def load_command_config(args: argparse.Namespace, defaults: Sequence[str] = ()) 
         overrides.append(f"checkpoint_root={args.checkpoint_root}")
     if args.no_tracking:
         overrides.append("tracking.enabled=false")
-    return load_run_config(args.config, overrides)
+    return load_run_config(args.config, overrides, default=None)
 
 
 def stage_settings(config: Any) -> Any:
