@@ -69,7 +69,7 @@ def compiled_without(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, undo: str)
 
 def test_the_compiled_pipeline_runs_as_on_a_cluster_through_quantize(tmp_path: Path) -> None:
     """Every task as a pod, a finetune pod killed mid-training and retried: it resumes."""
-    kill = "finetune:pvcs/rtune-work/checkpoints/finetune/*/checkpoints/checkpoint-*"
+    kill = "finetune:pvcs/rtune-work/checkpoints/finetune/*/checkpoints/checkpoint-*/trainer_state.json"
     result = rehearse(tmp_path, "--until", "quantize", "--kill", kill)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     out = result.stdout

@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=[],
         metavar="TASK:GLOB",
         help="SIGKILL TASK's first attempt once GLOB (under the work folder) matches a path; "
-        "its retry must resume (e.g. finetune:pvcs/*/checkpoints/finetune/*/checkpoints/checkpoint-*)",
+        "its retry must resume (e.g. finetune:pvcs/*/checkpoints/finetune/*/checkpoints/checkpoint-*/trainer_state.json)",
     )
     parser.set_defaults(func=run)
 
