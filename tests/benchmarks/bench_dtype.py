@@ -54,9 +54,9 @@ def main() -> int:
     print(f"{'seconds':<22}{fp32_s:>10.1f}{bf16_s:>10.1f}   bf16 speed-up x{fp32_s / bf16_s:.2f}")
     for name in ("ifd", "rifd"):
         pairs = [
-            (getattr(fp32[k], name), getattr(bf16[k], name))
+            (fp32[k][name], bf16[k][name])
             for k in fp32
-            if getattr(fp32[k], name) is not None and getattr(bf16[k], name) is not None
+            if fp32[k][name] is not None and bf16[k][name] is not None
         ]
         deltas = [abs(a - b) for a, b in pairs]
         flips = sum((a < 1) != (b < 1) for a, b in pairs)
