@@ -15,7 +15,6 @@ it has everything.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -44,6 +43,7 @@ from rtune.components.evaluate.evaluation import (
     questions,
 )
 from rtune.components.evaluate.judge import HeldoutItem, load_heldout, pending_jobs, run_judge
+from rtune.components.evaluate.outputs import log_inputs, publish
 from rtune.components.evaluate.suite import SuiteItem, load_suite
 
 CHECKPOINT_HEADER = "rtune-evaluate-v1"  # identity lives in each key's digest
@@ -116,7 +116,7 @@ class EvaluateStage:
             load_heldout(config.heldout, config.judge_limit) if config.judge_limit != 0 else []
         )
         started = time.perf_counter()
-        _log_inputs(run, config, suite, heldout)
+        log_inputs(run, config, suite, heldout)
         evaluation, latency = _evaluate(
             spec, config, suite, heldout, context.checkpoint_dir, self.progress
         )
@@ -134,7 +134,7 @@ class EvaluateStage:
             "decision": f"{decision.note}; {promotion.note}",
             "seconds": round(time.perf_counter() - started, 1),
         }
-        _publish(run, summary, evaluation, self.report, self.results)
+        publish(run, summary, evaluation, self.report, self.results)
         return EvaluateSummary(summary)
 
 
@@ -338,94 +338,3 @@ def base_identity(config: EvaluateConfig) -> str:
 
     path = resolve_model(config.base_model)
     return f"local:{path}:{model_signature(path)}"
-
-
-# -- outputs ----------------------------------------------------------------------------------
-
-
-def _log_inputs(
-    run: Any, config: EvaluateConfig, suite: Sequence[SuiteItem], heldout: Sequence[HeldoutItem]
-) -> None:
-    """The evaluation data as MLflow ``eval`` datasets (source: the file, or the user's s3:// URI)."""
-    if suite:
-        rows = [{"id": i.id, "category": i.category, "prompt": i.prompt} for i in suite]
-        source = _dataset_source(config.suite, "builtin:suite")
-        run.log_dataset(rows, source=source, name="eval-suite", context="eval")
-    if heldout:
-        rows = [{"id": i.id, "instruction": i.instruction, "input": i.input} for i in heldout]
-        source = _dataset_source(config.heldout, "builtin:heldout")
-        run.log_dataset(rows, source=source, name="eval-heldout", context="eval")
-
-
-def _dataset_source(spec: str, builtin_example: str) -> str:
-    """MLflow resolves file paths and s3:// URIs, not ``builtin:`` names: give it the shipped file."""
-    if spec.startswith("builtin:"):
-        from rtune.components.evaluate.datafiles import resolve_data_file
-
-        return str(resolve_data_file(spec, builtin_example))
-    return spec
-
-
-def _publish(
-    run: Any,
-    summary: Mapping[str, Any],
-    evaluation: Evaluation,
-    report_path: Path | None,
-    results_path: Path | None,
-) -> None:
-    """Metrics (MLflow parent + KFP), tables, figure, report page and results JSON."""
-    from rtune.components.evaluate.report import figure_comparison, html_page
-
-    run.set_tags(
-        {
-            "rtune.evaluation": summary["decision"],
-            "rtune.champion_version": summary["champion_version"],
-        },
-        to_parent=True,
-    )
-    run.log_table(evaluation.suite_rows, "evaluate/suite_items.json")
-    run.log_table(evaluation.judge_rows, "evaluate/judge_items.json")
-    counts = _judge_counts(evaluation)
-    figure = figure_comparison(evaluation.paired, counts)
-    run.log_figure(figure, "figures/evaluation.png")
-    results = {
-        "summary": dict(summary),
-        "suite": evaluation.suite_rows,
-        "judge": evaluation.judge_rows,
-    }
-    run.log_json(results, "evaluate/results.json")
-    if results_path is not None:
-        Path(results_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(results_path).write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
-    if report_path is not None:
-        page = html_page(
-            "Evaluation: the fine-tuned candidate against the base student",
-            str(summary["decision"]),
-            summary,
-            evaluation.paired,
-            counts,
-            figure,
-            [
-                ("suite-items", "Verifiable suite, item by item", evaluation.suite_rows),
-                (
-                    "judge-items",
-                    "Pairwise judge, instruction by instruction",
-                    evaluation.judge_rows,
-                ),
-            ],
-        )
-        Path(report_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(report_path).write_text(page, encoding="utf-8")
-        run.log_text(page, "reports/evaluate.html")
-
-
-def _judge_counts(evaluation: Evaluation) -> dict[str, int] | None:
-    judge = evaluation.judge
-    if judge is None:
-        return None
-    return {
-        "win": judge.wins,
-        "tie": judge.ties,
-        "loss": judge.losses,
-        "unparseable": judge.unparseable,
-    }
