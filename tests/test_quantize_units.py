@@ -11,6 +11,7 @@ import random
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,12 @@ from rtune.components.quantize.data import response_passes, split_records
 from rtune.components.quantize.guard import QualityGateFailed, check_quality
 from rtune.components.quantize.plan import check_group_size, model_signature
 from rtune.components.quantize.recipes import recipe_stages, recipe_yaml
-from rtune.components.quantize.worker_control import WORKER_SCRIPT, quantize_python, worker_command
+from rtune.components.quantize.worker_control import (
+    WORKER_SCRIPT,
+    quantize_python,
+    run_worker,
+    worker_command,
+)
 from tests.finetune_helpers.records import training_records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -346,6 +352,32 @@ def test_worker_imports_only_the_standard_library_at_module_level() -> None:
     assert top <= set(sys.stdlib_module_names) | {"__future__"}, top
     command = worker_command(Path("/py"), Path("/w/job.json"))
     assert command[:2] == ["/py", "-I"] and str(WORKER_SCRIPT) in command
+
+
+class Stopped(RuntimeError):
+    """Stands in for Ctrl-C or a task timeout while the worker's output is read."""
+
+
+class StoppingStream:
+    def write(self, text: str) -> int:
+        raise Stopped("stopped while reading the worker's output")
+
+
+def test_a_stopped_worker_run_leaves_no_kill_timer_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's kill timer (worker_timeout_s, a day by default) must not outlive an
+    interrupted run: a live timer thread keeps the interpreter from exiting until it fires."""
+    worker = tmp_path / "python"
+    worker.write_text("#!/bin/sh\necho 'worker started'\n")
+    worker.chmod(0o755)
+    before = set(threading.enumerate())
+    monkeypatch.setattr(sys, "stderr", StoppingStream())
+    with pytest.raises(Stopped):
+        run_worker(worker, tmp_path / "job.json", 24 * 3600)
+    monkeypatch.undo()
+    timers = [t for t in set(threading.enumerate()) - before if isinstance(t, threading.Timer)]
+    assert all(timer.finished.is_set() for timer in timers), "a kill timer is still waiting"
 
 
 def _values(unquantized: float, quantized: float, bound: float) -> dict[str, Any]:

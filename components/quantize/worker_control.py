@@ -107,14 +107,17 @@ def run_worker(python: Path, job_path: Path, timeout_s: int) -> dict[str, Any]:
         ) as process,
     ):
         timer = threading.Timer(timeout_s, process.kill)
+        timer.daemon = True  # never what keeps the interpreter alive
         timer.start()
-        assert process.stdout is not None
-        for line in process.stdout:
-            sys.stderr.write(line)
-            log.write(line)
-            tail.append(line)
-        code = process.wait()
-        timer.cancel()
+        try:
+            assert process.stdout is not None
+            for line in process.stdout:
+                sys.stderr.write(line)
+                log.write(line)
+                tail.append(line)
+            code = process.wait()
+        finally:  # also when stopped (Ctrl-C, a task timeout): the timer would wait a day
+            timer.cancel()
     summary = finished_worker(job_path.parent)
     if code != 0 or summary is None:
         reason = f"exited with code {code}" if code else "ended without writing its summary"
