@@ -19,7 +19,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +36,16 @@ EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_de
 class TrackingConfig:
     """Where runs go. ``tracking_uri`` empty -> ``$MLFLOW_TRACKING_URI`` or ./mlflow.db (sqlite)."""
 
-    experiment: str = "reflection-tuning"
-    tracking_uri: str = ""
-    enabled: bool = True
+    experiment: str = field(
+        default="reflection-tuning", metadata={"help": "MLflow experiment name"}
+    )
+    tracking_uri: str = field(
+        default="",
+        metadata={
+            "help": "MLflow server (http://...) or sqlite:///...; '' = $MLFLOW_TRACKING_URI or ./mlflow.db"
+        },
+    )
+    enabled: bool = field(default=True, metadata={"help": "false = log nothing to MLflow"})
 
     def __post_init__(self) -> None:
         if not self.experiment:

@@ -35,21 +35,34 @@ class FinetuneConfig:
     method: str = field(default="lora", metadata={"help": "lora | qlora (4-bit, GPU) | full"})
     template: str = student_field("template")
     max_length: int = student_field("max_length")
-    epochs: float = 3.0
+    epochs: float = field(
+        default=3.0, metadata={"help": "passes over the selected records (reference: 3)"}
+    )
     max_steps: int = field(default=-1, metadata={"help": "> 0 overrides epochs"})
-    learning_rate: float = 2e-5
-    global_batch_size: int = 128
+    learning_rate: float = field(
+        default=2e-5,
+        metadata={"help": "peak learning rate (reference full FT: 2e-5; LoRA: higher)"},
+    )
+    global_batch_size: int = field(
+        default=128, metadata={"help": "records per optimizer step over all ranks (reference: 128)"}
+    )
     max_tokens_per_batch: int = field(
         default=0,
         metadata={"help": "packed row budget; 0 = max_length; longer records get their own row"},
     )
-    warmup_ratio: float = 0.03
-    lr_scheduler: str = "cosine"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    warmup_ratio: float = field(
+        default=0.03,
+        metadata={"help": "share of steps warming the learning rate up (reference: 0.03)"},
+    )
+    lr_scheduler: str = field(
+        default="cosine",
+        metadata={"help": "transformers scheduler name (cosine, linear, constant, ...)"},
+    )
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (reference: 0)"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling (alpha / r)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
     lora_target_modules: list[str] = field(
         default_factory=lambda: [
             "q_proj",
@@ -59,26 +72,54 @@ class FinetuneConfig:
             "gate_proj",
             "up_proj",
             "down_proj",
-        ]
+        ],
+        metadata={"help": "modules that get LoRA adapters (comma-separated)"},
     )
     precision: str = field(default="auto", metadata={"help": "auto = bf16 on GPU, fp32 on CPU"})
-    gradient_checkpointing: bool = False
-    attn_implementation: str = "sdpa"
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "recompute activations in the backward pass (less memory, ~30 % slower)"},
+    )
+    attn_implementation: str = field(
+        default="sdpa",
+        metadata={"help": "sdpa | eager | flash_attention_2 (GPU, varlen packed rows)"},
+    )
     packing: bool = field(default=True, metadata={"help": "false = padded batches (baseline)"})
     deepspeed: str = field(default="", metadata={"help": "'' | zero3 | zero3_offload | path.json"})
-    launcher: str = "local"
-    nproc_per_node: int = 1
-    nodes: int = 1
-    gpus_per_node: int = 0
-    save_steps: int = 50
-    save_total_limit: int = 2
-    logging_steps: int = 1
-    seed: int = 42
+    launcher: str = field(
+        default="local",
+        metadata={
+            "help": "local (this process) | torchrun (ranks in the pod) | trainjob | pytorchjob"
+        },
+    )
+    nproc_per_node: int = field(
+        default=1, metadata={"help": "training processes per node (torchrun / cluster jobs)"}
+    )
+    nodes: int = field(default=1, metadata={"help": "nodes of a TrainJob / PyTorchJob"})
+    gpus_per_node: int = field(
+        default=0, metadata={"help": "GPUs each training process's node has"}
+    )
+    save_steps: int = field(
+        default=50,
+        metadata={
+            "help": "checkpoint every N optimizer steps (a killed run resumes from the last)"
+        },
+    )
+    save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept"})
+    logging_steps: int = field(
+        default=1, metadata={"help": "log loss / lr / tokens per second every N steps"}
+    )
+    seed: int = field(default=42, metadata={"help": "random seed (data order, LoRA init)"})
     merge: bool = field(default=True, metadata={"help": "also write base+adapter merged model"})
-    registered_model: str = "rtune-student"
+    registered_model: str = field(
+        default="rtune-student", metadata={"help": "MLflow registered model name (alias candidate)"}
+    )
     model_store: str = field(default="", metadata={"help": "s3:// prefix to upload the model to"})
     namespace: str = field(default="", metadata={"help": "cluster jobs: '' = the pod's namespace"})
-    job_timeout_s: int = 7 * 24 * 3600
+    job_timeout_s: int = field(
+        default=7 * 24 * 3600,
+        metadata={"help": "give up waiting for a cluster job after this many seconds"},
+    )
 
     def __post_init__(self) -> None:
         _one_of("method", self.method, METHODS)

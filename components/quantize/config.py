@@ -59,7 +59,10 @@ class QuantizeConfig:
     model_store: str = field(
         default="", metadata={"help": "s3:// prefix to upload the quantized model to"}
     )
-    worker_timeout_s: int = 24 * 3600
+    worker_timeout_s: int = field(
+        default=24 * 3600,
+        metadata={"help": "give up on the llm-compressor worker after this many seconds"},
+    )
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

@@ -29,7 +29,9 @@ class ServeConfig:
     backend: str = field(default="local", metadata={"help": "local | kserve"})
     server: str = field(default="auto", metadata={"help": "local: auto | transformers | vllm"})
     port: int = field(default=0, metadata={"help": "local: 0 = a free port"})
-    startup_timeout_s: float = 600.0
+    startup_timeout_s: float = field(
+        default=600.0, metadata={"help": "local: wait this long for the server's /health"}
+    )
     reasoning_format: str = field(
         default="none", metadata={"help": "reflection = return <thinking>/<reflection> apart"}
     )
@@ -43,27 +45,37 @@ class ServeConfig:
             "local: the front enforces it; kserve: recorded for clients"
         },
     )
-    smoke_prompt: str = SMOKE_PROMPT
-    smoke_max_tokens: int = 16
+    smoke_prompt: str = field(
+        default=SMOKE_PROMPT,
+        metadata={"help": "the one chat request that proves the endpoint answers"},
+    )
+    smoke_max_tokens: int = field(default=16, metadata={"help": "tokens the smoke test asks for"})
     # KServe
     name: str = field(default="rtune-student", metadata={"help": "InferenceService name"})
     namespace: str = field(default="", metadata={"help": "'' = the pod's namespace"})
-    runtime: str = "rtune-vllm"
+    runtime: str = field(
+        default="rtune-vllm",
+        metadata={"help": "KServe ServingRuntime name (manifests/base/vllm-servingruntime.yaml)"},
+    )
     gpus: int = field(
         default=1, metadata={"help": "per replica; > 1 adds --tensor-parallel-size; 0 = runtime's"}
     )
     cpu: str = field(default="", metadata={"help": "'' = the runtime's request"})
     memory: str = field(default="", metadata={"help": "'' = the runtime's request"})
     timeout_s: float = field(default=1800.0, metadata={"help": "wait for Ready at most this long"})
-    poll_interval_s: float = 10.0
+    poll_interval_s: float = field(
+        default=10.0, metadata={"help": "KServe: seconds between readiness checks"}
+    )
     service_account: str = field(
         default="", metadata={"help": "pulls the model from S3 (KServe storage initializer)"}
     )
     storage_uri: str = field(
         default="", metadata={"help": "'' = the model artifact's MODEL_URI.txt"}
     )
-    min_replicas: int = 1
-    max_replicas: int = 1
+    min_replicas: int = field(
+        default=1, metadata={"help": "KServe: minimum replicas (0 = scale to zero)"}
+    )
+    max_replicas: int = field(default=1, metadata={"help": "KServe: maximum replicas"})
     extra_args: list[str] = field(
         default_factory=list, metadata={"help": "more vLLM flags, e.g. --max-model-len=8192"}
     )

@@ -146,12 +146,15 @@ def _boolean(text: str) -> bool:
 
 
 def _add_flag(group: Any, flag: str, setting: Setting) -> None:
+    switch = setting.parse is _boolean  # `--structured-output` alone means true
     group.add_argument(
         flag,
         dest=DEST_PREFIX + setting.key,
         default=argparse.SUPPRESS,
         type=setting.parse,
-        metavar=setting.key.rsplit(".", 1)[-1].upper(),
+        nargs="?" if switch else None,
+        const=True if switch else None,
+        metavar="BOOL" if switch else setting.key.rsplit(".", 1)[-1].upper(),
         help=f"{setting.help or setting.key} [{setting.key}]",
     )
 
