@@ -66,7 +66,7 @@ def test_trainjob_runs_the_worker_from_s3_and_returns_rank0_summary(
     kube: kube_fixtures.KubeEmulator, kube_api: Any, s3: Any, tmp_path: Path
 ) -> None:
     config, job, work = _setup(tmp_path)
-    prefix = "finetuned/runs/work-abc123"
+    prefix = "finetuned/runs/run-7/finetune-work-abc123"  # the run's own folder of the store
     summary = {"global_step": 12, "train_loss": 0.9, "loss_history": []}
 
     def controller(reads: int) -> dict[str, Any] | None:

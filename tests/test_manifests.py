@@ -456,7 +456,14 @@ def test_prod_mlflow_reads_postgres_from_the_secret_and_survives_disruption() ->
         "valueFrom": {"secretKeyRef": {"name": "rtune-mlflow-db", "key": "uri"}},
     }
     assert deployment["spec"]["replicas"] == 2
-    assert not [d for d in docs if d["kind"] in {"PersistentVolumeClaim", "StatefulSet"}]
+    # MLflow keeps nothing on a volume (the pipeline's work volume is its own PVC)
+    assert "volumes" not in deployment["spec"]["template"]["spec"] or not [
+        v for v in deployment["spec"]["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v
+    ]
+    assert not [d for d in docs if d["kind"] == "StatefulSet"]
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"] == [
+        "rtune-work"
+    ]
     pdb = find(docs, "PodDisruptionBudget", "mlflow")
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()

@@ -87,11 +87,35 @@ def test_compiled_pipeline_has_every_stage_and_cluster_settings(tmp_path: Path) 
     assert defaults["scoring"]["defaultValue"]["num_shards"] == 8
     assert defaults["student"]["defaultValue"]["template"] == "vicuna"
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    secrets = {name: e["secretAsEnv"][0] for name, e in executors.items() if "secretAsEnv" in e}
-    teacher = [m for m in secrets.values() if m["secretName"] == "rtune-teacher"]
-    assert len(teacher) == 3  # both teacher stages and the judge (evaluate)
-    for mapping in teacher:
+
+    def secret(name: str) -> dict:
+        """executor -> its entries mounting Secret ``name``."""
+        return {
+            label: [m for m in e.get("secretAsEnv", []) if m["secretName"] == name]
+            for label, e in executors.items()
+            if any(m["secretName"] == name for m in e.get("secretAsEnv", []))
+        }
+
+    teacher = secret("rtune-teacher")  # the teacher stages, the judge, preflight: required
+    assert set(teacher) == {
+        "exec-reflect-instruction",
+        "exec-reflect-response",
+        "exec-evaluate",
+        "exec-preflight",
+    }
+    for (mapping,) in teacher.values():
         assert mapping["keyToEnv"] == [{"secretKey": "api_key", "envVar": "OPENAI_API_KEY"}]
+        assert mapping["optional"] is False
+    s3 = secret("rtune-s3")  # every task that reads or writes s3://: keys required, endpoint not
+    assert {"exec-prepare", "exec-score-shard", "exec-finetune", "exec-quantize"} <= set(s3)
+    assert "exec-select-ifd" not in s3 and "exec-plan-shards" not in s3
+    for keys, endpoint in s3.values():
+        assert keys["optional"] is False and endpoint["optional"] is True
+        assert [k["envVar"] for k in endpoint["keyToEnv"]] == ["AWS_ENDPOINT_URL"]
+    volume = executors["exec-score-shard"]["pvcMount"][0]
+    assert (volume["constant"], volume["mountPath"]) == ("rtune-work", "/mnt/rtune")
+    assert executors["exec-score-shard"]["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
+    assert executors["exec-score-shard"]["tolerations"][0]["key"] == "nvidia.com/gpu"
     containers = spec["deploymentSpec"]["executors"]
     scoring = [c["container"] for name, c in containers.items() if "score-shard" in name]
     assert scoring and all(c["resources"]["accelerator"]["resourceCount"] == "1" for c in scoring)

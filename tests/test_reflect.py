@@ -473,11 +473,12 @@ def test_cli_runs_both_stages_and_prints_one_summary_line(
             "--api-key-env",
             "NO_SUCH_KEY",
         )
-        out = capsys.readouterr().out.strip().splitlines()
+        captured = capsys.readouterr()
         assert code == 0
-        # the runner's mark line (what `rtune run` shows) and the command's own line
-        marks = [line for line in out if line.startswith(SUMMARY_MARK)]
-        lines = [line for line in out if not line.startswith(SUMMARY_MARK)]
+        # the runner's mark line (stderr: what `rtune run` shows) and the command's own (stdout)
+        err = captured.err.replace("\r", "\n").splitlines()
+        marks = [line for line in err if line.startswith(SUMMARY_MARK)]
+        lines = captured.out.strip().splitlines()
         assert len(marks) == 1 and marks[0].startswith(f"{SUMMARY_MARK}reflect_instruction: ")
         assert len(lines) == 1 and "records=3" in lines[0] and "parse_ok=3" in lines[0]
         assert lines[0].endswith(f"-> {tmp_path / 'out.jsonl'}")
