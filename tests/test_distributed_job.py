@@ -16,21 +16,20 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from rtune.components.common.k8s_workload import load_api_client, pod_namespace, poll_workload
+from rtune.components.common.pod_logs import LogTail, timestamp_key
 from rtune.components.finetune.distributed_job import (
-    KINDS,
     DistributedJobFailed,
-    DistributedJobSpec,
     DistributedJobTimeout,
-    LogTail,
-    _poll_job,
-    _timestamp_key,
+    run_distributed_job,
+)
+from rtune.components.finetune.training_jobs import (
+    KINDS,
+    DistributedJobSpec,
     build_job,
     build_pytorchjob,
     build_trainjob,
     job_name,
-    load_api_client,
-    pod_namespace,
-    run_distributed_job,
     s3_secret_env,
 )
 from tests import kube as kube_fixtures
@@ -437,10 +436,10 @@ def test_an_unreachable_api_fails_after_several_tries_not_at_the_first() -> None
     custom = client.CustomObjectsApi(client.ApiClient(configuration))
     errors: list[str] = []
     for attempt in range(1, 5):
-        assert _poll_job(custom, KINDS["TrainJob"], spec, errors) is None
+        assert poll_workload(custom, spec.ref, errors) is None
         assert len(errors) == attempt
     with pytest.raises(RuntimeError, match=f"cannot read TrainJob {NS}/{spec.name}"):
-        _poll_job(custom, KINDS["TrainJob"], spec, errors)
+        poll_workload(custom, spec.ref, errors)
 
 
 def test_a_job_deleted_while_waiting_fails_the_step(
@@ -469,7 +468,7 @@ def stamp(second: int, fraction: str) -> str:
 
 def test_timestamp_key_orders_trimmed_fractions() -> None:
     ordered = [stamp(1, ""), stamp(1, "05"), stamp(1, "25"), stamp(1, "5"), stamp(2, "000001")]
-    keys = [_timestamp_key(s) for s in ordered]
+    keys = [timestamp_key(s) for s in ordered]
     assert keys == sorted(keys) and len(set(keys)) == len(keys)
     assert sorted(ordered) != ordered  # plain string order would get these wrong
 

@@ -77,7 +77,7 @@ def test_trainjob_runs_the_worker_from_s3_and_returns_rank0_summary(
         )
         return {"status": {"conditions": [kube_fixtures.condition("Complete")]}}
 
-    from rtune.components.finetune.distributed_job import job_name
+    from rtune.components.finetune.training_jobs import job_name
 
     kube.on_fetch(TRAINJOBS, NS, job_name("run-7", "finetune"), controller)
     result = run_cluster_job(
@@ -113,7 +113,7 @@ def test_trainjob_runs_the_worker_from_s3_and_returns_rank0_summary(
 def test_a_failed_trainjob_fails_the_stage_with_its_own_message(
     kube: kube_fixtures.KubeEmulator, kube_api: Any, s3: Any, tmp_path: Path
 ) -> None:
-    from rtune.components.finetune.distributed_job import job_name
+    from rtune.components.finetune.training_jobs import job_name
 
     config, job, work = _setup(tmp_path)
     failed = kube_fixtures.condition("Failed", reason="JobFailed", message="node-1 OOMKilled")

@@ -17,18 +17,16 @@ import pytest
 import yaml
 from kubernetes import client
 
+from rtune.components.common.k8s_workload import GPU_RESOURCE, RUN_ID_LABEL, merge_patch
 from rtune.components.common.records import InputError
 from rtune.components.common.stage import MetricsSink, StageSettings, run_stage
 from rtune.components.serve.endpoint import EndpointSpec
 from rtune.components.serve.kserve import (
-    GPU_RESOURCE,
-    RUN_ID_LABEL,
     InferenceServiceFailed,
     InferenceServiceTimeout,
     build_inference_service,
     create_or_update,
     failure,
-    merge_patch,
     ready_urls,
     wait_ready,
 )

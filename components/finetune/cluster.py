@@ -54,10 +54,10 @@ def stage_job(
 def job_spec(
     config: FinetuneConfig, job_uri: str, kfp_run_id: str, env: Mapping[str, str], image: str = ""
 ) -> Any:
-    from rtune.components.finetune.distributed_job import (
+    from rtune.components.common.k8s_workload import pod_namespace
+    from rtune.components.finetune.training_jobs import (
         DistributedJobSpec,
         job_name,
-        pod_namespace,
         s3_secret_env,
     )
 
@@ -88,7 +88,8 @@ def run_cluster_job(
     image: str = "",
 ) -> dict[str, Any]:
     """Create (or adopt) the job, follow it to the end, return rank 0's training summary."""
-    from rtune.components.finetune.distributed_job import load_api_client, run_distributed_job
+    from rtune.components.common.k8s_workload import load_api_client
+    from rtune.components.finetune.distributed_job import run_distributed_job
 
     remote, job_uri = stage_job(config, job, work_dir, kfp_run_id)
     spec = job_spec(config, job_uri, kfp_run_id, env, image)

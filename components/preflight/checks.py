@@ -100,7 +100,7 @@ def custom_resource_usable(check: str, group: str, version: str, plural: str) ->
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
-    from rtune.components.finetune.distributed_job import load_api_client, pod_namespace
+    from rtune.components.common.k8s_workload import load_api_client, pod_namespace
 
     namespace = pod_namespace()
     api = client.CustomObjectsApi(load_api_client())

@@ -18,6 +18,8 @@ Readiness is the ``Ready`` condition of the current generation, with a URL. The 
 words decide failure: ``modelStatus`` (``FailedToLoad``, ``BlockedByFailedLoad``,
 ``InvalidSpec`` with ``lastFailureInfo``) or a condition that is ``False`` for a terminal reason
 (``RevisionFailed``, ``RevisionMissing`` — Knative's "no ready revision" — and the like).
+Creating, adopting and waiting are the shared :mod:`rtune.components.common.k8s_workload`
+lifecycle; this module holds the object and those readiness rules.
 """
 
 from __future__ import annotations
@@ -27,13 +29,24 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes import client
+from rtune.components.common.k8s_workload import (
+    GPU_RESOURCE,
+    CustomResource,
+    Logger,
+    Polling,
+    WorkloadRef,
+    create_or_adopt,
+    current_status,
+    describe_conditions,
+    merge_patch,
+    require_rtune_owner,
+    rtune_labels,
+    wait_for,
+)
 
-GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
-PART_OF_LABEL = "app.kubernetes.io/part-of"
-COMPONENT_LABEL = "app.kubernetes.io/component"
-RUN_ID_LABEL = "rtune/kfp-run-id"
-GPU_RESOURCE = "nvidia.com/gpu"
+INFERENCE_SERVICES = CustomResource(
+    "serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService"
+)
 REASONING_PARSER = "rtune-reflection"
 # where images/serve/Dockerfile puts components/serve/vllm_reasoning.py (a fixed path: the
 # site-packages one depends on the image's Python)
@@ -49,8 +62,7 @@ FAILED_REASONS = {
     "InvalidPredictorSpec",
 }
 FAILED_TRANSITIONS = {"BlockedByFailedLoad", "InvalidSpec"}
-_TRANSIENT_STATUS = {429, 500, 502, 503, 504}
-Logger = Callable[[str], None]
+ADOPT_FIX = "set serve.name to another name, or delete it"
 
 
 class InferenceServiceFailed(RuntimeError):
@@ -124,11 +136,9 @@ def build_inference_service(
     }
     if service_account:
         predictor["serviceAccountName"] = service_account
-    labels = {PART_OF_LABEL: "rtune", COMPONENT_LABEL: "serve"}
-    if kfp_run_id:
-        labels[RUN_ID_LABEL] = kfp_run_id
+    labels = rtune_labels("serve", kfp_run_id)
     return {
-        "apiVersion": f"{GROUP}/{VERSION}",
+        "apiVersion": f"{INFERENCE_SERVICES.group}/{INFERENCE_SERVICES.version}",
         "kind": "InferenceService",
         "metadata": {"name": name, "namespace": namespace, "labels": labels},
         "spec": {"predictor": predictor},
@@ -164,29 +174,6 @@ def resources(gpus: int, cpu: str = "", memory: str = "") -> dict[str, dict[str,
     return {"requests": dict(chosen), "limits": dict(chosen)} if chosen else {}
 
 
-def merge_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON merge patch (RFC 7386) that turns ``current`` into ``desired``: changed values,
-    ``None`` for keys to remove, nested objects patched key by key, lists replaced whole."""
-    patch: dict[str, Any] = {key: None for key in current if key not in desired}
-    for key, value in desired.items():
-        old = current.get(key)
-        if isinstance(value, Mapping) and isinstance(old, Mapping):
-            if sub := merge_patch(old, value):
-                patch[key] = sub
-        elif value != old:
-            patch[key] = value
-    return patch
-
-
-def get_service(custom: Any, namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        return dict(custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
-    except client.ApiException as error:
-        if error.status == 404:
-            return None
-        raise
-
-
 def create_or_update(
     custom: Any, obj: Mapping[str, Any], log: Logger = print
 ) -> tuple[dict[str, Any], bool]:
@@ -195,41 +182,25 @@ def create_or_update(
     A service of that name that rtune did not create is refused, not taken over.
     """
     meta = obj["metadata"]
-    namespace, name = meta["namespace"], meta["name"]
-    existing = get_service(custom, namespace, name)
-    if existing is None:
-        created = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, obj)
-        log(
-            f"created InferenceService {namespace}/{name} ({obj['spec']['predictor']['model']['storageUri']})"
-        )
-        return dict(created), True
-    labels = (existing.get("metadata") or {}).get("labels") or {}
-    if labels.get(PART_OF_LABEL) != "rtune":
-        raise RuntimeError(
-            f"InferenceService {namespace}/{name} exists but was not created by rtune (labels "
-            f"{dict(labels)}); fix: set serve.name to another name, or delete it"
-        )
+    ref = WorkloadRef(INFERENCE_SERVICES, meta["namespace"], meta["name"])
+    existing, created = create_or_adopt(
+        custom, ref, obj, lambda found: require_rtune_owner(found, ref, ADOPT_FIX)
+    )
+    if created:
+        log(f"created {ref} ({obj['spec']['predictor']['model']['storageUri']})")
+        return existing, True
     patch: dict[str, Any] = {}
     if spec_patch := merge_patch(existing.get("spec") or {}, obj["spec"]):
         patch["spec"] = spec_patch
+    labels = (existing.get("metadata") or {}).get("labels") or {}
     if any(labels.get(key) != value for key, value in meta["labels"].items()):
         patch["metadata"] = {"labels": meta["labels"]}
     if not patch:
-        log(f"InferenceService {namespace}/{name} already has this spec")
+        log(f"{ref} already has this spec")
         return existing, False
-    updated = custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, patch)
-    log(f"updated InferenceService {namespace}/{name}: {sorted(patch.get('spec', {}))}")
-    return dict(updated), False
-
-
-def current_status(obj: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The status, if it describes the object's current generation (else it is stale)."""
-    status = obj.get("status") or {}
-    generation = (obj.get("metadata") or {}).get("generation")
-    observed = status.get("observedGeneration")
-    if generation is not None and observed is not None and observed < generation:
-        return None
-    return dict(status)
+    updated = ref.patch(custom, patch)
+    log(f"updated {ref}: {sorted(patch.get('spec', {}))}")
+    return updated, False
 
 
 def failure(obj: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -266,14 +237,38 @@ def ready_urls(obj: Mapping[str, Any]) -> tuple[str, str] | None:
     return (url, address) if ready and (url or address) else None
 
 
-def describe(obj: Mapping[str, Any]) -> str:
-    """The conditions in one line, for progress and timeout messages."""
-    conditions = (obj.get("status") or {}).get("conditions") or []
-    parts = [
-        f"{c.get('type')}={c.get('status')}" + (f" ({c['reason']})" if c.get("reason") else "")
-        for c in conditions
-    ]
-    return ", ".join(parts) or "no status yet"
+@dataclass
+class ReadinessRules:
+    """The service's rules for the shared wait: the controller's failure first, then Ready with
+    a URL; otherwise each new state is logged once."""
+
+    namespace: str
+    name: str
+    log: Logger
+    last: str = "not read yet"
+
+    def judge(self, obj: Mapping[str, Any]) -> tuple[str, str] | None:
+        if found := failure(obj):
+            raise InferenceServiceFailed(self.namespace, self.name, *found)
+        if urls := ready_urls(obj):
+            return urls
+        if (state := describe_conditions(obj)) != self.last:
+            self.last = state
+            self.log(f"InferenceService {self.namespace}/{self.name}: {state}")
+        return None
+
+    def deleted(self) -> Exception:
+        return InferenceServiceFailed(
+            self.namespace, self.name, "NotFound", "it was deleted while waiting"
+        )
+
+    def timed_out(self, timeout_s: float, last: Mapping[str, Any] | None) -> Exception:
+        ns, name = self.namespace, self.name
+        return InferenceServiceTimeout(
+            f"InferenceService {ns}/{name} was not Ready within {timeout_s:g} s (last state: "
+            f"{self.last}). It was left in place: kubectl describe inferenceservice {name} -n "
+            f"{ns}; raise serve.timeout_s if the model is still loading"
+        )
 
 
 def wait_ready(
@@ -283,41 +278,16 @@ def wait_ready(
     timeout_s: float,
     poll_interval_s: float = 10.0,
     log: Logger = print,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
 ) -> ReadyService:
     """Poll until Ready (returns the URLs), a terminal failure (raises
-    :class:`InferenceServiceFailed`) or ``timeout_s`` (raises :class:`InferenceServiceTimeout`)."""
-    start = time.monotonic()
-    last, errors = "not read yet", 0
-    while True:
-        try:
-            obj = get_service(custom, namespace, name)
-        except client.ApiException as error:
-            errors += 1
-            if error.status not in _TRANSIENT_STATUS or errors > 5:
-                raise
-            obj = {}
-        if obj is None:
-            raise InferenceServiceFailed(
-                namespace, name, "NotFound", "it was deleted while waiting"
-            )
-        if obj:
-            errors = 0
-            if found := failure(obj):
-                raise InferenceServiceFailed(namespace, name, *found)
-            if urls := ready_urls(obj):
-                elapsed = time.monotonic() - start
-                log(
-                    f"InferenceService {namespace}/{name} is Ready after {elapsed:.0f} s: {urls[0] or urls[1]}"
-                )
-                return ReadyService(name, namespace, urls[0], urls[1], elapsed)
-            if describe(obj) != last:
-                last = describe(obj)
-                log(f"InferenceService {namespace}/{name}: {last}")
-        remaining = start + timeout_s - time.monotonic()
-        if remaining <= 0:
-            raise InferenceServiceTimeout(
-                f"InferenceService {namespace}/{name} was not Ready within {timeout_s:g} s (last "
-                f"state: {last}). It was left in place: kubectl describe inferenceservice {name} "
-                f"-n {namespace}; raise serve.timeout_s if the model is still loading"
-            )
-        time.sleep(min(poll_interval_s, remaining))
+    :class:`InferenceServiceFailed`) or ``timeout_s`` (raises :class:`InferenceServiceTimeout`).
+    ``sleep`` and ``clock`` are the waits and the time (tests pass a clock they move)."""
+    start = clock()
+    ref = WorkloadRef(INFERENCE_SERVICES, namespace, name)
+    polling = Polling(timeout_s, poll_interval_s, sleep, clock)
+    url, address = wait_for(custom, ref, ReadinessRules(namespace, name, log), polling, start=start)
+    elapsed = clock() - start
+    log(f"InferenceService {namespace}/{name} is Ready after {elapsed:.0f} s: {url or address}")
+    return ReadyService(name, namespace, url, address, elapsed)

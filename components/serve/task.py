@@ -185,7 +185,7 @@ def serve_on_kserve(
     """Create or update the InferenceService, wait for Ready, smoke-test its URL."""
     from kubernetes import client
 
-    from rtune.components.finetune.distributed_job import load_api_client, pod_namespace
+    from rtune.components.common.k8s_workload import load_api_client, pod_namespace
     from rtune.components.serve.client import ChatEndpoint
     from rtune.components.serve.kserve import build_inference_service, create_or_update, wait_ready
 
