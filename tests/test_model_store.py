@@ -17,12 +17,11 @@ from typing import Any
 import boto3
 import pytest
 
-from rtune.components.common import model_store, storage
-from rtune.components.common.model_store import (
+from rtune.components.common import model_store, model_verify, storage
+from rtune.components.common.model_store import MIB, upload_model
+from rtune.components.common.model_verify import (
     MANIFEST_NAME,
-    MIB,
     ModelVerificationError,
-    upload_model,
     verify_model,
 )
 from rtune.components.common.records import InputError
@@ -47,7 +46,8 @@ class InjectedCrash(RuntimeError):
 
 @dataclass
 class RequestLog:
-    """Every S3 call made by model_store's clients: (operation, key, part number)."""
+    """Every S3 call made by the model store's clients (upload and verify): (operation, key,
+    part number)."""
 
     calls: list[tuple[str, str, int | None]] = field(default_factory=list)
     crash_when: Callable[[str, str, int | None], bool] | None = None
@@ -112,6 +112,7 @@ def store(s3_server: str, monkeypatch: pytest.MonkeyPatch, request: pytest.Fixtu
         client.create_bucket(Bucket=BUCKET)
     log = RequestLog()
     monkeypatch.setattr(model_store, "s3_client", log.client)
+    monkeypatch.setattr(model_verify, "s3_client", log.client)
     prefix = "models/" + re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower())
     return Store(s3_server, client, prefix, log)
 

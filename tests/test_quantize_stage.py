@@ -296,7 +296,8 @@ def test_none_on_a_stored_model_passes_its_uri_on(tmp_path: Path) -> None:
 def test_a_model_in_the_store_is_quantized_back_into_the_store(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from rtune.components.common.model_store import upload_model, verify_model
+    from rtune.components.common.model_store import upload_model
+    from rtune.components.common.model_verify import verify_model
     from tests.servers import moto_s3, use_s3
 
     with moto_s3() as endpoint:

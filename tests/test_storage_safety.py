@@ -14,11 +14,8 @@ from typing import Any
 import pytest
 
 from rtune.components.common import models, storage
-from rtune.components.common.model_store import (
-    MANIFEST_NAME,
-    ModelVerificationError,
-    upload_model,
-)
+from rtune.components.common.model_store import upload_model
+from rtune.components.common.model_verify import MANIFEST_NAME, ModelVerificationError
 from rtune.components.common.records import InputError
 from tests.servers import S3_ENV, moto_s3, use_s3
 

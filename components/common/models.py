@@ -145,7 +145,7 @@ def _model_check(spec: str, whole: bool = True) -> Callable[[Path], None]:
     and (``whole``) the files the model store's manifest lists, byte for byte, when it has one."""
 
     def check(folder: Path) -> None:
-        from rtune.components.common.model_store import check_local_copy
+        from rtune.components.common.model_verify import check_local_copy
 
         if not _is_model_folder(folder):
             raise InputError(
