@@ -178,6 +178,7 @@ def merge_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[
 
 
 def conditions(obj: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``status.conditions`` as the controller wrote them (none before its first write)."""
     return list((obj.get("status") or {}).get("conditions") or [])
 
 
