@@ -469,3 +469,21 @@ def test_wait_stops_at_the_deadline_when_the_api_stays_away() -> None:
             wait_for_run(client, run_id, timeout_s=100, poll_s=10, sleep=clock.sleep, clock=clock)
     assert clock.sleeps == [10, 20, 40, 30], "never sleeps past the deadline"
     assert sum(1 for r in kfp.log if r.path.startswith("/apis/v2beta1/runs/")) == 5
+
+
+def test_single_user_ignores_the_namespace_and_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    with FakeKfpServer() as kfp:
+        assert submit(kfp.url, "--namespace", "team-a") == 0
+    assert "ignored team-a" in capsys.readouterr().out
+    assert all(r.query.get("namespace", "") == "" for r in kfp.log)
+    assert all(b'"namespace"' not in r.body for r in kfp.log)
+
+
+def test_wait_says_each_retry_and_ends_with_the_run_result(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with FakeKfpServer() as kfp:
+        kfp.fail_next("GET", "/runs/", 503, "drop")
+        assert submit(kfp.url, "--wait") == 0
+    err = capsys.readouterr().err
+    assert err.count("retrying in") == 2 and "503" in err and "cannot reach" in err
