@@ -339,6 +339,7 @@ class KfpClient:
             data = reply.json()
             text = str(data.get("message") or data.get("error") or data)
         except (ValueError, AttributeError):
-            text = reply.text
+            title = HTML_TITLE.search(reply.text)  # a gateway's or proxy's error page
+            text = f"an HTML page ({title.group(1)})" if title else reply.text
         text = " ".join(text.split())[:300] or "(empty body)"
         return text.replace(self._sent, "***") if self._sent else text

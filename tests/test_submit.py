@@ -456,6 +456,7 @@ def test_wait_rides_out_gateway_errors_with_backoff() -> None:
     assert clock.sleeps[4:] == [10] * (len(clock.sleeps) - 4), "a success resets the backoff"
     assert final.state == "SUCCEEDED"
     assert [p.split(" -> ")[-1][:3] for p in retries if "->" in p] == ["503", "502", "504"]
+    assert "an HTML page (502 Bad Gateway)" in retries[2]
     assert any("cannot reach" in p for p in retries)
 
 
