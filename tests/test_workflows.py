@@ -208,9 +208,74 @@ def test_every_make_target_a_workflow_runs_exists() -> None:
                 )
 
 
-def test_images_workflow_builds_every_image_on_version_tags() -> None:
+# ---------------------------------------------------------------- GitOps: what was merged runs
+
+SHA = "0123456789abcdef0123456789abcdef01234567"
+RTUNE_IMAGE = re.compile(r"[\w./-]+/rtune-(?:base|train|quantize|serve):[\w.-]+")
+
+
+def committed_images(path: str) -> set[str]:
+    images = set(RTUNE_IMAGE.findall((ROOT / path).read_text()))
+    assert images, f"{path} names no rtune image"
+    return images
+
+
+def step_named(workflow: dict[str, Any], job: str, prefix: str) -> dict[str, Any]:
+    found = [s for s in steps(workflow, job) if s.get("name", "").startswith(prefix)]
+    assert len(found) == 1, f"{job}: no single step named {prefix!r}"
+    return found[0]
+
+
+def run_steps(
+    tmp_path: Path, scripts: list[str], env: dict[str, str], fakes: dict[str, str]
+) -> tuple[subprocess.CompletedProcess[str], dict[str, str]]:
+    """Run ``scripts`` as consecutive steps do under Actions (``bash -eo pipefail``; what a step
+    appends to $GITHUB_ENV is in the environment of the next), with stand-in commands ``fakes``
+    (name -> bash body) first on PATH. Returns the last result and the final environment."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, body in fakes.items():
+        (bin_dir / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    github_env = tmp_path / "github_env"
+    github_env.write_text("")
+    current = {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "GITHUB_ENV": str(github_env),
+        "GITHUB_STEP_SUMMARY": str(tmp_path / "summary.md"),
+        "GITHUB_SHA": SHA,
+        **env,
+    }
+    result = subprocess.CompletedProcess[str]([], 0, "", "")
+    for script in scripts:
+        result = subprocess.run(
+            ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
+            env=current,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if result.returncode != 0:
+            break
+        for line in github_env.read_text().splitlines():
+            key, _, value = line.partition("=")
+            current[key] = value
+    return result, current
+
+
+def registry_for(tmp_path: Path, workflow: str, job: str, owner: str) -> str:
+    step = step_named(load(workflow), job, "Registry name")
+    result, env = run_steps(tmp_path, [step["run"]], {"OWNER": owner}, {})
+    assert result.returncode == 0, result.stderr
+    return env["REGISTRY"]
+
+
+def test_images_are_built_on_every_push_to_main_and_on_version_tags() -> None:
     workflow = load("images.yml")
-    assert triggers(workflow) == {"push": {"tags": ["v*"]}}
+    assert triggers(workflow) == {"push": {"branches": ["main"], "tags": ["v*"]}}
+    # one build per commit: a newer push must not cancel or skip the build of an older commit
+    assert "github.sha" in workflow["concurrency"]["group"]
+    assert workflow["concurrency"]["cancel-in-progress"] is False
     job = workflow["jobs"]["build"]
     assert job["permissions"] == {"contents": "read", "packages": "write"}
     dockerfiles = {p.parent.name for p in (ROOT / "images").glob("*/Dockerfile")}
@@ -220,95 +285,159 @@ def test_images_workflow_builds_every_image_on_version_tags() -> None:
     }
     assert "docker/setup-buildx-action" in by_action
     assert by_action["docker/login-action"]["registry"] == "ghcr.io"
-    assert "type=semver,pattern={{version}}" in by_action["docker/metadata-action"]["tags"]
+    tags = [line.strip() for line in by_action["docker/metadata-action"]["tags"].splitlines()]
+    # every build: sha-<full commit sha>; a release tag also gets its version
+    assert "type=sha,format=long" in tags
+    assert {"type=semver,pattern={{version}}", "type=semver,pattern={{major}}.{{minor}}"} <= set(
+        tags
+    )
+    assert not [t for t in tags if t.startswith(("type=ref", "type=raw", "type=edge"))], (
+        "no moving tags (main, latest): a run names the exact commit"
+    )
+    assert by_action["docker/metadata-action"]["flavor"] == "latest=false"
     build = by_action["docker/build-push-action"]
     assert build["file"] == "images/${{ matrix.image }}/Dockerfile" and build["context"] == "."
     assert build["push"] is True and build["tags"] == "${{ steps.meta.outputs.tags }}"
     assert build["cache-from"].startswith("type=gha") and build["cache-to"].startswith("type=gha")
-    # the pushed tag must be the package version: compiled pipelines name images by it
-    assert any("pyproject.toml" in script for script in run_scripts(workflow, "build"))
+    # a release tag must be the package version: the committed pipeline names images by it
+    check = step_named(workflow, "build", "Check that the tag is the package version")
+    assert "pyproject.toml" in check["run"]
+    assert check["if"] == "startsWith(github.ref, 'refs/tags/v')"
 
 
-def test_pipeline_workflow_submits_on_pipeline_changes_and_on_demand() -> None:
+def test_pipeline_runs_are_gated_never_started_by_a_push() -> None:
     workflow = load("pipeline.yml")
     on = triggers(workflow)
-    assert on["push"]["branches"] == ["main"]
-    assert {"pipelines/**", "pipelines/configs/**", "components/**"} <= set(on["push"]["paths"])
+    assert set(on) == {"workflow_dispatch"}, f"pipeline.yml starts GPU runs on {sorted(on)}"
     inputs = on["workflow_dispatch"]["inputs"]
     assert (ROOT / inputs["config"]["default"]).is_file(), inputs["config"]["default"]
     assert inputs["experiment"]["required"] is False
-    env = workflow["jobs"]["submit"]["env"]
+    job = workflow["jobs"]["submit"]
+    # the environment holds the KFP secret; protect it (required reviewers, main only)
+    assert job["environment"] == "kubeflow"
+    assert job["permissions"] == {"contents": "read", "packages": "read"}
+    env = job["env"]
     assert env["KF_PIPELINES_TOKEN"] == "${{ secrets.KF_PIPELINES_TOKEN }}"
     assert env["KFP_HOST"] == "${{ vars.KFP_HOST }}"
     assert env["CONFIG"] == "${{ inputs.config || 'pipelines/configs/llama3-8b.yaml' }}"
+    assert not [v for v in env.values() if "RTUNE_IMAGE" in str(v)], (
+        "no repository variable may point a run at other images than this commit's"
+    )
     scripts = "\n".join(run_scripts(workflow, "submit"))
-    assert re.search(r"--host \"\$KFP_HOST\" --config \"\$CONFIG\"", scripts)
     assert re.search(r"^\s*rtune submit\b", scripts, re.M), "pipeline.yml must run `rtune submit`"
     assert "-c constraints-cpu.txt torch==" in scripts, "install torch pinned, as the Makefile does"
 
 
-def _run_submit_step(tmp_path: Path, env: dict[str, str]) -> list[str]:
-    """Run pipeline.yml's submit script under bash with a stand-in `rtune` that records its argv."""
-    script = next(s for s in run_scripts(load("pipeline.yml"), "submit") if "rtune submit" in s)
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    fake = bin_dir / "rtune"
-    fake.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$ARGV_FILE"\necho "run: URL"\n')
-    fake.chmod(0o755)
-    base = {
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-        "ARGV_FILE": str(tmp_path / "argv"),
-        "GITHUB_STEP_SUMMARY": str(tmp_path / "summary.md"),
-        "KFP_HOST": "https://kfp.example.org/pipeline",
-        "CONFIG": "pipelines/configs/llama3-8b.yaml",
-        "OWNER": "Reflect-Org",
-    }
-    # `defaults.run.shell: bash` runs scripts as `bash --noprofile --norc -eo pipefail`
-    result = subprocess.run(
-        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
-        env={**base, **env},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "run: URL" in (tmp_path / "summary.md").read_text(), "the run URL goes to the summary"
-    return (tmp_path / "argv").read_text().splitlines()
+def test_images_and_runs_name_one_registry(tmp_path: Path) -> None:
+    from rtune.components.common.images import DEFAULT_REGISTRY
+
+    for owner in ("Reflect-Org", "rtune"):
+        pushed = registry_for(tmp_path, "images.yml", "build", owner)
+        pulled = registry_for(tmp_path, "pipeline.yml", "submit", owner)
+        assert pushed == pulled == f"ghcr.io/{owner.lower()}"
+    # the committed pipeline and the Argo CD apps name the upstream repository's registry
+    repo_url = yaml.safe_load((ROOT / "manifests/argocd/rtune-pipeline.yaml").read_text())
+    owner = repo_url["spec"]["source"]["repoURL"].split("github.com/")[1].split("/")[0]
+    assert registry_for(tmp_path, "images.yml", "build", owner) == DEFAULT_REGISTRY
+    for path in ("reflection_tuning.yaml", "kubernetes/reflection_tuning.yaml"):
+        images = committed_images(f"pipelines/compiled/{path}")
+        assert all(i.startswith(f"{DEFAULT_REGISTRY}/rtune-") for i in images), images
 
 
-def test_pipeline_submit_step_passes_settings_that_rtune_submit_accepts(
+def test_argocd_registers_the_release_whose_images_the_committed_pipeline_names() -> None:
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    app = yaml.safe_load((ROOT / "manifests/argocd/rtune-pipeline.yaml").read_text())
+    # main's committed pipeline names the release images (ghcr.io/rtune/...:<version>), which
+    # are built from the tag v<version>: tracking main would pair newer code with older images
+    assert app["spec"]["source"]["targetRevision"] == f"v{version}"
+    images = committed_images("pipelines/compiled/kubernetes/reflection_tuning.yaml")
+    assert {image.rsplit(":", 1)[1] for image in images} == {version}
+
+
+def _submit_steps(workflow: dict[str, Any]) -> list[str]:
+    return [
+        step_named(workflow, "submit", name)["run"]
+        for name in ("Registry name", "Check that this commit's images exist", "Submit a run")
+    ]
+
+
+FAKE_RTUNE = 'printf "%s\\n" "$@" > "$ARGV_FILE"; echo "run: URL"'
+
+
+def test_pipeline_submits_the_images_built_from_this_commit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from rtune.components.common.images import IMAGE_NAMES
     from rtune.pipelines.cli import make_parser
 
     monkeypatch.delenv("RTUNE_IMAGE_REGISTRY", raising=False)  # the flags' defaults
     monkeypatch.delenv("RTUNE_IMAGE_TAG", raising=False)
-
-    unset = {"EXPERIMENT": "", "KFP_NAMESPACE": "", "KFP_SERVICE_ACCOUNT": "", "IMAGE_REGISTRY": ""}
-    argv = _run_submit_step(tmp_path, {**unset, "IMAGE_TAG": ""})
-    args = make_parser().parse_args(argv)
+    base = {
+        "ARGV_FILE": str(tmp_path / "argv"),
+        "KFP_HOST": "https://kfp.example.org/pipeline",
+        "CONFIG": "pipelines/configs/llama3-8b.yaml",
+        "OWNER": "Reflect-Org",
+        "INSPECTED": str(tmp_path / "inspected"),
+    }
+    docker = 'echo "$3" >> "$INSPECTED"'  # docker manifest inspect <ref>: found
+    unset = {"EXPERIMENT": "", "KFP_NAMESPACE": "", "KFP_SERVICE_ACCOUNT": ""}
+    result, _ = run_steps(
+        tmp_path,
+        _submit_steps(load("pipeline.yml")),
+        {**base, **unset},
+        {"rtune": FAKE_RTUNE, "docker": docker},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "run: URL" in (tmp_path / "summary.md").read_text(), "the run URL goes to the summary"
+    args = make_parser().parse_args((tmp_path / "argv").read_text().splitlines())
     assert (args.command, args.host, args.config) == (
         "submit",
         "https://kfp.example.org/pipeline",
         "pipelines/configs/llama3-8b.yaml",
     )
-    assert args.image_registry == "ghcr.io/reflect-org", (
-        "images.yml pushes to lowercase ghcr.io/<owner>"
-    )
-    # an empty tag: the config's cluster.images.tag, else the package version
-    assert args.image_tag == "" and args.namespace == "" and args.service_account == ""
+    assert (args.image_registry, args.image_tag) == ("ghcr.io/reflect-org", f"sha-{SHA}")
+    assert args.namespace == "" and args.service_account == ""
+    inspected = set((tmp_path / "inspected").read_text().split())
+    assert inspected == {f"ghcr.io/reflect-org/rtune-{n}:sha-{SHA}" for n in IMAGE_NAMES}
 
     settings = {
         "EXPERIMENT": "nightly",
         "KFP_NAMESPACE": "team-a",
         "KFP_SERVICE_ACCOUNT": "rtune-pipeline-runner",
-        "IMAGE_REGISTRY": "registry.example.org/ml",
-        "IMAGE_TAG": "0.2.0rc1",
     }
-    args = make_parser().parse_args(_run_submit_step(tmp_path, settings))
+    result, _ = run_steps(
+        tmp_path,
+        _submit_steps(load("pipeline.yml")),
+        {**base, **settings},
+        {"rtune": FAKE_RTUNE, "docker": docker},
+    )
+    assert result.returncode == 0, result.stderr
+    args = make_parser().parse_args((tmp_path / "argv").read_text().splitlines())
     assert (args.experiment, args.namespace, args.service_account) == (
         "nightly",
         "team-a",
         "rtune-pipeline-runner",
     )
-    assert (args.image_registry, args.image_tag) == ("registry.example.org/ml", "0.2.0rc1")
+
+
+def test_pipeline_refuses_to_submit_before_this_commits_images_exist(tmp_path: Path) -> None:
+    docker = '[[ "$3" != *rtune-train* ]] || { echo "manifest unknown" >&2; exit 1; }'
+    env = {
+        "ARGV_FILE": str(tmp_path / "argv"),
+        "KFP_HOST": "https://kfp.example.org/pipeline",
+        "CONFIG": "pipelines/configs/llama3-8b.yaml",
+        "OWNER": "Reflect-Org",
+        **{"EXPERIMENT": "", "KFP_NAMESPACE": "", "KFP_SERVICE_ACCOUNT": ""},
+    }
+    result, _ = run_steps(
+        tmp_path,
+        _submit_steps(load("pipeline.yml")),
+        env,
+        {"rtune": FAKE_RTUNE, "docker": docker},
+    )
+    assert result.returncode != 0
+    assert f"rtune-train:sha-{SHA}" in result.stdout and "images" in result.stdout
+    assert "::error::" in result.stdout
+    assert not (tmp_path / "argv").exists(), "rtune submit must not run"
