@@ -61,7 +61,7 @@ def rehearse(
     pipeline = load_compiled(compiled)
     rendered = render_overlay(ROOT / overlay)
     namespace = next(d["metadata"]["name"] for d in rendered if d.get("kind") == "Namespace")
-    service_account = service_account or run_identity(rendered)
+    service_account = service_account or run_identity(rendered, overlay)
     work.mkdir(parents=True, exist_ok=True)
     buckets = sorted(_s3_buckets(arguments))
     with stand_up(work, namespace, arguments, buckets) as cluster:
@@ -94,9 +94,11 @@ def render_overlay(overlay: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
-def run_identity(rendered: list[dict[str, Any]]) -> str:
+def run_identity(rendered: list[dict[str, Any]], overlay: str = "the overlay") -> str:
     """The service account the overlay binds the pipeline's Role to: the one its KFP install
     runs pipeline pods as (``pipeline-runner`` standalone, ``default-editor`` in a Profile)."""
+    from rtune.components.common.errors import InputError
+
     accounts = [
         subject["name"]
         for doc in rendered
@@ -105,9 +107,10 @@ def run_identity(rendered: list[dict[str, Any]]) -> str:
         if subject.get("kind") == "ServiceAccount"
     ]
     if len(accounts) != 1:
-        raise ValueError(
-            f"the overlay binds Role {RUNNER_ROLE} to {accounts or 'no service account'}; "
-            "expected exactly one (manifests/identity/), or pass --service-account"
+        raise InputError(
+            overlay,
+            f"binds Role {RUNNER_ROLE} to {accounts or 'no service account'}, not to one",
+            "use an overlay that includes one of manifests/identity/, or pass --service-account",
         )
     return accounts[0]
 
