@@ -206,8 +206,14 @@ def test_trainjob_object_has_the_upstream_field_names() -> None:
     assert patch["manager"] == "rtune"
     (node_job,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
     assert node_job["name"] == "node"
-    assert node_job["template"]["spec"]["template"]["spec"] == {"serviceAccountName": "trainer-sa"}
-    assert "runtimePatches" not in build_trainjob(make_spec())["spec"]
+    pod = node_job["template"]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "trainer-sa"
+    assert pod["securityContext"]["runAsNonRoot"] is True  # Pod Security `restricted`
+    (node,) = pod["containers"]
+    assert node["name"] == "node" and node["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    (default_patch,) = build_trainjob(make_spec())["spec"]["runtimePatches"]
+    default_pod = default_patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+    assert "serviceAccountName" not in default_pod["template"]["spec"]["template"]["spec"]
 
 
 def test_cpu_only_trainjob_has_no_gpu_resource() -> None:

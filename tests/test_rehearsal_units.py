@@ -9,7 +9,7 @@ import yaml
 
 from rtune.pipelines.rehearsal import images, launcher, rbac, values
 from rtune.pipelines.rehearsal.ir import load_compiled
-from rtune.pipelines.rehearsal.session import platform_documents, render_overlay
+from rtune.pipelines.rehearsal.session import platform_documents, render_overlay, run_identity
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPILED = ROOT / "pipelines/compiled/reflection_tuning.yaml"
@@ -120,7 +120,7 @@ def test_executor_input_has_the_backends_shape() -> None:
 
 def test_rbac_grants_what_the_roles_say_and_nothing_else() -> None:
     rendered = render_overlay(ROOT / "manifests/overlays/prod")
-    ours = rbac.grants_for(rendered, "rtune", "rtune-pipeline-runner")
+    ours = rbac.grants_for(rendered, "rtune", "default-editor")
     create_job = rbac.request_attributes(
         "POST", "/apis/trainer.kubeflow.org/v1alpha1/namespaces/rtune/trainjobs", {}
     )
@@ -132,11 +132,47 @@ def test_rbac_grants_what_the_roles_say_and_nothing_else() -> None:
     assert rbac.allowed(ours, create_job)
     assert not rbac.allowed(ours, read_secret)
     assert not rbac.allowed(ours, other_namespace)
+    assert not rbac.grants_for(rendered, "rtune", "pipeline-runner")  # not this install's account
     kfp = rbac.grants_for(platform_documents(), "rtune", "pipeline-runner")
     assert rbac.allowed(kfp, read_secret)  # KFP's own runner Role: the launcher reads Secrets
     assert rbac.request_attributes("GET", "/apis/serving.kserve.io/v1beta1", {}) is None
     watch = rbac.request_attributes("GET", "/api/v1/namespaces/rtune/pods", {"watch": "true"})
     assert watch is not None and watch.verb == "watch"
+
+
+@pytest.mark.parametrize(
+    ("overlay", "namespace", "account"),
+    [
+        ("manifests/overlays/standalone", "kubeflow", "pipeline-runner"),
+        ("manifests/overlays/prod", "rtune", "default-editor"),
+    ],
+)
+def test_the_rehearsal_runs_as_the_account_the_overlay_binds(
+    overlay: str, namespace: str, account: str
+) -> None:
+    """Each overlay's identity gets our Role plus what its KFP install grants (platform/):
+    together enough for the launcher's Secret and the pipeline's TrainJobs, in its namespace."""
+    rendered = render_overlay(ROOT / overlay)
+    assert run_identity(rendered) == account
+    multi_user = any(d["kind"] == "Profile" for d in rendered)
+    grants = rbac.grants_for([*rendered, *platform_documents(multi_user)], namespace, account)
+    launcher = rbac.request_attributes(
+        "GET", f"/api/v1/namespaces/{namespace}/secrets/mlpipeline-minio-artifact", {}
+    )
+    follow_log = rbac.request_attributes(
+        "GET", f"/api/v1/namespaces/{namespace}/pods/node-0/log", {}
+    )
+    create_isvc = rbac.request_attributes(
+        "POST", f"/apis/serving.kserve.io/v1beta1/namespaces/{namespace}/inferenceservices", {}
+    )
+    assert launcher and follow_log and create_isvc
+    assert all(rbac.allowed(grants, need) for need in (launcher, follow_log, create_isvc))
+    ours_only = rbac.grants_for(rendered, namespace, account)
+    assert not rbac.allowed(ours_only, launcher)  # rtune's Role never reads Secrets
+    assert rbac.allowed(ours_only, create_isvc)  # ...and needs nothing else for its jobs
+    stripped = [d for d in rendered if d["kind"] != "RoleBinding"]
+    with pytest.raises(ValueError, match="no service account"):
+        run_identity(stripped)
 
 
 def test_platform_role_is_kfps_own() -> None:

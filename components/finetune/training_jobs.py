@@ -26,6 +26,7 @@ Secrets enter the pods only as ``secretKeyRef``; no secret value is ever put in 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
 from collections.abc import Callable, Mapping
@@ -38,6 +39,16 @@ from rtune.components.common.k8s_workload import (
     WorkloadRef,
     rtune_labels,
 )
+
+# Pod Security `restricted` (the namespace enforces it): the train image's non-root USER, no
+# privilege escalation, no capabilities, the runtime's default seccomp profile.
+NODE_POD_SECURITY = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+NODE_CONTAINER_SECURITY = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 
 JobKind = Literal["TrainJob", "PyTorchJob"]
 
@@ -222,10 +233,10 @@ def _metadata(spec: DistributedJobSpec) -> dict[str, Any]:
 def build_trainjob(spec: DistributedJobSpec) -> dict[str, Any]:
     """The ``TrainJob`` for ``spec``: the runtime supplies the pod template, we the entrypoint.
 
-    ``service_account`` (only when set) goes through ``runtimePatches`` into the pod template of
-    the runtime's ``node`` job — the current Trainer API; Trainer v2.0/v2.1 had
-    ``podSpecOverrides``/``podTemplateOverrides`` instead, so on those clusters leave it empty
-    and set the service account in the ClusterTrainingRuntime.
+    A ``runtimePatches`` entry puts the restricted securityContext (and ``service_account``, when
+    set) into the pod template of the runtime's ``node`` job — the current Trainer API; Trainer
+    v2.0/v2.1 had ``podSpecOverrides``/``podTemplateOverrides`` instead, so on those clusters
+    set both in the ClusterTrainingRuntime.
     """
     trainer: dict[str, Any] = {
         "image": spec.image,
@@ -245,8 +256,7 @@ def build_trainjob(spec: DistributedJobSpec) -> dict[str, Any]:
         },
         "trainer": trainer,
     }
-    if spec.service_account:
-        job_spec["runtimePatches"] = [_service_account_patch(spec.service_account)]
+    job_spec["runtimePatches"] = [_node_patch(spec.service_account)]
     return {
         "apiVersion": "trainer.kubeflow.org/v1alpha1",
         "kind": "TrainJob",
@@ -255,9 +265,16 @@ def build_trainjob(spec: DistributedJobSpec) -> dict[str, Any]:
     }
 
 
-def _service_account_patch(service_account: str) -> dict[str, Any]:
-    """A ``runtimePatches`` entry (owned by manager ``rtune``) setting the nodes' service account."""
-    pod_template = {"spec": {"serviceAccountName": service_account}}
+def _node_patch(service_account: str) -> dict[str, Any]:
+    """A ``runtimePatches`` entry (owned by manager ``rtune``) for the nodes' pod template: the
+    restricted securityContext, and the service account when one is given."""
+    pod: dict[str, Any] = {
+        "securityContext": copy.deepcopy(NODE_POD_SECURITY),
+        "containers": [{"name": "node", "securityContext": copy.deepcopy(NODE_CONTAINER_SECURITY)}],
+    }
+    if service_account:
+        pod["serviceAccountName"] = service_account
+    pod_template = {"spec": pod}
     node_job = {"name": "node", "template": {"spec": {"template": pod_template}}}
     return {
         "manager": RUNTIME_PATCH_MANAGER,
@@ -272,10 +289,14 @@ def _pytorch_replica(spec: DistributedJobSpec, replicas: int) -> dict[str, Any]:
         "command": list(spec.command),
         "args": list(spec.args),
         "env": env_vars(spec),
+        "securityContext": copy.deepcopy(NODE_CONTAINER_SECURITY),
     }
     if per_node := resources(spec):
         container["resources"] = per_node
-    pod_spec: dict[str, Any] = {"containers": [container]}
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "securityContext": copy.deepcopy(NODE_POD_SECURITY),
+    }
     if spec.service_account:
         pod_spec["serviceAccountName"] = spec.service_account
     return {

@@ -24,6 +24,7 @@ lifecycle; this module holds the object and those readiness rules.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -63,6 +64,15 @@ FAILED_REASONS = {
 }
 FAILED_TRANSITIONS = {"BlockedByFailedLoad", "InvalidSpec"}
 ADOPT_FIX = "set serve.name to another name, or delete it"
+# Pod Security `restricted` (the namespace enforces it), on top of the runtime container's own
+# securityContext, which KServe merges with the model's field by field.
+PREDICTOR_POD_SECURITY = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+MODEL_CONTAINER_SECURITY = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 
 
 class InferenceServiceFailed(RuntimeError):
@@ -126,12 +136,14 @@ def build_inference_service(
         "runtime": runtime,
         "storageUri": storage_uri,
         "args": args,
+        "securityContext": copy.deepcopy(MODEL_CONTAINER_SECURITY),
     }
     if per_pod := resources(gpus, cpu, memory):
         model["resources"] = per_pod
     predictor: dict[str, Any] = {
         "minReplicas": min_replicas,
         "maxReplicas": max_replicas,
+        "securityContext": copy.deepcopy(PREDICTOR_POD_SECURITY),
         "model": model,
     }
     if service_account:

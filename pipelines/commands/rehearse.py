@@ -2,6 +2,7 @@
 
     rtune rehearse                                   # pipelines/compiled/... with configs/rehearsal.yaml
     rtune rehearse --until select_rifd --work /tmp/r # stop after a task; keep the work folder
+    rtune rehearse --overlay manifests/overlays/prod # as multi-user Kubeflow runs it (a Profile)
 
 Needs root and Linux namespaces (it runs every task as UID 10001 in its own mount namespace, all of
 it in a network namespace whose only interface is loopback). Exit 0 when every rehearsed task
@@ -20,6 +21,7 @@ from pathlib import Path
 NETNS_MARK = "RTUNE_REHEARSAL_NETNS"
 DEFAULT_COMPILED = "pipelines/compiled/reflection_tuning.yaml"
 DEFAULT_CONFIG = "pipelines/configs/rehearsal.yaml"
+DEFAULT_OVERLAY = "manifests/overlays/standalone"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,7 +36,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--until", default="", help="stop after this task (e.g. quantize)")
     parser.add_argument("--work", default="", help="work folder (default: a new temp folder)")
     parser.add_argument(
-        "--service-account", default="pipeline-runner", help="the run's service account"
+        "--overlay",
+        default=DEFAULT_OVERLAY,
+        help="manifests overlay whose namespace, volumes, env and RBAC the run gets "
+        "(standalone: pipeline-runner; dev/prod: a Kubeflow Profile, default-editor)",
+    )
+    parser.add_argument(
+        "--service-account",
+        default="",
+        help="the run's service account (default: the one the overlay binds its Role to)",
     )
     parser.add_argument(
         "--runs", type=int, default=1, help="run the pipeline N times (the later runs show caching)"
@@ -69,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         args.service_account,
         kill=kill,
         runs=args.runs,
+        overlay=args.overlay,
     )
     print(f"work folder: {work}")
     return 0 if result.passed else 1

@@ -34,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--service-account",
         default="",
-        help="run as this ServiceAccount, e.g. rtune-pipeline-runner",
+        help="run's ServiceAccount ('' = the install's: pipeline-runner on standalone KFP, "
+        "default-editor in a Kubeflow Profile; manifests/ binds rtune's Role to those)",
     )
     add_image_arguments(parser)
     parser.add_argument("--wait", action="store_true", help="follow the run; exit code = result")

@@ -26,7 +26,11 @@ from rtune.pipelines.rehearsal.images import ROOT
 from rtune.pipelines.rehearsal.ir import load_compiled
 from rtune.pipelines.rehearsal.report import TaskReport, leaked, verdict
 
-DEFAULT_OVERLAY = "manifests/overlays/prod"
+DEFAULT_OVERLAY = "manifests/overlays/standalone"
+RUNNER_ROLE = "rtune-pipeline-runner"
+# what each kind of KFP install grants its run identity itself (platform/), by whether the
+# overlay makes its namespace a Kubeflow Profile
+KFP_PLATFORM = {False: "kfp-pipeline-runner.yaml", True: "kubeflow-profile-default-editor.yaml"}
 
 
 @dataclass
@@ -43,23 +47,27 @@ def rehearse(
     config_path: Path,
     work: Path,
     until: str = "",
-    service_account: str = "pipeline-runner",
+    service_account: str = "",
     kill: Mapping[str, Callable[[], bool]] | None = None,
     out: Callable[[str], None] = print,
     runs: int = 1,
+    overlay: str = DEFAULT_OVERLAY,
 ) -> RehearsalResult:
+    """``service_account`` "" = the account ``overlay`` binds the pipeline's Role to."""
     from rtune.pipelines.config import load_run_config
 
     config = load_run_config(config_path)
     arguments = config.pipeline_arguments()
     pipeline = load_compiled(compiled)
-    rendered = render_overlay(ROOT / DEFAULT_OVERLAY)
+    rendered = render_overlay(ROOT / overlay)
     namespace = next(d["metadata"]["name"] for d in rendered if d.get("kind") == "Namespace")
+    service_account = service_account or run_identity(rendered, overlay)
     work.mkdir(parents=True, exist_ok=True)
     buckets = sorted(_s3_buckets(arguments))
     with stand_up(work, namespace, arguments, buckets) as cluster:
         out(
-            f"rehearsal: {pipeline.name} from {compiled} with {config_path} (namespace {namespace})"
+            f"rehearsal: {pipeline.name} from {compiled} with {config_path} ({overlay}: "
+            f"namespace {namespace}, service account {service_account})"
         )
         _stage(cluster, arguments, out)
         run_id = new_run_id()
@@ -86,12 +94,32 @@ def render_overlay(overlay: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
-def platform_documents() -> list[dict[str, Any]]:
-    """What Kubeflow Pipelines installs itself (its runner Role), from ``platform/``."""
-    found = []
-    for path in sorted((Path(__file__).parent / "platform").glob("*.yaml")):
-        found += [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
-    return found
+def run_identity(rendered: list[dict[str, Any]], overlay: str = "the overlay") -> str:
+    """The service account the overlay binds the pipeline's Role to: the one its KFP install
+    runs pipeline pods as (``pipeline-runner`` standalone, ``default-editor`` in a Profile)."""
+    from rtune.components.common.errors import InputError
+
+    accounts = [
+        subject["name"]
+        for doc in rendered
+        if doc.get("kind") == "RoleBinding" and doc["roleRef"]["name"] == RUNNER_ROLE
+        for subject in doc.get("subjects", [])
+        if subject.get("kind") == "ServiceAccount"
+    ]
+    if len(accounts) != 1:
+        raise InputError(
+            overlay,
+            f"binds Role {RUNNER_ROLE} to {accounts or 'no service account'}, not to one",
+            "use an overlay that includes one of manifests/identity/, or pass --service-account",
+        )
+    return accounts[0]
+
+
+def platform_documents(multi_user: bool = False) -> list[dict[str, Any]]:
+    """What the KFP install grants its run identity itself (from ``platform/``): standalone
+    KFP's ``pipeline-runner`` Role, or a Kubeflow Profile's ``default-editor`` binding."""
+    path = Path(__file__).parent / "platform" / KFP_PLATFORM[multi_user]
+    return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
 
 
 def _s3_buckets(arguments: Mapping[str, Any]) -> set[str]:
@@ -161,7 +189,8 @@ def _pod_context(
     (sa_dir / "token").write_text(token)
     (sa_dir / "namespace").write_text(cluster.namespace)
     (sa_dir / "ca.crt").write_bytes(cluster.kube.ca_file.read_bytes())
-    documents = [*rendered, *platform_documents()]
+    multi_user = any(doc.get("kind") == "Profile" for doc in rendered)
+    documents = [*rendered, *platform_documents(multi_user)]
     subject = f"system:serviceaccount:{cluster.namespace}:{service_account}"
     cluster.kube.add_account(
         token, subject, grants_for(documents, cluster.namespace, service_account)
