@@ -60,6 +60,15 @@ S3_KEYS = {
     "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
 }
 S3_ENDPOINT_KEY = {"AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL"}  # MinIO; absent on AWS
+# MLflow behind its basic-auth app (manifests/base/mlflow-deployment.yaml): the tasks log in
+MLFLOW_AUTH_SECRET = "rtune-mlflow-auth"
+MLFLOW_AUTH_KEYS = {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"}
+# the served student's API key (vLLM's VLLM_API_KEY on the rtune-vllm runtime); serve.api_key_env
+SERVE_SECRET = "rtune-serve"
+SERVE_KEYS = {"api_key": "RTUNE_SERVE_API_KEY"}
+# the images' USER (images/*/Dockerfile): KFP runs the main container as the image's user unless
+# told; saying it here makes Pod Security `restricted` (runAsNonRoot) hold for every task
+POD_USER = 10001
 
 
 def stage_components(images: Images) -> SimpleNamespace:
@@ -81,10 +90,18 @@ class Wiring:
     cluster: Any
     s3: bool  # some setting is an s3:// URI: tasks that read or write models get the Secret
     teacher_served: bool  # the teacher (or judge) is an endpoint: its key comes from a Secret
+    mlflow_server: bool = False  # tracking goes to an http(s) MLflow: tasks get its login
+    served_key: bool = False  # the student is served with an API key: clients get it
 
     def task(self, task: Any, size: Any = None, *, work: bool = True, s3: bool = False) -> Any:
-        """Run id from the pod's label, the pods' env ConfigMap, a size, the work volume, S3."""
+        """Non-root user, run id from the pod's label, the pods' env ConfigMap, MLflow's login,
+        a size, the work volume, S3."""
+        kubernetes.set_security_context(
+            task, run_as_user=POD_USER, run_as_group=POD_USER, run_as_non_root=True
+        )
         kubernetes.use_field_path_as_env(task, env_name=RUN_ID_ENV, field_path=RUN_ID_FIELD)
+        if self.mlflow_server:
+            kubernetes.use_secret_as_env(task, MLFLOW_AUTH_SECRET, MLFLOW_AUTH_KEYS, optional=False)
         cluster = self.cluster
         if cluster.pod_env:
             kubernetes.use_config_map_as_env(
@@ -121,6 +138,12 @@ class Wiring:
             kubernetes.use_secret_as_env(task, TEACHER_SECRET, TEACHER_SECRET_KEYS, optional=False)
         return task
 
+    def served(self, task: Any) -> Any:
+        """A client of the served student (evaluate) gets its API key when it has one."""
+        if self.served_key:
+            kubernetes.use_secret_as_env(task, SERVE_SECRET, SERVE_KEYS, optional=False)
+        return task
+
 
 # what the pods' env ConfigMap may set (manifests/base/pod-env.yaml): caches on the work volume
 POD_ENV_KEYS = (
@@ -137,7 +160,15 @@ def wiring_for(config: Any) -> Wiring:
 
     served = {config.section("teacher").backend}
     judge = config.section("evaluate").judge_config()
-    return Wiring(config.cluster, uses_s3(config), "openai" in {*served, judge.backend})
+    tracking_uri = config.section("tracking").tracking_uri
+    serve = config.section("serve")
+    return Wiring(
+        config.cluster,
+        uses_s3(config),
+        "openai" in {*served, judge.backend},
+        mlflow_server=tracking_uri.startswith(("http://", "https://")),
+        served_key=serve.api_key_env == SERVE_KEYS["api_key"],
+    )
 
 
 def build_reflection_tuning(config: Any, images: Images | None = None) -> Any:
@@ -289,23 +320,27 @@ def build_reflection_tuning(config: Any, images: Images | None = None) -> Any:
                 s3=True,
             )
             compressed.set_retry(num_retries=1, backoff_duration="60s")
-            served = w.task(
-                c.serve(model=compressed.outputs["quantized"], serve=serve, tracking=tracking),
-                sizes.default,
-                s3=True,
-            )
-            served.set_caching_options(False)  # creates/updates a live InferenceService
-            judged = w.teacher(
+            served = w.served(
                 w.task(
-                    c.evaluate(
-                        endpoint=served.outputs["endpoint"],
-                        student=student,
-                        evaluate=evaluate,
-                        tracking=tracking,
-                        checkpoint_root=checkpoint_root,
-                    ),
+                    c.serve(model=compressed.outputs["quantized"], serve=serve, tracking=tracking),
                     sizes.default,
                     s3=True,
+                )
+            )
+            served.set_caching_options(False)  # creates/updates a live InferenceService
+            judged = w.served(
+                w.teacher(
+                    w.task(
+                        c.evaluate(
+                            endpoint=served.outputs["endpoint"],
+                            student=student,
+                            evaluate=evaluate,
+                            tracking=tracking,
+                            checkpoint_root=checkpoint_root,
+                        ),
+                        sizes.default,
+                        s3=True,
+                    )
                 )
             )
             judged.set_retry(num_retries=2, backoff_duration="60s", backoff_factor=2.0)

@@ -843,7 +843,7 @@ def test_the_policy_test_catches_each_planted_violation(change: str, message: st
 def created_workloads() -> dict[str, dict]:
     """The TrainJob, PyTorchJob and InferenceService the pipeline builds, default images."""
     from rtune.components.common.images import Images
-    from rtune.components.finetune.distributed_job import (
+    from rtune.components.finetune.training_jobs import (
         DistributedJobSpec,
         build_job,
         job_name,

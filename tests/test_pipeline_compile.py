@@ -112,6 +112,18 @@ def test_compiled_pipeline_has_every_stage_and_cluster_settings(tmp_path: Path) 
     for keys, endpoint in s3.values():
         assert keys["optional"] is False and endpoint["optional"] is True
         assert [k["envVar"] for k in endpoint["keyToEnv"]] == ["AWS_ENDPOINT_URL"]
+    login = secret("rtune-mlflow-auth")  # tracking is an http MLflow behind basic-auth: all log in
+    assert set(login) == set(executors)
+    for (mapping,) in login.values():
+        assert {k["envVar"] for k in mapping["keyToEnv"]} == {
+            "MLFLOW_TRACKING_USERNAME",
+            "MLFLOW_TRACKING_PASSWORD",
+        }
+        assert mapping["optional"] is False
+    served = secret("rtune-serve")  # the served student's key: only its clients
+    assert set(served) == {"exec-serve", "exec-evaluate"}
+    for (mapping,) in served.values():
+        assert mapping["keyToEnv"] == [{"secretKey": "api_key", "envVar": "RTUNE_SERVE_API_KEY"}]
     volume = executors["exec-score-shard"]["pvcMount"][0]
     assert (volume["constant"], volume["mountPath"]) == ("rtune-work", "/mnt/rtune")
     assert executors["exec-score-shard"]["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
@@ -168,6 +180,9 @@ def test_image_registry_and_tag_are_overridable(
     images = {
         c["container"]["image"] for c in compiled["spec"]["deploymentSpec"]["executors"].values()
     }
+    platform = compiled["platform"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    names = {m["secretName"] for e in platform.values() for m in e.get("secretAsEnv", [])}
+    assert not names & {"rtune-mlflow-auth", "rtune-serve"}  # local sqlite MLflow, no served key
     assert images == {
         "registry.example.org/ml/rtune-base:1.2.3",
         "registry.example.org/ml/rtune-train:1.2.3",

@@ -181,3 +181,31 @@ def test_platform_role_is_kfps_own() -> None:
     assert role["metadata"]["name"] == "pipeline-runner"
     assert {"get"} <= set(next(r for r in role["rules"] if "secrets" in r["resources"])["verbs"])
     assert yaml.safe_dump(docs)  # plain data
+
+
+def test_the_container_user_comes_from_the_security_context() -> None:
+    from dataclasses import replace
+
+    from rtune.pipelines.rehearsal.cluster import ClusterProblem
+    from rtune.pipelines.rehearsal.taskpod import _run_as
+
+    image = images.image_facts("ghcr.io/rtune/rtune-base:0.1.0")
+    assert _run_as(image, {}) == image  # no securityContext: the image's USER
+    context = {"securityContext": {"runAsUser": "20002", "runAsGroup": "30003"}}
+    assert (_run_as(image, context).uid, _run_as(image, context).gid) == (20002, 30003)
+    root_image = replace(image, uid=0, gid=0)  # an image without USER runs as root ...
+    with pytest.raises(ClusterProblem, match="runAsNonRoot and image will run as root"):
+        _run_as(
+            root_image, {"securityContext": {"runAsNonRoot": True}}
+        )  # ... which restricted refuses
+
+
+def test_every_task_runs_as_the_images_non_root_user() -> None:
+    pipeline = load_compiled(COMPILED)
+    assert pipeline.platform, "the compiled pipeline has no platform spec"
+    for executor, config in pipeline.platform.items():
+        context = config.get("securityContext", {})
+        assert context.get("runAsNonRoot") is True, executor
+        assert int(context["runAsUser"]) == 10001 and int(context["runAsGroup"]) == 10001, executor
+    every = {c.executor for c in pipeline.components.values() if not c.is_dag}
+    assert every <= set(pipeline.platform)

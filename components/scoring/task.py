@@ -71,7 +71,7 @@ class ScoreShardStage:
             Path(self.records),
             Path(self.scores),
             self.config,
-            self.phase,  # type: ignore[arg-type]
+            self.phase,
             shard_index=self.shard_index,
             num_shards=self.config.num_shards,
             checkpoint_path=self.checkpoint_path or context.checkpoint(*self.checkpoint_identity()),

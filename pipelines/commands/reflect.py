@@ -32,7 +32,6 @@ CHATTY_LOGGERS = ("httpx", "httpx2", "openai")  # one INFO line per request drow
 ALIASES = {
     "--teacher": "teacher.backend",
     "--teacher-url": "teacher.url",
-    "--teacher-model": "teacher.model",
     "--teacher-model": "teacher.model",  # the teacher's own errors name this flag
     "--timeout": "teacher.timeout_s",
 }

@@ -10,6 +10,7 @@ IAM keys, the teacher key is what the teacher checks).
 
 from __future__ import annotations
 
+import configparser
 import os
 import secrets
 import subprocess
@@ -36,6 +37,9 @@ KFP_ARTIFACT_HOST = "seaweedfs.kubeflow"  # KFP's default artifact store (minio:
 PIPELINE_ROOT = "minio://mlpipeline/v2/artifacts"
 KFP_ARTIFACT_SECRET = "mlpipeline-minio-artifact"  # KFP's own, keys accesskey/secretkey
 MLFLOW_BUCKET = "rtune-mlflow"
+MLFLOW_AUTH_SECRET = "rtune-mlflow-auth"
+MLFLOW_AUTH_INI = "manifests/base/mlflow-auth/basic_auth.ini"
+SERVE_SECRET = "rtune-serve"
 KUBERNETES_HOST, KUBERNETES_PORT = "kubernetes.default.svc", 443
 
 
@@ -97,6 +101,7 @@ def stand_up(
         if tracking.startswith("http"):
             process = _mlflow_server(cluster, tracking)
             stack.callback(_stop, process)
+        _serve_secret(cluster)
         teacher = run_config.get("teacher", {})
         if teacher.get("backend") == "openai" and teacher.get("url"):
             cluster.teacher = _teacher(cluster, teacher)
@@ -132,8 +137,15 @@ def _mlflow_server(cluster: Cluster, tracking_uri: str) -> subprocess.Popen[byte
     address = cluster.address_of(host)
     assert cluster.store is not None
     identity = cluster.store.identities["mlflow"]
+    login = _mlflow_login(cluster)
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))},
+        # the basic-auth app as manifests/base/mlflow-deployment.yaml runs it: its ini, the admin
+        # from Secret rtune-mlflow-auth; the user database in the rehearsal's folder
+        "MLFLOW_AUTH_CONFIG_PATH": str(_auth_ini(cluster)),
+        "MLFLOW_AUTH_ADMIN_USERNAME": login["username"],
+        "MLFLOW_AUTH_ADMIN_PASSWORD": login["password"],
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": login["flask_secret_key"],
         "AWS_ACCESS_KEY_ID": identity.access_key_id,
         "AWS_SECRET_ACCESS_KEY": identity.secret_access_key,
         "AWS_DEFAULT_REGION": "us-east-1",
@@ -147,12 +159,43 @@ def _mlflow_server(cluster: Cluster, tracking_uri: str) -> subprocess.Popen[byte
             "--host", address, "--port", str(port), "--workers", "1",
             "--backend-store-uri", f"sqlite:///{cluster.work / 'mlflow.db'}",
             "--artifacts-destination", f"s3://{MLFLOW_BUCKET}/artifacts", "--serve-artifacts",
+            "--app-name", "basic-auth",
         ],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     _wait_http(f"http://{address}:{port}/health", process, "mlflow server")
     cluster.mlflow_url = f"http://{address}:{port}"
     return process
+
+
+def _mlflow_login(cluster: Cluster) -> dict[str, str]:
+    """Secret rtune-mlflow-auth with its template's keys: MLflow's admin, the tasks' login."""
+    values = {
+        "username": "rtune-pipeline",
+        "password": secrets.token_urlsafe(18),
+        "flask_secret_key": secrets.token_hex(32),
+    }
+    keys = template_secrets().get(MLFLOW_AUTH_SECRET, list(values))
+    cluster.secrets[MLFLOW_AUTH_SECRET] = {k: values[k] for k in keys if k in values}
+    return values
+
+
+def _auth_ini(cluster: Cluster) -> Path:
+    """manifests' basic_auth.ini with the user database moved into the rehearsal's folder."""
+    config = configparser.ConfigParser()
+    config.read(ROOT / MLFLOW_AUTH_INI, encoding="utf-8")
+    config["mlflow"]["database_uri"] = f"sqlite:///{cluster.work / 'mlflow-auth.db'}"
+    path = cluster.work / "basic_auth.ini"
+    with path.open("w", encoding="utf-8") as out:
+        config.write(out)
+    return path
+
+
+def _serve_secret(cluster: Cluster) -> None:
+    """Secret rtune-serve (the served student's API key), as the platform manifests expect it."""
+    key = f"rehearsal-serve-{secrets.token_hex(16)}"
+    keys = template_secrets().get(SERVE_SECRET, ["api_key"])
+    cluster.secrets[SERVE_SECRET] = {k: key for k in keys}
 
 
 def _teacher(cluster: Cluster, teacher: Mapping[str, Any]) -> TeacherStandIn:

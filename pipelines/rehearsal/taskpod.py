@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ def build_pod(
     uses_workspace: bool,
 ) -> PodSpec:
     """The pod of one attempt; raises :class:`ClusterProblem` where Kubernetes would refuse it."""
+    image = _run_as(image, platform)
     pod_name = f"{context.workflow}-{name}-{uuid.uuid4().hex[:8]}"
     env = dict(image.env)
     env.update(container.env)
@@ -80,6 +81,20 @@ def build_pod(
         hosts=dict(cluster.hosts),
         service_account_dir=context.service_account_dir,
     )
+
+
+def _run_as(image: ImageFacts, platform: Mapping[str, Any]) -> ImageFacts:
+    """The user the main container runs as: the platform spec's ``securityContext`` (kfp-kubernetes
+    ``set_security_context``), else the image's ``USER``. ``runAsNonRoot`` with user 0 is refused
+    as the kubelet refuses it (Pod Security ``restricted`` needs it on every container)."""
+    context = platform.get("securityContext") or {}
+    uid = int(context.get("runAsUser", image.uid))
+    gid = int(context.get("runAsGroup", image.gid))
+    if context.get("runAsNonRoot") and uid == 0:
+        raise ClusterProblem(
+            "CreateContainerConfigError: container has runAsNonRoot and image will run as root"
+        )
+    return replace(image, uid=uid, gid=gid)
 
 
 def _name(entry: Mapping[str, Any], kind: str) -> str:
