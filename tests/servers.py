@@ -30,10 +30,23 @@ def moto_s3() -> Iterator[str]:
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    # moto keeps its buckets in process-wide state: every server starts (and leaves) it empty,
+    # so one test file's objects never show up in the next file's buckets
+    _reset_moto(endpoint)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield endpoint
     finally:
+        _reset_moto(endpoint)
         server.stop()
+
+
+def _reset_moto(endpoint: str) -> None:
+    import urllib.request
+
+    request = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        response.read()
 
 
 def use_s3(monkeypatch: Any, endpoint: str, cache: Path, bucket: str) -> Any:
