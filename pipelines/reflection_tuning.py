@@ -19,6 +19,7 @@ from typing import Any
 
 from kfp import dsl, kubernetes
 
+from rtune.components.common.gpus import EXPECTED_GPUS_ENV
 from rtune.components.common.images import Images
 from rtune.components.evaluate.component import evaluate
 from rtune.components.finalize.component import finalize
@@ -121,6 +122,7 @@ class Wiring:
     def _gpu(self, task: Any, gpus: int) -> None:
         cluster = self.cluster
         task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
+        task.set_env_variable(EXPECTED_GPUS_ENV, str(gpus))  # the stage checks they are there
         for toleration in cluster.gpu_tolerations:
             kubernetes.add_toleration_json(task, toleration)
         if cluster.gpu_node_selector:

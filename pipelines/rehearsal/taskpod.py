@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from rtune.components.common.gpus import EXPECTED_GPUS_ENV
 from rtune.pipelines.rehearsal.cluster import Cluster, ClusterProblem
 from rtune.pipelines.rehearsal.images import ImageFacts
 from rtune.pipelines.rehearsal.ir import Container
@@ -57,6 +58,10 @@ def build_pod(
     pod_name = f"{context.workflow}-{name}-{uuid.uuid4().hex[:8]}"
     env = dict(image.env)
     env.update(container.env)
+    if container.accelerators and EXPECTED_GPUS_ENV in env:
+        # the one difference from a cluster: this machine has no GPU to give the pod, so the
+        # task is told none were granted and runs on the CPU (the GPU path is tested apart)
+        env[EXPECTED_GPUS_ENV] = "0"
     env.update(
         {
             "KFP_POD_NAME": pod_name,
