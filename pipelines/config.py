@@ -102,6 +102,9 @@ class ClusterConfig:
     gpu_node_selector: dict[str, str] = field(
         default_factory=dict, metadata={"help": "node labels GPU pods need, e.g. a GPU type"}
     )
+    gpu_memory: str = field(
+        default="80Gi", metadata={"help": "memory of one GPU (scoring pods are sized by it)"}
+    )
     shm_size: str = field(
         default="16Gi", metadata={"help": "memory-backed /dev/shm of GPU pods ('' = 64 MiB)"}
     )
@@ -264,7 +267,11 @@ def build_run_config(data: Mapping[str, Any], source: str) -> RunConfig:
 
 def check_for_cluster(config: RunConfig) -> None:
     """What only matters when the config is compiled for a cluster (kfp.local runs anywhere):
-    checkpoints must be on the work volume, since a retried pod's own disk is gone."""
+    checkpoints must be on the work volume, since a retried pod's own disk is gone; a scoring
+    pod must hold the student."""
+    from rtune.pipelines.pod_sizes import check_scoring_pod
+
+    check_scoring_pod(config)
     root, cluster, source = config.checkpoint_root, config.cluster, config.source
     mount = cluster.work_mount.rstrip("/") + "/"
     if root and cluster.work_volume and not (root.rstrip("/") + "/").startswith(mount):
