@@ -5,6 +5,7 @@ fails the stage with the job's own message."""
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -132,3 +133,128 @@ def test_cluster_launch_needs_an_s3_model_store(tmp_path: Path) -> None:
     config.model_store = ""
     with pytest.raises(ValueError, match="model_store"):
         run_cluster_job(config, job, work, {}, "run-9", object(), poll_interval_s=0.05)
+
+
+# --------------------------------------------------------------------------- the task's own path
+
+STUDENT = f"s3://{BUCKET}/student"
+
+
+def _kubeconfig(tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The task pod finds its cluster through KUBECONFIG: here, the loopback API."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "loop", "cluster": {"server": url.rstrip("/")}}],
+        "users": [{"name": "test", "user": {}}],
+        "contexts": [{"name": "loop", "context": {"cluster": "loop", "user": "test"}}],
+        "current-context": "loop",
+    }
+    path = tmp_path / "kubeconfig"
+    path.write_text(json.dumps(config))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(path))
+
+
+def _run_finetune_task(
+    kube: kube_fixtures.KubeEmulator,
+    kube_api: Any,
+    s3: Any,
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    launcher: str,
+) -> dict[str, Any]:
+    """The fine-tune task with an ``s3://`` student and a cluster launcher, end to end. The job
+    already exists (a retried task adopts it, so no poll interval is waited); on its first read
+    the "nodes" read the staged job file, write rank 0's summary where it says, and succeed.
+    Returns the job file the nodes read."""
+    from kubernetes import client
+
+    from rtune.components.common.k8s_workload import rtune_labels
+    from rtune.components.common.stage import StageSettings, run_stage
+    from rtune.components.finetune.task import FinetuneOutputs, FinetuneStage
+    from rtune.components.finetune.training_jobs import KINDS, job_name
+    from tests.finetune_helpers.records import training_records
+
+    for file in tiny_model_dir.iterdir():
+        s3.upload_file(str(file), BUCKET, f"student/{file.name}")
+    selected = tmp_path / "selected.jsonl"
+    selected.write_text("".join(json.dumps(r) + "\n" for r in training_records(6)))
+    config = FinetuneConfig(
+        model=STUDENT,
+        launcher=launcher,
+        nodes=2,
+        max_length=256,
+        namespace=NS,
+        model_store=f"s3://{BUCKET}/finetuned",
+    )
+    run_id = f"run-{uuid.uuid4().hex[:8]}"  # its own folder of the module's store
+    kind = "PyTorchJob" if launcher == "pytorchjob" else "TrainJob"
+    resource = KINDS[kind].resource
+    name = job_name(run_id, "finetune")
+    metadata = {"name": name, "namespace": NS, "labels": rtune_labels("finetune", run_id)}
+    client.CustomObjectsApi(kube_api).create_namespaced_custom_object(
+        resource.group,
+        resource.version,
+        NS,
+        resource.plural,
+        {"apiVersion": f"{resource.group}/{resource.version}", "kind": kind, "metadata": metadata},
+    )
+    read_by_nodes: dict[str, Any] = {}
+
+    def nodes(reads: int) -> dict[str, Any]:
+        listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"finetuned/runs/{run_id}/")
+        (key,) = [o["Key"] for o in listed["Contents"] if o["Key"].endswith("/job.json")]
+        read_by_nodes.update(json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()))
+        summary = {
+            "global_step": 3,
+            "train_loss": 1.0,
+            "first_loss": 1.2,
+            "final_loss": 0.9,
+            "tokens_per_second": 50.0,
+            "peak_rss_mib": 10.0,
+            "resumed_from_step": 0,
+            "loss_history": [{"step": 1, "loss": 1.2, "lr": 1e-5}],
+        }
+        output = read_by_nodes["output_dir"].removeprefix(f"s3://{BUCKET}/")
+        s3.put_object(Bucket=BUCKET, Key=f"{output}/train_summary.json", Body=json.dumps(summary))
+        return {"status": {"conditions": [kube_fixtures.condition(KINDS[kind].success_condition)]}}
+
+    kube.on_fetch(f"{resource.group}/{resource.version}/{resource.plural}", NS, name, nodes)
+    _kubeconfig(tmp_path, kube.url, monkeypatch)
+    outputs = FinetuneOutputs(tmp_path / "adapter", tmp_path / "model")
+    settings = StageSettings(
+        tracking={"enabled": False}, checkpoint_root=str(tmp_path / "ck"), run_id=run_id
+    )
+    run_stage(FinetuneStage(config, selected, outputs), settings)
+    return read_by_nodes
+
+
+@pytest.mark.parametrize("launcher", ["pytorchjob", "trainjob"])
+def test_the_nodes_get_the_students_s3_uri_not_the_task_pods_cache_path(
+    kube: kube_fixtures.KubeEmulator,
+    kube_api: Any,
+    s3: Any,
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    launcher: str,
+) -> None:
+    job = _run_finetune_task(kube, kube_api, s3, tmp_path, tiny_model_dir, monkeypatch, launcher)
+    assert job["model"] == STUDENT  # each node fetches the model itself; no task-pod path
+    assert job["rows"].startswith("s3://") and job["output_dir"].startswith("s3://")
+
+
+def test_the_task_pod_fetches_only_the_tokenizer_of_a_cluster_jobs_student(
+    kube: kube_fixtures.KubeEmulator,
+    kube_api: Any,
+    s3: Any,
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _run_finetune_task(kube, kube_api, s3, tmp_path, tiny_model_dir, monkeypatch, "trainjob")
+    fetched = [p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert "tokenizer.json" in fetched  # the rows were packed with the student's tokenizer
+    assert not [n for n in fetched if n.endswith((".safetensors", ".bin"))]  # no weights

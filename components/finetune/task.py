@@ -37,12 +37,34 @@ class FinetuneOutputs:
 
 
 def work_key(config: FinetuneConfig, digest: str, model_path: Path) -> str:
-    """Same config + same rows + same base model -> same folder (resume, never mix runs)."""
+    """Same config + same rows + same base model -> same folder (resume, never mix runs).
+
+    A cluster job's student is named by its URI: the folder the task pod holds it in (its
+    tokenizer alone, or the whole model when cached) must not change the key."""
     identity = {k: v for k, v in to_dict(config).items() if k not in _NOT_IDENTITY}
-    return fingerprint("finetune", identity, digest, str(model_path), _model_signature(model_path))
+    where = config.model if on_cluster(config) else str(model_path)
+    return fingerprint("finetune", identity, digest, where, _model_signature(model_path))
 
 
 _NOT_IDENTITY = {"registered_model", "model_store", "namespace", "job_timeout_s", "launcher"}
+
+
+CLUSTER_LAUNCHERS = ("trainjob", "pytorchjob")
+
+
+def on_cluster(config: FinetuneConfig) -> bool:
+    """Training runs in a TrainJob / PyTorchJob, on nodes other than this task's pod."""
+    return config.launcher in CLUSTER_LAUNCHERS
+
+
+def task_model(config: FinetuneConfig) -> Path:
+    """What this pod needs of the student: the whole model when it trains here (local,
+    torchrun); only the tokenizer (to pack the rows) when the nodes of a cluster job train, since
+    each node fetches the model itself from the URI the job names (a 70B student's weights never
+    pass through the task pod)."""
+    from rtune.components.common.models import resolve_model, resolve_tokenizer
+
+    return resolve_tokenizer(config.model) if on_cluster(config) else resolve_model(config.model)
 
 
 def _model_signature(model_path: Path) -> str:
@@ -116,13 +138,12 @@ class FinetuneStage:
         return cls(config, selected, outputs, train_image)
 
     def run(self, context: StageContext) -> FinetuneSummary:
-        from rtune.components.common.models import resolve_model
         from rtune.components.finetune.data import save_rows
         from rtune.components.finetune.launch import launch
         from rtune.components.finetune.worker import TrainingJob
 
         config, run, outputs = self.config, context.run, self.outputs
-        model_path = resolve_model(config.model)
+        model_path = task_model(config)
         selected = read_jsonl(Path(self.selected))
         rows, stats = prepare_rows(selected, Path(self.selected), config, model_path)
         work = context.checkpoint_dir / work_key(config, rows_digest(rows), model_path)
@@ -131,7 +152,7 @@ class FinetuneStage:
         job = TrainingJob(
             config=to_dict(config),
             rows=str(work / "rows.jsonl"),
-            model=str(model_path),
+            model=config.model if on_cluster(config) else str(model_path),
             checkpoint_dir=str(work / "checkpoints"),
             output_dir=str(work / "output"),
             report_to=["mlflow"] if run.active else ["none"],
