@@ -248,6 +248,31 @@ def test_objects_validate_against_the_crd_schemas() -> None:
             schemas.validate_custom_resource(build_job(spec))
 
 
+def test_only_the_s3_endpoint_reference_may_be_absent_from_the_secret() -> None:
+    """AWS's own S3 needs no endpoint, so its Secret has no AWS_ENDPOINT_URL key: a required
+    reference would stop every node at CreateContainerConfigError. The keys stay required."""
+    for kind in KINDS:
+        obj = build_job(make_spec(kind=kind))
+        if kind == "TrainJob":
+            containers = [obj["spec"]["trainer"]]
+        else:
+            replicas = obj["spec"]["pytorchReplicaSpecs"].values()
+            containers = [c for r in replicas for c in r["template"]["spec"]["containers"]]
+        for container in containers:
+            refs = {
+                e["name"]: e["valueFrom"]["secretKeyRef"]
+                for e in container["env"]
+                if "valueFrom" in e
+            }
+            assert refs["AWS_ENDPOINT_URL"] == {
+                "name": "rtune-s3",
+                "key": "AWS_ENDPOINT_URL",
+                "optional": True,
+            }
+            for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+                assert refs[key] == {"name": "rtune-s3", "key": key}  # required
+
+
 def test_secret_values_never_reach_the_object_or_the_log(
     kube: KubeEmulator, kube_api: client.ApiClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:

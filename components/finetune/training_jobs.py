@@ -54,6 +54,9 @@ JobKind = Literal["TrainJob", "PyTorchJob"]
 
 RUNTIME_PATCH_MANAGER = "rtune"
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")
+# AWS's own S3 has no endpoint to give: its Secret lacks the key, and a required reference would
+# stop the pod at CreateContainerConfigError. MinIO / Ceph Secrets carry it.
+OPTIONAL_SECRET_ENV = ("AWS_ENDPOINT_URL",)
 
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
@@ -66,6 +69,8 @@ class DistributedJobSpec:
 
     ``secret_env`` maps an env var to ``(secret name, key)``; only the reference goes into the
     object. ``env`` is for plain values and refuses names that look like credentials.
+    ``optional_secret_env``: the ``secret_env`` names whose key may be missing from the Secret
+    (the var is then unset); every other reference is required.
     ``service_account`` = "" keeps the training runtime's own service account.
     """
 
@@ -88,6 +93,7 @@ class DistributedJobSpec:
     labels: dict[str, str] = field(default_factory=dict)
     kfp_run_id: str = ""
     service_account: str = ""
+    optional_secret_env: tuple[str, ...] = OPTIONAL_SECRET_ENV
 
     def __post_init__(self) -> None:
         _check_dns_label("name", self.name, "build it with job_name(kfp_run_id, task)")
@@ -207,10 +213,17 @@ def env_vars(spec: DistributedJobSpec) -> list[dict[str, Any]]:
     """Container env: plain values, then ``valueFrom.secretKeyRef`` references (never values)."""
     plain = [{"name": name, "value": value} for name, value in spec.env.items()]
     secret = [
-        {"name": name, "valueFrom": {"secretKeyRef": {"name": secret_name, "key": key}}}
+        {"name": name, "valueFrom": {"secretKeyRef": _secret_key_ref(spec, name, secret_name, key)}}
         for name, (secret_name, key) in spec.secret_env.items()
     ]
     return plain + secret
+
+
+def _secret_key_ref(spec: DistributedJobSpec, env: str, secret: str, key: str) -> dict[str, Any]:
+    ref: dict[str, Any] = {"name": secret, "key": key}
+    if env in spec.optional_secret_env:
+        ref["optional"] = True
+    return ref
 
 
 def resources(spec: DistributedJobSpec) -> dict[str, dict[str, str]]:
