@@ -273,6 +273,44 @@ def test_only_the_s3_endpoint_reference_may_be_absent_from_the_secret() -> None:
                 assert refs[key] == {"name": "rtune-s3", "key": key}  # required
 
 
+def node_pods(obj: dict) -> list[dict]:
+    """The pod specs a job object gives its nodes: the PyTorchJob's replicas, or the pod template
+    rtune's runtime patch lays over the TrainJob runtime's ``node`` job."""
+    if obj["kind"] == "PyTorchJob":
+        return [r["template"]["spec"] for r in obj["spec"]["pytorchReplicaSpecs"].values()]
+    (patch,) = obj["spec"]["runtimePatches"]
+    jobs = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    return [job["template"]["spec"]["template"]["spec"] for job in jobs]
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_the_nodes_mount_the_work_volume_their_checkpoints_are_on(kind: str) -> None:
+    """The job's checkpoint folder is on the work volume (the task pod's ``checkpoint_root``):
+    every node mounts that PVC at the same path, or a retried job could not resume."""
+    from tests.crd_schemas import validate_custom_resource
+
+    for volume, mount in (("rtune-work", "/mnt/rtune"), ("team-pvc", "/data/work")):
+        overrides = {} if volume == "rtune-work" else {"work_volume": volume, "work_mount": mount}
+        obj = build_job(make_spec(kind=kind, **overrides))  # rtune-work at /mnt/rtune: defaults
+        validate_custom_resource(obj)
+        for pod in node_pods(obj):
+            (volume_entry,) = pod["volumes"]
+            assert volume_entry["persistentVolumeClaim"] == {"claimName": volume}
+            (container,) = pod["containers"]
+            (mounted,) = container["volumeMounts"]
+            assert mounted == {"name": volume_entry["name"], "mountPath": mount}
+    bare = build_job(make_spec(kind=kind, work_volume=""))  # '' = no work volume
+    validate_custom_resource(bare)
+    for pod in node_pods(bare):
+        assert "volumes" not in pod
+        assert all("volumeMounts" not in c for c in pod["containers"])
+
+
+def test_a_work_mount_must_be_an_absolute_path() -> None:
+    with pytest.raises(ValueError, match="work_mount"):
+        make_spec(work_mount="mnt/rtune")
+
+
 def test_secret_values_never_reach_the_object_or_the_log(
     kube: KubeEmulator, kube_api: client.ApiClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -72,6 +72,9 @@ class DistributedJobSpec:
     ``optional_secret_env``: the ``secret_env`` names whose key may be missing from the Secret
     (the var is then unset); every other reference is required.
     ``service_account`` = "" keeps the training runtime's own service account.
+    ``work_volume`` (a ReadWriteMany PVC, ``cluster.work_volume``) is mounted in every node at
+    ``work_mount`` (``cluster.work_mount``), where the task pod has it too: the job's checkpoint
+    folder lives there, so a retried job resumes. '' = no volume.
     """
 
     name: str
@@ -94,6 +97,8 @@ class DistributedJobSpec:
     kfp_run_id: str = ""
     service_account: str = ""
     optional_secret_env: tuple[str, ...] = OPTIONAL_SECRET_ENV
+    work_volume: str = "rtune-work"
+    work_mount: str = "/mnt/rtune"
 
     def __post_init__(self) -> None:
         _check_dns_label("name", self.name, "build it with job_name(kfp_run_id, task)")
@@ -108,6 +113,8 @@ class DistributedJobSpec:
         if self.gpus_per_node < 0:
             raise ValueError(f"gpus_per_node must be >= 0, got {self.gpus_per_node}")
         _check_env_names(self.env, self.secret_env)
+        if self.work_volume and not self.work_mount.startswith("/"):
+            raise ValueError(f"work_mount must be an absolute path, got {self.work_mount!r}")
         for key, value in self.all_labels().items():
             _check_label_value(key, value)
 
@@ -239,6 +246,23 @@ def resources(spec: DistributedJobSpec) -> dict[str, dict[str, str]]:
     return {k: v for k, v in out.items() if v}
 
 
+WORK_VOLUME_NAME = "rtune-work"
+
+
+def work_volumes(spec: DistributedJobSpec) -> list[dict[str, Any]]:
+    """The pod's ``volumes``: the work volume's PVC, when there is one."""
+    if not spec.work_volume:
+        return []
+    return [{"name": WORK_VOLUME_NAME, "persistentVolumeClaim": {"claimName": spec.work_volume}}]
+
+
+def work_mounts(spec: DistributedJobSpec) -> list[dict[str, Any]]:
+    """The node container's ``volumeMounts``: the work volume at ``work_mount``."""
+    if not spec.work_volume:
+        return []
+    return [{"name": WORK_VOLUME_NAME, "mountPath": spec.work_mount}]
+
+
 def _metadata(spec: DistributedJobSpec) -> dict[str, Any]:
     return {"name": spec.name, "namespace": spec.namespace, "labels": spec.all_labels()}
 
@@ -246,8 +270,8 @@ def _metadata(spec: DistributedJobSpec) -> dict[str, Any]:
 def build_trainjob(spec: DistributedJobSpec) -> dict[str, Any]:
     """The ``TrainJob`` for ``spec``: the runtime supplies the pod template, we the entrypoint.
 
-    A ``runtimePatches`` entry puts the restricted securityContext (and ``service_account``, when
-    set) into the pod template of the runtime's ``node`` job — the current Trainer API; Trainer
+    A ``runtimePatches`` entry puts the restricted securityContext, the work volume (and
+    ``service_account``, when set) into the pod template of the runtime's ``node`` job — the current Trainer API; Trainer
     v2.0/v2.1 had ``podSpecOverrides``/``podTemplateOverrides`` instead, so on those clusters
     set both in the ClusterTrainingRuntime.
     """
@@ -269,7 +293,7 @@ def build_trainjob(spec: DistributedJobSpec) -> dict[str, Any]:
         },
         "trainer": trainer,
     }
-    job_spec["runtimePatches"] = [_node_patch(spec.service_account)]
+    job_spec["runtimePatches"] = [_node_patch(spec)]
     return {
         "apiVersion": "trainer.kubeflow.org/v1alpha1",
         "kind": "TrainJob",
@@ -278,15 +302,22 @@ def build_trainjob(spec: DistributedJobSpec) -> dict[str, Any]:
     }
 
 
-def _node_patch(service_account: str) -> dict[str, Any]:
+def _node_patch(spec: DistributedJobSpec) -> dict[str, Any]:
     """A ``runtimePatches`` entry (owned by manager ``rtune``) for the nodes' pod template: the
-    restricted securityContext, and the service account when one is given."""
+    restricted securityContext, the work volume, and the service account when one is given."""
+    node: dict[str, Any] = {
+        "name": "node",
+        "securityContext": copy.deepcopy(NODE_CONTAINER_SECURITY),
+    }
     pod: dict[str, Any] = {
         "securityContext": copy.deepcopy(NODE_POD_SECURITY),
-        "containers": [{"name": "node", "securityContext": copy.deepcopy(NODE_CONTAINER_SECURITY)}],
+        "containers": [node],
     }
-    if service_account:
-        pod["serviceAccountName"] = service_account
+    if volumes := work_volumes(spec):
+        pod["volumes"] = volumes
+        node["volumeMounts"] = work_mounts(spec)
+    if spec.service_account:
+        pod["serviceAccountName"] = spec.service_account
     pod_template = {"spec": pod}
     node_job = {"name": "node", "template": {"spec": {"template": pod_template}}}
     return {
@@ -310,6 +341,9 @@ def _pytorch_replica(spec: DistributedJobSpec, replicas: int) -> dict[str, Any]:
         "containers": [container],
         "securityContext": copy.deepcopy(NODE_POD_SECURITY),
     }
+    if volumes := work_volumes(spec):
+        pod_spec["volumes"] = volumes
+        container["volumeMounts"] = work_mounts(spec)
     if spec.service_account:
         pod_spec["serviceAccountName"] = spec.service_account
     return {
