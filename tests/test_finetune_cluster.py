@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from rtune.components.common.images import Images
-from rtune.components.finetune.cluster import run_cluster_job
+from rtune.components.finetune.cluster import WorkVolume, run_cluster_job
 from rtune.components.finetune.config import FinetuneConfig
 from rtune.components.finetune.distributed_job import DistributedJobFailed
 from rtune.components.finetune.worker import TrainingJob
@@ -24,6 +24,7 @@ from tests.servers import S3_ENV, moto_s3, use_s3
 kube = kube_fixtures.kube
 kube_api = kube_fixtures.kube_api
 TRAINJOBS = "trainer.kubeflow.org/v1alpha1/trainjobs"
+PYTORCHJOBS = "kubeflow.org/v1/pytorchjobs"
 BUCKET = "rtune-models"
 NS = "team-a"
 
@@ -98,6 +99,11 @@ def test_trainjob_runs_the_worker_from_s3_and_returns_rank0_summary(
     job_uri = f"s3://{BUCKET}/{prefix}/job.json"
     assert trainer["args"] == ["-m", "rtune.components.finetune.worker", "--job", job_uri]
     assert trainer["image"] == Images().reference("train")
+    (patch,) = created["spec"]["runtimePatches"]
+    (node_job,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    pod = node_job["template"]["spec"]["template"]["spec"]
+    assert pod["volumes"][0]["persistentVolumeClaim"] == {"claimName": "rtune-work"}
+    assert pod["containers"][0]["volumeMounts"][0]["mountPath"] == "/mnt/rtune"  # the defaults
     env = {e["name"]: e for e in trainer["env"]}
     assert env["MLFLOW_RUN_ID"]["value"] == "abc"
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "rtune-s3"
@@ -109,6 +115,36 @@ def test_trainjob_runs_the_worker_from_s3_and_returns_rank0_summary(
     assert staged["checkpoint_dir"] == job.checkpoint_dir
     rows = s3.get_object(Bucket=BUCKET, Key=f"{prefix}/rows.jsonl")["Body"].read()
     assert rows == (work / "rows.jsonl").read_bytes()
+
+
+def test_the_nodes_mount_the_work_volume_the_task_is_given(
+    kube: kube_fixtures.KubeEmulator, kube_api: Any, s3: Any, tmp_path: Path
+) -> None:
+    from rtune.components.finetune.training_jobs import job_name
+
+    config, job, work = _setup(tmp_path)
+    config.launcher = "pytorchjob"
+    prefix = "finetuned/runs/run-11/finetune-work-abc123"
+    summary = {"global_step": 1, "loss_history": []}
+
+    def controller(reads: int) -> dict[str, Any] | None:
+        s3.put_object(
+            Bucket=BUCKET, Key=f"{prefix}/output/train_summary.json", Body=json.dumps(summary)
+        )
+        return {"status": {"conditions": [kube_fixtures.condition("Succeeded")]}}
+
+    name = job_name("run-11", "finetune")
+    kube.on_fetch(PYTORCHJOBS, NS, name, controller)
+    volume = WorkVolume(claim="team-work", mount="/data/work")
+    run_cluster_job(config, job, work, {}, "run-11", kube_api, poll_interval_s=0.05, volume=volume)
+    created = kube.object(PYTORCHJOBS, NS, name)
+    assert created is not None
+    for replica in created["spec"]["pytorchReplicaSpecs"].values():
+        pod = replica["template"]["spec"]
+        (claim,) = pod["volumes"]
+        assert claim["persistentVolumeClaim"] == {"claimName": "team-work"}
+        (container,) = pod["containers"]
+        assert container["volumeMounts"] == [{"name": claim["name"], "mountPath": "/data/work"}]
 
 
 def test_a_failed_trainjob_fails_the_stage_with_its_own_message(

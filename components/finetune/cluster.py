@@ -7,15 +7,16 @@ rtune.components.finetune.worker`` in the train image on every node (the Trainer
 job, and the task reads back the training summary. The model itself stays in the store (a 70B
 model is not copied into a KFP artifact): the task's Model artifacts point at it.
 
-``checkpoint_dir`` must be a path every node sees (a ReadWriteMany volume mounted by the
-training runtime at the same path as ``checkpoint_root``), so that a retried job resumes.
+``checkpoint_dir`` must be a path every node sees, so that a retried job resumes: the work
+volume (a ReadWriteMany PVC, :class:`WorkVolume`) is mounted in every node at the path the task
+pod has it, and ``checkpoint_root`` is on it.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,20 @@ from rtune.components.finetune.config import FinetuneConfig
 from rtune.components.finetune.worker import TrainingJob
 
 WORKER_COMMAND = ["torchrun"]
+
+
+@dataclass(frozen=True)
+class WorkVolume:
+    """The ReadWriteMany PVC the task pod has at ``mount`` (``cluster.work_volume`` /
+    ``cluster.work_mount``); the nodes mount it at the same path. ``claim`` '' = none."""
+
+    claim: str = "rtune-work"
+    mount: str = "/mnt/rtune"
+
+
+DEFAULT_WORK_VOLUME = WorkVolume()  # rtune-work at /mnt/rtune, as manifests/ and the pipeline
+
+
 WORKER_ARGS = ["-m", "rtune.components.finetune.worker", "--job"]
 
 
@@ -52,8 +67,15 @@ def stage_job(
 
 
 def job_spec(
-    config: FinetuneConfig, job_uri: str, kfp_run_id: str, env: Mapping[str, str], image: str = ""
+    config: FinetuneConfig,
+    job_uri: str,
+    kfp_run_id: str,
+    env: Mapping[str, str],
+    image: str = "",
+    volume: WorkVolume = DEFAULT_WORK_VOLUME,
 ) -> Any:
+    """The job every node runs: ``torchrun`` of the worker on the staged job file, with the S3
+    credentials by reference and the work volume (the checkpoints) mounted."""
     from rtune.components.common.k8s_workload import pod_namespace
     from rtune.components.finetune.training_jobs import (
         DistributedJobSpec,
@@ -74,6 +96,8 @@ def job_spec(
         secret_env=s3_secret_env(),
         kind="PyTorchJob" if config.launcher == "pytorchjob" else "TrainJob",
         kfp_run_id=kfp_run_id,
+        work_volume=volume.claim,
+        work_mount=volume.mount,
     )
 
 
@@ -86,13 +110,14 @@ def run_cluster_job(
     api_client: Any = None,
     poll_interval_s: float = 10.0,
     image: str = "",
+    volume: WorkVolume = DEFAULT_WORK_VOLUME,
 ) -> dict[str, Any]:
     """Create (or adopt) the job, follow it to the end, return rank 0's training summary."""
     from rtune.components.common.k8s_workload import load_api_client
     from rtune.components.finetune.distributed_job import run_distributed_job
 
     remote, job_uri = stage_job(config, job, work_dir, kfp_run_id)
-    spec = job_spec(config, job_uri, kfp_run_id, env, image)
+    spec = job_spec(config, job_uri, kfp_run_id, env, image, volume)
     run_distributed_job(
         spec,
         api_client or load_api_client(),

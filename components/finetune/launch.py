@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rtune.components.common.ports import free_port
+from rtune.components.finetune.cluster import DEFAULT_WORK_VOLUME, WorkVolume
 from rtune.components.finetune.config import FinetuneConfig
 from rtune.components.finetune.worker import TrainingJob
 
@@ -95,10 +96,12 @@ def launch(
     env: Mapping[str, str],
     kfp_run_id: str = "",
     image: str = "",
+    volume: WorkVolume = DEFAULT_WORK_VOLUME,
 ) -> dict[str, Any]:
     """Dispatch on ``config.launcher``; returns the worker's ``train_summary``.
 
-    ``image`` is the train image a cluster job runs (the task's own; '' = the default).
+    ``image`` is the train image a cluster job runs (the task's own; '' = the default), and
+    ``volume`` the work volume its nodes mount.
 
     ``env`` reaches the ranks of other processes (MLflow run id and tracking URI, so rank 0's
     Trainer callback logs the curves into this stage's run).
@@ -109,4 +112,4 @@ def launch(
         return run_torchrun(job, work_dir / "job.json", config.nproc_per_node, env)
     from rtune.components.finetune.cluster import run_cluster_job
 
-    return run_cluster_job(config, job, work_dir, env, kfp_run_id, image=image)
+    return run_cluster_job(config, job, work_dir, env, kfp_run_id, image=image, volume=volume)

@@ -25,6 +25,7 @@ from rtune.components.common.config import to_dict
 from rtune.components.common.records import InputError, read_jsonl
 from rtune.components.common.stage import StageContext
 from rtune.components.common.student import stage_config
+from rtune.components.finetune.cluster import DEFAULT_WORK_VOLUME, WorkVolume
 from rtune.components.finetune.config import FinetuneConfig
 from rtune.components.finetune.data import ExampleStats, build_examples, pack_examples, rows_digest
 
@@ -124,6 +125,7 @@ class FinetuneStage:
     outputs: FinetuneOutputs
     train_image: str = ""  # the image a TrainJob / PyTorchJob runs ('' = the default)
     name: str = "finetune"
+    volume: WorkVolume = DEFAULT_WORK_VOLUME  # what a TrainJob's / PyTorchJob's nodes mount
 
     @classmethod
     def from_parameters(
@@ -133,9 +135,12 @@ class FinetuneStage:
         selected: Path,
         outputs: FinetuneOutputs,
         train_image: str = "",
+        work_volume: str = WorkVolume.claim,
+        work_mount: str = WorkVolume.mount,
     ) -> FinetuneStage:
         config = stage_config(FinetuneConfig, "finetune", finetune, student)
-        return cls(config, selected, outputs, train_image)
+        volume = WorkVolume(work_volume, work_mount)
+        return cls(config, selected, outputs, train_image, volume=volume)
 
     def run(self, context: StageContext) -> FinetuneSummary:
         from rtune.components.finetune.data import save_rows
@@ -158,7 +163,7 @@ class FinetuneStage:
             report_to=["mlflow"] if run.active else ["none"],
         )
         summary = finished_summary(work / "output") or launch(
-            config, job, work, _child_env(run), context.run_id, self.train_image
+            config, job, work, _child_env(run), context.run_id, self.train_image, self.volume
         )
         remote = summary.get("output_uri", "")
         if remote:
