@@ -86,6 +86,7 @@ REQUIRED_SECRETS = {
     "rtune-mlflow-db": {"uri"},
     "rtune-mlflow-auth": {"username", "password", "flask_secret_key"},
     "rtune-serve": {"api_key"},
+    "rtune-s3-serving": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"},  # KServe's model download
 }
 CLUSTER_SCOPED = {
     "Namespace",
@@ -1060,3 +1061,22 @@ def test_crd_helper_refuses_unknown_kinds() -> None:
         validate_custom_resource(
             {**VALID["InferenceService"], "apiVersion": "serving.kserve.io/v1beta2"}
         )
+
+
+def test_the_serving_identity_can_fetch_models_and_nothing_else() -> None:
+    """serve.service_account of the cluster configs exists, carries KServe's S3 settings and a
+    read-only Secret of its own (not the pipeline's rtune-s3), and mounts no API token."""
+    from rtune.pipelines.config import CONFIG_DIR, load_run_config
+
+    (account,) = [
+        d
+        for d in render("manifests/base")
+        if d["kind"] == "ServiceAccount" and d["metadata"]["name"] == "rtune-serving"
+    ]
+    annotations = account["metadata"]["annotations"]
+    assert {"serving.kserve.io/s3-endpoint", "serving.kserve.io/s3-usehttps"} <= set(annotations)
+    assert [s["name"] for s in account["secrets"]] == ["rtune-s3-serving"]
+    assert account["automountServiceAccountToken"] is False
+    for name in ("llama3-8b", "llama3-70b", "rehearsal"):
+        serve = load_run_config(CONFIG_DIR / f"{name}.yaml").section("serve")
+        assert serve.service_account == "rtune-serving", name

@@ -7,6 +7,7 @@ after it is a real chat completion over HTTP.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -46,6 +47,8 @@ ISVCS = "serving.kserve.io/v1beta1/inferenceservices"
 PATH = f"/apis/serving.kserve.io/v1beta1/namespaces/{NS}/inferenceservices/{NAME}"
 STORE = "s3://models/run-1/model"
 RUN_ID = "6f1c2d3e-0000-4a5b-9c8d-123456789abc"
+# serve.per_run (the default): the run's own InferenceService, <name>-<8 hex of sha256(run id)>
+INSTANCE = f"{NAME}-{hashlib.sha256(RUN_ID.encode()).hexdigest()[:8]}"
 
 
 def isvc(**overrides: Any) -> dict[str, Any]:
@@ -304,7 +307,7 @@ def test_run_serve_on_kserve_end_to_end(
     }
     reply = "<thinking>Paris it is.</thinking><output>Paris.</output>"
     with FakeOpenAIServer(reply=lambda body: reply) as server:
-        kube.on_fetch(ISVCS, NS, NAME, ready_after(2, server.base_url))
+        kube.on_fetch(ISVCS, NS, INSTANCE, ready_after(2, server.base_url))
         metrics = RecordingMetrics()
         summary = run_serve(model_dir, serve, tracking, RUN_ID, tmp_path / "endpoint.json", metrics)
         [smoke] = server.completions
@@ -312,12 +315,12 @@ def test_run_serve_on_kserve_end_to_end(
     assert summary["base_url"] == f"{server.base_url}/v1" and summary["model"] == NAME
     assert (summary["smoke_reply"], summary["smoke_reasoning"]) == ("Paris.", "Paris it is.")
     assert smoke.body["model"] == NAME and smoke.body["max_tokens"] == 16
-    stored = kube.object(ISVCS, NS, NAME)
+    stored = kube.object(ISVCS, NS, INSTANCE)
     assert stored is not None and stored["spec"]["predictor"]["model"]["storageUri"] == STORE
     assert stored["metadata"]["labels"][RUN_ID_LABEL] == RUN_ID  # the runner's run id
     validate_custom_resource({k: v for k, v in stored.items() if k != "status"})
     spec = json.loads((tmp_path / "endpoint.json").read_text())
-    assert spec["kind"] == "kserve" and spec["namespace"] == NS and spec["name"] == NAME
+    assert spec["kind"] == "kserve" and spec["namespace"] == NS and spec["name"] == INSTANCE
     mlflow.set_tracking_uri(tracking["tracking_uri"])
     [parent] = mlflow.search_runs(
         experiment_names=["serve-test"],
@@ -347,12 +350,12 @@ def test_kserve_serves_under_the_served_name_and_clients_send_the_key(
         "api_key_env": "RTUNE_TEST_SERVE_KEY",
     }
     with FakeOpenAIServer(reply=lambda body: "Paris.") as server:
-        kube.on_fetch(ISVCS, NS, NAME, ready_after(1, server.base_url))
+        kube.on_fetch(ISVCS, NS, INSTANCE, ready_after(1, server.base_url))
         summary = run_serve(tmp_path / "model", serve, tracking, RUN_ID, tmp_path / "endpoint")
         [smoke] = server.completions
     assert summary["smoke_ok"] is True and summary["model"] == "student-v2"
     assert smoke.body["model"] == "student-v2" and smoke.authorization == "Bearer k-cluster-123"
-    stored = kube.object(ISVCS, NS, NAME)
+    stored = kube.object(ISVCS, NS, INSTANCE)
     assert stored is not None
     assert "--served-model-name=student-v2" in stored["spec"]["predictor"]["model"]["args"]
     spec = EndpointSpec.load(tmp_path / "endpoint")
@@ -379,7 +382,7 @@ def test_an_unset_key_variable_stops_the_stage_before_it_deploys(
             tmp_path / "endpoint",
         )
     assert "RTUNE_TEST_SERVE_KEY" in str(raised.value)
-    assert kube.object(ISVCS, NS, NAME) is None and not (tmp_path / "endpoint").exists()
+    assert kube.object(ISVCS, NS, INSTANCE) is None and not (tmp_path / "endpoint").exists()
 
 
 def test_kserve_without_a_stored_model_says_which_setting_to_use(tmp_path: Path) -> None:
@@ -406,7 +409,34 @@ def test_a_smoke_test_without_an_answer_fails_the_stage(
     (tmp_path / "model").mkdir()
     serve = {"backend": "kserve", "namespace": NS, "storage_uri": STORE, "poll_interval_s": 0.02}
     with FakeOpenAIServer(reply=lambda body: "\n\n  ") as server:
-        kube.on_fetch(ISVCS, NS, NAME, ready_after(1, server.base_url))
+        kube.on_fetch(ISVCS, NS, INSTANCE, ready_after(1, server.base_url))
         with pytest.raises(SmokeTestFailed, match=r"did not answer the smoke test: .*empty text"):
             run_serve(tmp_path / "model", serve, {"enabled": False}, RUN_ID, tmp_path / "endpoint")
     assert EndpointSpec.load(tmp_path / "endpoint").base_url == f"{server.base_url}/v1"
+
+
+@pytest.mark.integration
+def test_each_run_gets_its_own_service_unless_per_run_is_off(
+    kube: KubeEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig_for(kube, tmp_path / "kubeconfig")))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    (tmp_path / "model").mkdir()
+    tracking = {"enabled": False}
+    serve = {"backend": "kserve", "namespace": NS, "storage_uri": STORE, "poll_interval_s": 0.02}
+    names = {}
+    with FakeOpenAIServer(reply=lambda body: "Paris.") as server:
+        for run in ("run-a", "run-b"):
+            names[run] = f"{NAME}-{hashlib.sha256(run.encode()).hexdigest()[:8]}"
+            kube.on_fetch(ISVCS, NS, names[run], ready_after(1, server.base_url))
+            summary = run_serve(tmp_path / "model", serve, tracking, run, tmp_path / run)
+            assert summary["model"] == NAME  # clients keep one model name
+        kube.on_fetch(ISVCS, NS, NAME, ready_after(1, server.base_url))
+        for run in ("run-c", "run-d"):
+            in_place = {**serve, "per_run": False}
+            run_serve(tmp_path / "model", in_place, tracking, run, tmp_path / run)
+    for run, name in names.items():
+        stored = kube.object(ISVCS, NS, name)
+        assert stored is not None and stored["metadata"]["labels"][RUN_ID_LABEL] == run
+    stored = kube.object(ISVCS, NS, NAME)  # per_run off: the last run updated the one service
+    assert stored is not None and stored["metadata"]["labels"][RUN_ID_LABEL] == "run-d"
