@@ -308,3 +308,53 @@ def test_real_harness_against_a_loopback_server(
             server.url, "rtune-student", ["rtune_arith"], tmp_path / "out2", **options
         )
         assert again == first and len(server.completions) == 3  # all from the cache
+
+
+@pytest.mark.integration
+def test_loglikelihood_tokenizer_is_the_students_own_fetched_without_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not the served model's name (a hub id a cluster pod cannot reach): the student's tokenizer
+    files, from its s3:// prefix, without the weights."""
+    from rtune.components.evaluate.config import EvaluateConfig
+    from rtune.components.evaluate.task import lm_eval_tokenizer
+    from tests.servers import moto_s3, use_s3
+
+    with moto_s3() as endpoint:
+        s3 = use_s3(monkeypatch, endpoint, tmp_path / "cache", "models")
+        for name, body in {
+            "config.json": b'{"model_type": "llama"}',
+            "tokenizer.json": b"{}",
+            "tokenizer_config.json": b"{}",
+            "model.safetensors": b"weights" * 1000,
+        }.items():
+            s3.put_object(Bucket="models", Key=f"student/{name}", Body=body)
+        folder = lm_eval_tokenizer(EvaluateConfig(base_model="s3://models/student"))
+        own = tmp_path / "own-tokenizer"
+        own.mkdir()
+        (own / "config.json").write_text("{}")
+        chosen = lm_eval_tokenizer(
+            EvaluateConfig(base_model="s3://models/student", lm_eval_tokenizer=str(own))
+        )
+    assert (folder / "tokenizer.json").is_file() and not (folder / "model.safetensors").exists()
+    assert chosen == own  # a tokenizer set in the config wins
+
+
+@pytest.mark.integration
+def test_building_the_tasks_puts_their_data_where_the_image_keeps_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the base image runs at build time: the tasks are built, so their data lands in
+    HF_DATASETS_CACHE (the folder the image copies and points its offline pods at)."""
+    pytest.importorskip("lm_eval")
+    from rtune.components.evaluate.task_data import main
+
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps({"question": "What is 1 + 1?", "answer": "2"}) + "\n")
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "rtune_arith.yaml").write_text(TASK_YAML.format(data=data))
+    cache = tmp_path / "hf-datasets"
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
+    assert not cache.exists()
+    assert main(["rtune_arith", "--include-path", str(tmp_path / "tasks")]) == 0
+    assert any(cache.rglob("*.arrow"))

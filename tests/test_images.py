@@ -276,3 +276,23 @@ def test_image_flags_default_to_the_environment(
     monkeypatch.setenv("RTUNE_IMAGE_TAG", "2.0.0rc1")
     args = make_parser().parse_args([command, *host])
     assert (args.image_registry, args.image_tag) == ("registry.example.org/ml", "2.0.0rc1")
+
+
+def test_the_base_image_carries_the_task_data_of_every_configured_benchmark() -> None:
+    """Pods run offline: each benchmark a shipped config names is fetched when the image is
+    built, into the datasets cache the final stage keeps and reads offline."""
+    from rtune.pipelines.config import CONFIG_DIR, load_run_config
+
+    dockerfile = (ROOT / "images" / "base" / "Dockerfile").read_text()
+    (fetched,) = re.findall(r'^ARG LM_EVAL_TASKS="([^"]*)"', dockerfile, re.MULTILINE)
+    assert "python -m rtune.components.evaluate.task_data $LM_EVAL_TASKS" in dockerfile
+    named = set()
+    for path in CONFIG_DIR.glob("*.yaml"):
+        evaluate = load_run_config(path).section("evaluate")
+        named |= {*evaluate.benchmarks, *evaluate.loglikelihood_benchmarks}
+    assert named and named <= set(fetched.split())
+    final = dockerfile.rsplit("\nFROM ", 1)[1]
+    assert "COPY --from=build /opt/rtune /opt/rtune" in final
+    for setting in ("HF_DATASETS_CACHE=/opt/rtune/hf-datasets", "HF_DATASETS_OFFLINE=1",
+                    "NLTK_DATA=/opt/rtune/nltk_data"):  # fmt: skip
+        assert setting in final, setting
