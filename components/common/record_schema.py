@@ -29,7 +29,6 @@ Record = dict[str, Any]
 ORI, Q, A, QA, DROPPED = "ori", "Q", "A", "QA", "dropped"
 NEW_CANDIDATE = {ORI: A, Q: QA}
 DECISIONS = (ORI, Q, A, QA, DROPPED)
-TEACHER_PHASES = ("instruction", "response")
 
 RECORD_FIX = "give the records the previous stage wrote, unedited"
 SCORES_FIX = "give the records select_ifd/select_rifd wrote from `rtune score --candidates` rows"
