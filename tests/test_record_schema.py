@@ -11,7 +11,7 @@ import pytest
 
 from rtune.components.common import record_schema as schema
 from rtune.components.common.record_schema import Candidate, Decision, Phase1, SeedRecord
-from rtune.components.common.records import InputError, read_jsonl
+from rtune.components.common.records import InputError, read_jsonl, write_jsonl
 from rtune.components.scoring.formulas import SCORE_FIELDS
 from rtune.components.select_ifd import rules as ifd_rules
 from rtune.components.select_ifd.stage import select_ifd
@@ -220,3 +220,23 @@ def test_a_malformed_record_is_one_input_error_naming_record_and_field(
     error = raised.value
     assert (error.file, error.record, error.field) == (SOURCE, "keep", field)
     assert error.fix and f"field {field!r}" in str(error) and "record 'keep'" in str(error)
+
+
+def test_selection_refuses_a_score_of_the_wrong_type_instead_of_reading_it_as_missing(
+    tmp_path: Path,
+) -> None:
+    records_path, scores_path = scored_phase2_files(tmp_path)
+    records = read_jsonl(records_path)
+    records[1]["candidates"]["ori"]["scores"]["rifd"] = "0.4"  # "worse": ori won phase 1
+    write_jsonl(records_path, records)
+    with pytest.raises(InputError) as raised:
+        select_rifd(
+            records_path,
+            [scores_path],
+            tmp_path / "o.jsonl",
+            tmp_path / "s.jsonl",
+            SelectionConfig(),
+        )
+    error = raised.value
+    assert (error.record, error.field) == ("worse", "candidates.ori.scores.rifd")
+    assert error.file == str(records_path) and "number or null" in error.problem
