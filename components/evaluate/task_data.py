@@ -5,7 +5,7 @@ images, egress limited by the NetworkPolicies), so the evaluate image carries th
 benchmarks the shipped configs name: building each task makes the harness download its dataset
 into ``HF_DATASETS_CACHE`` and, for ifeval, NLTK's ``punkt_tab`` into ``NLTK_DATA``. The base
 image runs ``python -m rtune.components.evaluate.task_data $LM_EVAL_TASKS`` at build time;
-``tests/test_images.py`` holds that list to the configs' benchmarks.
+``tests/unit/pipelines/test_images.py`` holds that list to the configs' benchmarks.
 """
 
 from __future__ import annotations
