@@ -79,7 +79,7 @@ format: setup
 compile: setup
 	$(BIN)/rtune compile -o pipeline.yaml
 
-# default images whatever RTUNE_IMAGE_* say; tests/test_compile_options.py checks these are fresh
+# default images whatever RTUNE_IMAGE_* say; tests/unit/pipelines/test_compile_options.py checks these are fresh
 compiled: setup
 	$(BIN)/python -m rtune.pipelines.packaging
 

@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from rtune.components.common.record_schema import NEW_CANDIDATE, candidate_scores, phase1_winner
 from rtune.components.common.records import Record
 
 
@@ -30,7 +31,7 @@ def _pyplot() -> Any:
 
 
 def _score(record: Record, candidate: str, field: str) -> float | None:
-    value = record.get("candidates", {}).get(candidate, {}).get("scores", {}).get(field)
+    value = (candidate_scores(record, candidate, "records") or {}).get(field)
     return float(value) if isinstance(value, int | float) else None
 
 
@@ -64,11 +65,10 @@ def figure_rifd_old_vs_new(records: Sequence[Record]) -> Any:
     plt = _pyplot()
     old, new = [], []
     for record in records:
-        winner = record.get("phase1", {}).get("winner")
-        reflected = "QA" if winner == "Q" else "A"
+        winner = phase1_winner(record, "records")
         old_value, new_value = (
-            _score(record, winner or "ori", "rifd"),
-            _score(record, reflected, "rifd"),
+            _score(record, winner, "rifd"),
+            _score(record, NEW_CANDIDATE[winner], "rifd"),
         )
         if old_value is not None:
             old.append(old_value)

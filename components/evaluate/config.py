@@ -97,7 +97,10 @@ class EvaluateConfig:
     lm_eval_concurrency: int = field(default=8, metadata={"help": "lm-eval num_concurrent"})
     lm_eval_tokenizer: str = field(
         default="",
-        metadata={"help": "HF tokenizer for loglikelihood tasks; '' = the served model name"},
+        metadata={
+            "help": "tokenizer (folder, s3:// prefix or embedded default) for loglikelihood "
+            "tasks; '' = the student's own (base_model), fetched without its weights"
+        },
     )
     champion_alias: str = field(default="champion", metadata={"help": "alias set on a win"})
 

@@ -268,10 +268,19 @@ def benchmarks(endpoint: Any, config: EvaluateConfig, out: Path) -> dict[str, fl
             out / "completions",
             cache=out / "completions-cache" / "requests",
             loglikelihood=True,
-            tokenizer=config.lm_eval_tokenizer,
+            tokenizer=str(lm_eval_tokenizer(config)),
             **common,
         )
     return results
+
+
+def lm_eval_tokenizer(config: EvaluateConfig) -> Path:
+    """A local folder with the tokenizer the harness counts loglikelihood tokens with: the
+    student's own (the served models share it). The served model's *name* would send the
+    harness to a hub, which a cluster pod cannot reach (``HF_HUB_OFFLINE=1`` in the images)."""
+    from rtune.components.common.models import resolve_tokenizer
+
+    return resolve_tokenizer(config.lm_eval_tokenizer or config.base_model)
 
 
 # -- endpoints and identities ------------------------------------------------------------------

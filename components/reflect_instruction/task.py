@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rtune.components.common.config import from_dict
+from rtune.components.common.record_schema import candidate, candidate_names, teacher_status
 from rtune.components.common.records import Record, read_jsonl
 from rtune.components.common.stage import StageContext
 from rtune.components.teacher.config import TeacherConfig
@@ -15,18 +16,21 @@ from rtune.components.teacher.health import TeacherUnavailable
 from rtune.components.teacher.runner import ReflectSummary
 
 
-def candidate_rows(records: list[Record], names: tuple[str, ...]) -> list[dict[str, Any]]:
+def candidate_rows(
+    records: list[Record], names: tuple[str, ...], source: str = "records"
+) -> list[dict[str, Any]]:
     """Flat rows (id, candidate, instruction, input, output) for the ``candidates`` dataset."""
     return [
-        {"id": r["id"], "candidate": name, **r["candidates"][name]}
+        {"id": r["id"], "candidate": name, **candidate(r, name, source).to_dict()}
         for r in records
         for name in names
-        if name in r.get("candidates", {})
+        if name in candidate_names(r, source)
     ]
 
 
 def teacher_metrics(records: list[Record], phase: str) -> dict[str, float]:
-    statuses = [r.get("teacher", {}).get(phase, {}).get("parse_status") for r in records]
+    """``parse_status_<status>`` counts of the teacher's replies in ``phase``."""
+    statuses = [teacher_status(r, phase) for r in records]
     return {
         f"parse_status_{s}": float(statuses.count(s)) for s in sorted({str(s) for s in statuses})
     }
@@ -102,7 +106,7 @@ class ReflectStage:
             raise
         records = read_jsonl(self.candidates)
         context.run.log_dataset(
-            candidate_rows(records, PHASE_CANDIDATES[self.phase]),
+            candidate_rows(records, PHASE_CANDIDATES[self.phase], str(self.candidates)),
             source=str(self.candidates),
             name=f"candidates-{self.phase}",
             context="candidates",

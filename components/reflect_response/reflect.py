@@ -12,6 +12,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rtune.components.common.record_schema import (
+    NEW_CANDIDATE,
+    Candidate,
+    candidate,
+    phase1_winner,
+    with_candidate,
+    with_teacher_meta,
+)
 from rtune.components.common.records import InputError, Record
 from rtune.components.teacher.config import TeacherConfig
 from rtune.components.teacher.prompts import RESPONSE_PHASE
@@ -26,58 +34,32 @@ __all__ = [
     "with_better_answer",
 ]
 
-NEW_CANDIDATE = {"ori": "A", "Q": "QA"}
 FIX = "run phase-1 selection (`rtune select --phase ifd`) on the reflect_instruction output first"
 
 
 def winner_sample(record: Record, source: str) -> Sample:
-    """The phase-1 winner's (instruction, input, output), checked."""
-    rid = record.get("id")
-    winner = (record.get("phase1") or {}).get("winner")
-    if winner not in NEW_CANDIDATE:
-        raise InputError(
-            source,
-            f"phase1.winner is {winner!r}, expected 'ori' or 'Q'",
-            FIX,
-            record=rid,
-            field="phase1.winner",
-        )
-    candidate = (record.get("candidates") or {}).get(winner)
-    if not isinstance(candidate, dict):
-        raise InputError(
-            source,
-            f"candidate {winner!r} is missing",
-            FIX,
-            record=rid,
-            field=f"candidates.{winner}",
-        )
+    """The phase-1 winner's (instruction, input, output), checked: the teacher needs texts."""
+    winner = phase1_winner(record, source, FIX)
+    chosen = candidate(record, winner, source, FIX)
     for name in ("instruction", "output"):
-        if not isinstance(candidate.get(name), str) or not candidate[name].strip():
+        if not getattr(chosen, name).strip():
             raise InputError(
                 source,
                 f"candidate {winner!r} has no {name}",
                 FIX,
-                record=rid,
+                record=record.get("id"),
                 field=f"candidates.{winner}.{name}",
             )
-    return {
-        "instruction": candidate["instruction"],
-        "input": candidate.get("input") or "",
-        "output": candidate["output"],
-    }
+    return {"instruction": chosen.instruction, "input": chosen.input, "output": chosen.output}
 
 
 def with_better_answer(record: Record, sample: Sample, result: Result) -> Record:
     """The record plus candidate ``A``/``QA`` (winner's instruction, new answer) and metadata."""
-    name = NEW_CANDIDATE[record["phase1"]["winner"]]
+    name = NEW_CANDIDATE[phase1_winner(record, "records", FIX)]
     fields = result["fields"]
     answer = fields["better_answer"] if fields else sample["output"]
-    candidates = {
-        **record["candidates"],
-        name: {"instruction": sample["instruction"], "input": sample["input"], "output": answer},
-    }
-    teacher = {**(record.get("teacher") or {}), "response": result["meta"]}
-    return {**record, "candidates": candidates, "teacher": teacher}
+    new = Candidate(instruction=sample["instruction"], input=sample["input"], output=answer)
+    return with_teacher_meta(with_candidate(record, name, new), "response", result["meta"])
 
 
 PLAN = StagePlan(phase=RESPONSE_PHASE, sample=winner_sample, attach=with_better_answer)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rtune.components.common.checkpoint import RecordCheckpoint, fingerprint
+from rtune.components.common.record_schema import candidate, candidate_names
 from rtune.components.common.records import (
     InputError,
     Record,
@@ -241,15 +242,7 @@ def _score_row(key: str, scores: Scores) -> Record:
 
 
 def _phase_names(record: Record, phase: str, source: str) -> list[str]:
-    candidates = record.get("candidates")
-    if not isinstance(candidates, dict):
-        raise InputError(
-            source,
-            "record has no 'candidates' object",
-            "score candidates after `rtune reflect --stage instruction` (it adds ori and Q)",
-            record=record["id"],
-            field="candidates",
-        )
+    candidates = candidate_names(record, source)
     if phase == "ifd":
         for name in PHASE_CANDIDATES["ifd"]:
             if name not in candidates:
@@ -274,17 +267,8 @@ def _phase_names(record: Record, phase: str, source: str) -> list[str]:
 
 
 def _candidate_texts(record: Record, name: str, source: str) -> tuple[str, str, str]:
-    candidate = record["candidates"][name]
-    if not isinstance(candidate, dict):
-        raise InputError(
-            source,
-            f"candidate {name!r} is not an object",
-            TEXT_FIELDS_FIX,
-            record=record["id"],
-            field=f"candidates.{name}",
-        )
-    _check_texts(candidate, source, record["id"], prefix=f"candidates.{name}.")
-    return candidate["instruction"], candidate.get("input") or "", candidate["output"]
+    chosen = candidate(record, name, source, TEXT_FIELDS_FIX)
+    return chosen.instruction, chosen.input, chosen.output
 
 
 def _check_texts(item: Record, source: str, record: str | int, prefix: str) -> None:

@@ -18,8 +18,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-ORI = "ori"
-Q = "Q"
+from rtune.components.common.record_schema import ORI, Q
+
 OK_STATUS = "ok"
 
 Q_HIGHER = "Q has higher IFD"

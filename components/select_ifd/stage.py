@@ -11,11 +11,19 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rtune.components.common.record_schema import (
+    Phase1,
+    candidate_names,
+    candidate_scores,
+    teacher_status,
+    with_phase1,
+    with_scores,
+)
 from rtune.components.common.records import (
     InputError,
     Record,
@@ -109,10 +117,9 @@ def load_scores(score_paths: Sequence[Path]) -> ScoreIndex:
 
 
 def attach_scores(record: Record, names: Iterable[str], scores: ScoreIndex, source: str) -> Record:
-    """The record with ``candidates[name]["scores"]`` set for each name (all must be scored)."""
-    candidates = dict(record.get("candidates") or {})
+    """The record with ``candidates[name].scores`` set for each name (all must be scored)."""
     for name in names:
-        if name not in candidates:
+        if name not in candidate_names(record, source):
             raise InputError(
                 source,
                 f"record has no candidate {name!r}",
@@ -129,8 +136,8 @@ def attach_scores(record: Record, names: Iterable[str], scores: ScoreIndex, sour
                 record=record["id"],
                 field=f"candidates.{name}.scores",
             )
-        candidates[name] = {**candidates[name], "scores": scores[key]}
-    return {**record, "candidates": candidates}
+        record = with_scores(record, name, scores[key])
+    return record
 
 
 def count_unused_scores(
@@ -156,12 +163,6 @@ def count_unused_scores(
     return len(unused)
 
 
-def teacher_status(record: Record, phase: str) -> str | None:
-    """The teacher's ``parse_status`` for ``phase`` ("instruction" or "response"), if recorded."""
-    meta = (record.get("teacher") or {}).get(phase) or {}
-    return meta.get("parse_status") if isinstance(meta, Mapping) else None
-
-
 def select_ifd(
     records_path: Path, score_paths: Sequence[Path], output_path: Path
 ) -> SelectionSummary:
@@ -175,11 +176,11 @@ def select_ifd(
     for record in records:
         record = attach_scores(record, (ORI, Q), scores, source)
         winner, reason = choose_phase1(
-            record["candidates"][ORI]["scores"],
-            record["candidates"][Q]["scores"],
+            candidate_scores(record, ORI, source),
+            candidate_scores(record, Q, source),
             teacher_status(record, "instruction"),
         )
-        out.append({**record, "phase1": {"winner": winner, "reason": reason}})
+        out.append(with_phase1(record, Phase1(winner, reason)))
         summary.records += 1
         summary.winners[winner] += 1
         summary.reasons[reason] += 1

@@ -8,6 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from rtune.components.common import reports
+from rtune.components.common.record_schema import (
+    candidate_names,
+    candidate_scores,
+    latest_decision,
+)
 from rtune.components.common.records import Record, read_jsonl
 from rtune.components.common.stage import StageContext
 from rtune.components.select_ifd.stage import SelectionSummary
@@ -15,14 +20,13 @@ from rtune.components.select_ifd.stage import SelectionSummary
 SCORE_COLUMNS = ("ifd", "rifd", "ifd_loss", "rifd_loss", "reason")
 
 
-def score_rows(records: Sequence[Record]) -> list[dict[str, Any]]:
+def score_rows(records: Sequence[Record], source: str = "records") -> list[dict[str, Any]]:
     """One row per scored candidate: id, candidate, scores, and the record's decision/reason so far."""
     rows = []
     for record in records:
-        decision = record.get("decision", record.get("phase1", {}).get("winner"))
-        reason = record.get("reason", record.get("phase1", {}).get("reason"))
-        for name, candidate in record.get("candidates", {}).items():
-            scores = candidate.get("scores")
+        decision, reason = latest_decision(record)
+        for name in candidate_names(record, source):
+            scores = candidate_scores(record, name, source)
             if scores is None:
                 continue
             rows.append(
@@ -55,7 +59,7 @@ class SelectIfdStage:
             Path(self.candidates), [Path(p) for p in self.scores], Path(self.selected)
         )
         records = read_jsonl(self.selected)
-        rows = score_rows(records)
+        rows = score_rows(records, str(self.selected))
         context.run.log_table(rows, "scores/select_ifd.json")
         figure = reports.figure_ifd_ori_vs_q(records)
         context.run.log_figure(figure, "figures/ifd_ori_vs_q.png")

@@ -23,12 +23,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from rtune.components.select_ifd.rules import OK_STATUS, ORI, Q, ifd_of, reason_of, rifd_of
+from rtune.components.common.record_schema import DROPPED, NEW_CANDIDATE
+from rtune.components.select_ifd.rules import OK_STATUS, ifd_of, reason_of, rifd_of
 
-A = "A"
-QA = "QA"
-DROPPED = "dropped"
-NEW_CANDIDATE = {ORI: A, Q: QA}
 POLICIES = ("reference", "fallback")
 
 RESPONSE_KEPT = "reflected response kept"

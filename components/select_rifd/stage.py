@@ -14,6 +14,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rtune.components.common.record_schema import (
+    DROPPED,
+    NEW_CANDIDATE,
+    Decision,
+    candidate,
+    candidate_scores,
+    decision_of,
+    phase1_winner,
+    phase2_of,
+    teacher_status,
+    with_decision,
+)
 from rtune.components.common.records import InputError, Record, index_by_id, read_jsonl, write_jsonl
 from rtune.components.select_ifd.rules import ifd_of, rifd_of
 from rtune.components.select_ifd.stage import (
@@ -21,11 +33,8 @@ from rtune.components.select_ifd.stage import (
     attach_scores,
     count_unused_scores,
     load_scores,
-    teacher_status,
 )
 from rtune.components.select_rifd.rules import (
-    DROPPED,
-    NEW_CANDIDATE,
     RESPONSE_KEPT,
     SelectionConfig,
     apply_cherry_cut,
@@ -48,30 +57,22 @@ def select_rifd(
     records = read_jsonl(records_path)
     index_by_id(records, source)
     decided = [decide_record(record, scores, config.policy, source) for record in records]
-    kept_ifd = {
-        r["id"]: ifd_of(r["candidates"][r["decision"]].get("scores"))
-        for r in decided
-        if r["decision"] != DROPPED
-    }
-    cuts = apply_cherry_cut(kept_ifd, config.drop_ifd_above, config.keep_top)
-    for record in decided:
-        if record["id"] in cuts:
-            record["decision"], record["reason"] = DROPPED, cuts[record["id"]]
-    used = [(r["id"], NEW_CANDIDATE[r["phase1"]["winner"]]) for r in decided]
+    decided = apply_final_cut(decided, config, source)
+    used = [(r["id"], NEW_CANDIDATE[phase1_winner(r, source)]) for r in decided]
     write_jsonl(output_path, decided)
-    write_jsonl(selected_path, (training_row(r) for r in decided if r["decision"] != DROPPED))
-    summary = _summarise(decided)
+    kept = (r for r in decided if decision_of(r, source).decision != DROPPED)
+    write_jsonl(selected_path, (training_row(r, source) for r in kept))
+    summary = _summarise(decided, source)
     summary.unused_score_rows = count_unused_scores(scores, used, records, source)
     return summary
 
 
 def decide_record(record: Record, scores: Any, policy: str, source: str) -> Record:
     """The record with the new candidate's scores, ``phase2`` and ``decision``/``reason``."""
-    winner = _phase1_winner(record, source)
+    winner = phase1_winner(record, source, PHASE1_FIX)
     new = NEW_CANDIDATE[winner]
     record = attach_scores(record, (new,), scores, source)
-    candidates = record["candidates"]
-    old_scores = candidates.get(winner, {}).get("scores")
+    old_scores = candidate_scores(record, winner, source)
     if old_scores is None:
         raise InputError(
             source,
@@ -80,47 +81,48 @@ def decide_record(record: Record, scores: Any, policy: str, source: str) -> Reco
             record=record["id"],
             field=f"candidates.{winner}.scores",
         )
-    decision, reason = decide_phase2(
-        winner, old_scores, candidates[new]["scores"], policy, teacher_status(record, "response")
-    )
-    phase2 = {"decision": decision, "reason": reason}
-    return {**record, "phase2": phase2, "decision": decision, "reason": reason}
+    new_scores = candidate_scores(record, new, source)
+    status = teacher_status(record, "response")
+    outcome = Decision(*decide_phase2(winner, old_scores, new_scores, policy, status))
+    return with_decision(record, outcome, phase2=outcome)
 
 
-def training_row(record: Record) -> Record:
+def apply_final_cut(records: list[Record], config: SelectionConfig, source: str) -> list[Record]:
+    """The records with the optional Cherry-style cut applied to the kept ones (``phase2`` stays
+    as the rule decided, for review)."""
+    kept_ifd: dict[str, float | None] = {}
+    for record in records:
+        name = decision_of(record, source).decision
+        if name != DROPPED:
+            kept_ifd[record["id"]] = ifd_of(candidate_scores(record, name, source))
+    cuts = apply_cherry_cut(kept_ifd, config.drop_ifd_above, config.keep_top)
+    return [
+        with_decision(r, Decision(DROPPED, cuts[r["id"]])) if r["id"] in cuts else r
+        for r in records
+    ]
+
+
+def training_row(record: Record, source: str = "records") -> Record:
     """The flat training record of a kept record: its decided candidate's texts and scores."""
-    name = record["decision"]
-    candidate = record["candidates"][name]
-    scores = candidate.get("scores")
+    name = decision_of(record, source).decision
+    chosen = candidate(record, name, source)
     return {
         "id": record["id"],
-        "instruction": candidate["instruction"],
-        "input": candidate.get("input") or "",
-        "output": candidate["output"],
+        "instruction": chosen.instruction,
+        "input": chosen.input,
+        "output": chosen.output,
         "candidate": name,
-        "ifd": ifd_of(scores),
-        "rifd": rifd_of(scores),
+        "ifd": ifd_of(chosen.scores),
+        "rifd": rifd_of(chosen.scores),
     }
 
 
-def _phase1_winner(record: Record, source: str) -> str:
-    winner = (record.get("phase1") or {}).get("winner")
-    if winner not in NEW_CANDIDATE:
-        raise InputError(
-            source,
-            f"phase1.winner is {winner!r}, expected 'ori' or 'Q'",
-            PHASE1_FIX,
-            record=record.get("id"),
-            field="phase1.winner",
-        )
-    return str(winner)
-
-
-def _summarise(records: Sequence[Record]) -> SelectionSummary:
+def _summarise(records: Sequence[Record], source: str) -> SelectionSummary:
     summary = SelectionSummary(phase="rifd", records=len(records))
     for record in records:
-        summary.winners[record["phase1"]["winner"]] += 1
-        summary.decisions[record["decision"]] += 1
-        summary.reasons[record["reason"]] += 1
-        summary.response_kept += record["phase2"]["reason"] == RESPONSE_KEPT
+        final = decision_of(record, source)
+        summary.winners[phase1_winner(record, source)] += 1
+        summary.decisions[final.decision] += 1
+        summary.reasons[final.reason] += 1
+        summary.response_kept += phase2_of(record, source).reason == RESPONSE_KEPT
     return summary

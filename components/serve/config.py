@@ -10,6 +10,7 @@ the config can be logged to MLflow, written to YAML and printed without leaking 
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 
@@ -18,6 +19,7 @@ from rtune.components.serve.client import REASONING_FORMATS, SMOKE_PROMPT
 from rtune.components.serve.local_server import SERVERS
 
 BACKENDS = ("local", "kserve")
+RUN_SUFFIX_LENGTH = 9  # "-" + 8 hex
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _SCHEMES = ("s3://", "gs://", "pvc://", "hf://", "https://", "oci://")
 
@@ -51,7 +53,17 @@ class ServeConfig:
     )
     smoke_max_tokens: int = field(default=16, metadata={"help": "tokens the smoke test asks for"})
     # KServe
-    name: str = field(default="rtune-student", metadata={"help": "InferenceService name"})
+    name: str = field(
+        default="rtune-student",
+        metadata={"help": "InferenceService name (per_run: its prefix); the served model's name"},
+    )
+    per_run: bool = field(
+        default=True,
+        metadata={
+            "help": "kserve: one InferenceService per run, <name>-<run hash>, so a run never "
+            "replaces another's model (false: every run updates <name> in place)"
+        },
+    )
     namespace: str = field(default="", metadata={"help": "'' = the pod's namespace"})
     runtime: str = field(
         default="rtune-vllm",
@@ -96,9 +108,10 @@ class ServeConfig:
                 "need gpus >= 0, min_replicas >= 0 and max_replicas >= max(1, min_replicas); got "
                 f"gpus={self.gpus}, min_replicas={self.min_replicas}, max_replicas={self.max_replicas}"
             )
-        if len(self.name) > 45 or not _DNS_1035.match(self.name):
+        longest = 45 - (RUN_SUFFIX_LENGTH if self.per_run else 0)
+        if len(self.name) > longest or not _DNS_1035.match(self.name):
             raise ValueError(
-                f"name {self.name!r} must be a DNS-1035 label of at most 45 characters "
+                f"name {self.name!r} must be a DNS-1035 label of at most {longest} characters "
                 "(a-z, 0-9, '-', starting with a letter): KServe derives service names from it"
             )
         check_served_name("served_model_name", self.served_model_name)
@@ -107,6 +120,12 @@ class ServeConfig:
             raise ValueError(
                 f"storage_uri {self.storage_uri!r} must start with one of {list(_SCHEMES)}"
             )
+
+    def instance_name(self, run_id: str) -> str:
+        """The InferenceService's name: ``name``, or ``name-<8 hex of sha256(run id)>`` per run."""
+        if not self.per_run:
+            return self.name
+        return f"{self.name}-{hashlib.sha256(run_id.encode()).hexdigest()[:8]}"
 
     def served_name(self) -> str:
         """The model name clients send: ``served_model_name``, else the InferenceService

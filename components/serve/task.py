@@ -190,8 +190,9 @@ def serve_on_kserve(
     from rtune.components.serve.kserve import build_inference_service, create_or_update, wait_ready
 
     namespace = config.namespace or pod_namespace()
+    name = config.instance_name(kfp_run_id)
     obj = build_inference_service(
-        config.name,
+        name,
         namespace,
         storage_uri_for(model_dir, config),
         runtime=config.runtime,
@@ -209,13 +210,13 @@ def serve_on_kserve(
     with load_api_client() as api:
         custom = client.CustomObjectsApi(api)
         create_or_update(custom, obj)
-        ready = wait_ready(custom, namespace, config.name, config.timeout_s, config.poll_interval_s)
+        ready = wait_ready(custom, namespace, name, config.timeout_s, config.poll_interval_s)
     spec = EndpointSpec(
         kind="kserve",
         base_url=ready.base_url,
         model=config.served_name(),
         reasoning_format=config.reasoning_format,
-        name=config.name,
+        name=name,
         namespace=namespace,
         api_key_env=config.api_key_env,
     )

@@ -1,4 +1,4 @@
-"""One rank of the 2-process ZeRO-3 test (run by torchrun from tests/test_finetune_zero3.py).
+"""One rank of the 2-process ZeRO-3 test (run by torchrun from tests/integration/test_finetune_zero3.py).
 
 Trains through the real worker, then records what ZeRO-3 did to this rank's parameters and, on
 rank 0, the parameters gathered from both ranks (to compare with the consolidated saved model).
