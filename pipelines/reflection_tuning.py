@@ -303,6 +303,8 @@ def build_reflection_tuning(config: Any, images: Images | None = None) -> Any:
                     tracking=tracking,
                     checkpoint_root=checkpoint_root,
                     train_image=images.reference("train"),
+                    work_volume=sizes.work_volume,
+                    work_mount=sizes.work_mount,
                 ),
                 sizes.finetune,
                 s3=True,

@@ -10,6 +10,8 @@ def finetune(
     tracking: dict,
     checkpoint_root: str,
     train_image: str,
+    work_volume: str,
+    work_mount: str,
     adapter: Output[Model],
     model: Output[Model],
     metrics: Output[Metrics],
@@ -17,7 +19,8 @@ def finetune(
 ) -> None:
     """LoRA / QLoRA / full fine-tuning (ZeRO-3 when configured); registers the model as `candidate`.
 
-    ``train_image`` is the image of this task, for the TrainJob/PyTorchJob it may start.
+    ``train_image`` is the image of this task, for the TrainJob/PyTorchJob it may start;
+    ``work_volume``/``work_mount`` the PVC that job's nodes mount where this task has it.
     """
     from pathlib import Path
 
@@ -26,7 +29,7 @@ def finetune(
 
     outputs = FinetuneOutputs(Path(adapter.path), Path(model.path), Path(report.path))
     stage = FinetuneStage.from_parameters(
-        student, finetune, Path(selected.path), outputs, train_image
+        student, finetune, Path(selected.path), outputs, train_image, work_volume, work_mount
     )
     summary = run_stage(
         stage,

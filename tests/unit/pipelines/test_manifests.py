@@ -14,6 +14,7 @@ pipeline's Role to the identity its KFP install runs pipelines as.
 from __future__ import annotations
 
 import ast
+import copy
 import ipaddress
 import os
 import re
@@ -943,6 +944,70 @@ def test_admission_policies_admit_what_the_pipeline_creates_and_only_in_rtune(ov
     model_runtime = workloads["InferenceService"]["spec"]["predictor"]["model"]["runtime"]
     assert model_runtime in admission_list(isvc, "runtimes")
     assert find(docs, "ServingRuntime", model_runtime)
+
+
+def admission_denials(policy: dict, obj: dict) -> list[str]:
+    """The messages of the policy's validations that ``obj`` fails, evaluated as the API server
+    does: the CEL expressions (cel-python) over ``object`` and the policy's ``variables``."""
+    import celpy
+    from celpy import celtypes
+
+    env = celpy.Environment()
+    activation: dict[str, Any] = {"object": celpy.json_to_cel(obj)}
+    variables: dict[str, Any] = {}
+    for variable in policy["spec"].get("variables", []):
+        program = env.program(env.compile(variable["expression"]))
+        variables[variable["name"]] = program.evaluate(
+            {**activation, "variables": celtypes.MapType(variables)}
+        )
+    activation["variables"] = celtypes.MapType(variables)
+    return [
+        rule["message"]
+        for rule in policy["spec"]["validations"]
+        if not admitted(env.program(env.compile(rule["expression"])).evaluate(activation))
+    ]
+
+
+def admitted(result: Any) -> bool:
+    """A validation passes only on a true boolean (an evaluation error denies, as failurePolicy Fail)."""
+    from celpy import celtypes
+
+    return isinstance(result, celtypes.BoolType) and bool(result)
+
+
+POLICY_OF = {
+    "TrainJob": "rtune-trainjobs",
+    "PyTorchJob": "rtune-pytorchjobs",
+    "InferenceService": "rtune-inferenceservices",
+}
+
+
+@pytest.mark.parametrize("what", list(created_workloads()))
+def test_admission_policies_admit_every_workload_the_pipeline_creates(what: str) -> None:
+    obj = created_workloads()[what]
+    policy = find(render("manifests/base"), "ValidatingAdmissionPolicy", POLICY_OF[obj["kind"]])
+    assert admission_denials(policy, obj) == []
+
+
+def test_admission_policies_deny_what_would_reach_other_secrets_or_the_host() -> None:
+    docs = render("manifests/base")
+    workloads = created_workloads()
+    trainjob = copy.deepcopy(workloads["TrainJob"])
+    node_pod = trainjob["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"][
+        "replicatedJobs"
+    ][0]["template"]["spec"]["template"]["spec"]
+    node_pod["volumes"].append({"name": "host", "hostPath": {"path": "/"}})
+    policy = find(docs, "ValidatingAdmissionPolicy", "rtune-trainjobs")
+    assert any("PersistentVolumeClaim" in m for m in admission_denials(policy, trainjob))
+    trainjob = copy.deepcopy(workloads["TrainJob"])
+    trainjob["spec"]["trainer"]["env"].append(
+        {"name": "X", "valueFrom": {"secretKeyRef": {"name": "rtune-teacher", "key": "api_key"}}}
+    )
+    assert admission_denials(policy, trainjob) == ["a TrainJob may read only the rtune-s3 Secret"]
+    isvc = copy.deepcopy(workloads["InferenceService"])
+    isvc["spec"]["predictor"]["model"]["runtime"] = "someone-elses-runtime"
+    policy = find(docs, "ValidatingAdmissionPolicy", "rtune-inferenceservices")
+    assert admission_denials(policy, isvc)
 
 
 # ---------------------------------------------------------------- Argo CD
