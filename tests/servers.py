@@ -93,8 +93,10 @@ def mlflow_server(
         "1",
     ]
     log = (workdir / "mlflow-server.log").open("wb")
+    # no GenAI job runner: it starts five huey consumer processes the tests never use
+    quiet = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     process = subprocess.Popen(
-        command, cwd=workdir, env={**os.environ, **env}, stdout=log, stderr=log
+        command, cwd=workdir, env={**os.environ, **quiet, **env}, stdout=log, stderr=log
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -146,6 +146,8 @@ def _mlflow_server(cluster: Cluster, tracking_uri: str) -> subprocess.Popen[byte
         "MLFLOW_AUTH_ADMIN_USERNAME": login["username"],
         "MLFLOW_AUTH_ADMIN_PASSWORD": login["password"],
         "MLFLOW_FLASK_SERVER_SECRET_KEY": login["flask_secret_key"],
+        # as manifests/base/mlflow-deployment.yaml: no GenAI job runner (five idle consumers)
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         "AWS_ACCESS_KEY_ID": identity.access_key_id,
         "AWS_SECRET_ACCESS_KEY": identity.secret_access_key,
         "AWS_DEFAULT_REGION": "us-east-1",
