@@ -93,6 +93,7 @@ class Wiring:
     teacher_served: bool  # the teacher (or judge) is an endpoint: its key comes from a Secret
     mlflow_server: bool = False  # tracking goes to an http(s) MLflow: tasks get its login
     served_key: bool = False  # the student is served with an API key: clients get it
+    local: bool = False  # for kfp.local (`rtune run`): no pod, so no GPUs to expect
 
     def task(self, task: Any, size: Any = None, *, work: bool = True, s3: bool = False) -> Any:
         """Non-root user, run id from the pod's label, the pods' env ConfigMap, MLflow's login,
@@ -122,7 +123,8 @@ class Wiring:
     def _gpu(self, task: Any, gpus: int) -> None:
         cluster = self.cluster
         task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
-        task.set_env_variable(EXPECTED_GPUS_ENV, str(gpus))  # the stage checks they are there
+        if not self.local:  # the stage checks the pod's GPUs are there
+            task.set_env_variable(EXPECTED_GPUS_ENV, str(gpus))
         for toleration in cluster.gpu_tolerations:
             kubernetes.add_toleration_json(task, toleration)
         if cluster.gpu_node_selector:
@@ -157,7 +159,7 @@ POD_ENV_KEYS = (
 )
 
 
-def wiring_for(config: Any) -> Wiring:
+def wiring_for(config: Any, local: bool = False) -> Wiring:
     from rtune.pipelines.config import uses_s3
 
     served = {config.section("teacher").backend}
@@ -170,15 +172,16 @@ def wiring_for(config: Any) -> Wiring:
         "openai" in {*served, judge.backend},
         mlflow_server=tracking_uri.startswith(("http://", "https://")),
         served_key=serve.api_key_env == SERVE_KEYS["api_key"],
+        local=local,
     )
 
 
-def build_reflection_tuning(config: Any, images: Images | None = None) -> Any:
+def build_reflection_tuning(config: Any, images: Images | None = None, local: bool = False) -> Any:
     """The pipeline for a run config (pod sizes, images and cluster wiring are compile-time:
     kfp.local cannot resolve a pipeline parameter inside a ``ParallelFor`` resource setting)."""
     images = images or Images(config.cluster.images.registry, config.cluster.images.tag)
     c = stage_components(images)
-    w = wiring_for(config)
+    w = wiring_for(config, local)
     sizes = config.cluster
 
     @dsl.pipeline(
@@ -356,4 +359,4 @@ def default_pipeline() -> Any:
     """The pipeline for the default run config (what ``rtune run`` executes)."""
     from rtune.pipelines.config import load_run_config
 
-    return build_reflection_tuning(load_run_config())
+    return build_reflection_tuning(load_run_config(), local=True)

@@ -155,7 +155,8 @@ def _add_flag(group: Any, flag: str, setting: Setting) -> None:
         nargs="?" if switch else None,
         const=True if switch else None,
         metavar="BOOL" if switch else setting.key.rsplit(".", 1)[-1].upper(),
-        help=f"{setting.help or setting.key} [{setting.key}]",
+        # argparse %-formats help text: a literal "%" ("~30 % slower") must be doubled
+        help=f"{setting.help or setting.key} [{setting.key}]".replace("%", "%%"),
     )
 
 

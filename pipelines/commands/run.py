@@ -120,7 +120,7 @@ def run_locally(
     logs = root / f"logs-{run_id}"
     console = RunConsole(sys.stdout, logs, verbose)
     print(f"reflection-tuning {run_id}: full task logs in {logs}", flush=True)
-    pipeline = build_reflection_tuning(config)
+    pipeline = build_reflection_tuning(config, local=True)
     saved = sys.stdout
     sys.stdout = console
     try:

@@ -83,14 +83,18 @@ def test_the_compiled_pipeline_runs_as_on_a_cluster_through_quantize(tmp_path: P
     assert "PASSED" in out
 
 
-def test_without_s3_credentials_on_every_task_prepare_fails(
+def test_without_s3_credentials_on_every_task_the_first_s3_task_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The Secret only on finetune and quantize (as before the fix): preflight, the first task
+    that reads s3://, names the missing keys; nothing after it runs."""
     compiled = compiled_without(tmp_path, monkeypatch, "s3")
     result = rehearse(tmp_path / "work", "--until", "prepare", compiled=compiled)
     assert result.returncode == 1
-    prepare = line_of(result.stdout, "prepare")
-    assert prepare.startswith("FAIL") and "credentials" in prepare
+    assert line_of(result.stdout, "preflight").startswith("FAIL")
+    assert line_of(result.stdout, "prepare").startswith("skip")
+    log = next((tmp_path / "work").glob("run-0/tasks/*preflight/attempt-0/log.txt")).read_text()
+    assert "FAIL s3 credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY not set in the pod" in log
 
 
 def test_without_the_work_volume_checkpoints_cannot_be_written(

@@ -5,6 +5,9 @@ from a results file shaped like lm-eval 0.4's, the subprocess plumbing (through 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -341,20 +344,22 @@ def test_loglikelihood_tokenizer_is_the_students_own_fetched_without_weights(
 
 
 @pytest.mark.integration
-def test_building_the_tasks_puts_their_data_where_the_image_keeps_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """What the base image runs at build time: the tasks are built, so their data lands in
-    HF_DATASETS_CACHE (the folder the image copies and points its offline pods at)."""
+def test_building_the_tasks_puts_their_data_where_the_image_keeps_it(tmp_path: Path) -> None:
+    """What the base image runs at build time (the same command, in a process of its own: the
+    harness sets up logging and ``datasets`` reads its cache folder once): the tasks are built,
+    so their data lands in HF_DATASETS_CACHE, the folder the image keeps for its offline pods."""
     pytest.importorskip("lm_eval")
-    from rtune.components.evaluate.task_data import main
-
     data = tmp_path / "data.jsonl"
     data.write_text(json.dumps({"question": "What is 1 + 1?", "answer": "2"}) + "\n")
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks" / "rtune_arith.yaml").write_text(TASK_YAML.format(data=data))
     cache = tmp_path / "hf-datasets"
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
-    assert not cache.exists()
-    assert main(["rtune_arith", "--include-path", str(tmp_path / "tasks")]) == 0
+    command = [sys.executable, "-m", "rtune.components.evaluate.task_data", "rtune_arith"]
+    env = {**os.environ, "HF_DATASETS_CACHE": str(cache), "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [*command, "--include-path", str(tmp_path / "tasks")],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"task data for 1 task(s) in {cache}: rtune_arith" in done.stdout
     assert any(cache.rglob("*.arrow"))

@@ -88,7 +88,8 @@ def test_each_flag_says_its_fields_help_and_key(
     for f in helped:
         flag = "--" + f.name.replace("_", "-")
         words = " ".join(f.metadata["help"].split())
-        assert f"{flag} {f.name.upper()} {words} [{section}.{f.name}]" in shown, f.name
+        metavar = "[BOOL]" if "bool" in str(f.type) else f.name.upper()  # switches
+        assert f"{flag} {metavar} {words} [{section}.{f.name}]" in shown, f.name
 
 
 def test_model_is_the_students_flag() -> None:
