@@ -52,6 +52,7 @@ KUSTOMIZATIONS = {
     "manifests/overlays/dev": "rtune-dev",
     "manifests/overlays/prod": "rtune",
     "manifests/argocd": "argocd",
+    "manifests/models": "rtune",
 }
 # kustomizations that only exist to be included by others (Components, transformer configs)
 INCLUDED_ONLY = {
@@ -209,6 +210,8 @@ def test_custom_resources_match_their_crds(kustomization: str) -> None:
     for doc in docs:
         validate_custom_resource(doc)
     expected = {"ServingRuntime"} if kustomization in PLATFORM else {"Application"}
+    if kustomization == "manifests/models":
+        expected = {"InferenceService"}
     if IDENTITY.get(kustomization) == "default-editor":
         expected = {"ServingRuntime", "Profile"}
     assert {d["kind"] for d in docs} == expected
@@ -1146,3 +1149,35 @@ def test_the_serving_identity_can_fetch_models_and_nothing_else() -> None:
     for name in ("llama3-8b", "llama3-70b", "rehearsal"):
         serve = load_run_config(CONFIG_DIR / f"{name}.yaml").section("serve")
         assert serve.service_account == "rtune-serving", name
+
+
+def test_the_models_the_8b_config_calls_are_shipped_and_admitted() -> None:
+    """manifests/models serves what llama3-8b.yaml calls besides its student: the teacher (and
+    judge) and the base student, at the addresses and under the model names the config uses, on
+    rtune's runtime, fetching as rtune-serving, valid for KServe and for the admission policy."""
+    from urllib.parse import urlsplit
+
+    from rtune.pipelines.config import CONFIG_DIR, load_run_config
+
+    config = load_run_config(CONFIG_DIR / "llama3-8b.yaml")
+    teacher, evaluate = config.section("teacher"), config.section("evaluate")
+    services = {d["metadata"]["name"]: d for d in render("manifests/models")}
+    policy = find(render("manifests/base"), "ValidatingAdmissionPolicy", "rtune-inferenceservices")
+    called = {
+        urlsplit(teacher.url).hostname: teacher.model,
+        urlsplit(evaluate.judge["url"]).hostname: evaluate.judge["model"],
+        urlsplit(evaluate.base_url).hostname: evaluate.base_served_model,
+    }
+    for host, served_name in called.items():
+        name = host.split(".")[0].removesuffix("-predictor")  # KServe: <name>-predictor.<ns>
+        assert name in services, host
+        service = services[name]
+        assert host.split(".")[1] == service["metadata"]["namespace"] == "rtune"
+        predictor = service["spec"]["predictor"]
+        assert f"--served-model-name={served_name}" in predictor["model"]["args"]
+        assert predictor["serviceAccountName"] == "rtune-serving"
+        assert predictor["model"]["storageUri"].startswith("s3://")
+        validate_custom_resource(service)
+        assert admission_denials(policy, service) == []
+    student_base = services["base-student"]["spec"]["predictor"]["model"]["storageUri"]
+    assert student_base == config.student.model  # the base is the student before training
