@@ -40,6 +40,8 @@ class RunConsole(io.TextIOBase):
         return True
 
     def write(self, text: str) -> int:
+        if self.all.closed:  # a logging handler made during the run outlives it: to the terminal
+            return self.terminal.write(text)
         if self.verbose:
             self.terminal.write(text)
         self._pending += text

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import pytest
+
+# Servers that run in the test process in threads (moto's werkzeug, http.server fakes) log through
+# handlers that may hold a stream pytest has since closed (each test's captured stderr); logging
+# then prints "--- Logging error ---" with a traceback into whatever test runs at that moment, and
+# the tests that assert a clean stderr fail for another test's server. Request logs are noise here.
+logging.getLogger("werkzeug").setLevel(logging.ERROR)
+logging.raiseExceptions = False
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
