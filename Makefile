@@ -53,7 +53,7 @@ test: setup $(CHROMIUM)
 
 # the compiled pipeline under a cluster pod's rules on this machine (root + namespaces; see README)
 rehearse: setup
-	$(BIN)/rtune rehearse --until quantize
+	$(BIN)/rtune rehearse --config pipelines/configs/rehearsal-70b.yaml --compile
 
 # the unit tier: no model loading, no whole pipelines (minutes, not a quarter hour)
 test-fast: setup

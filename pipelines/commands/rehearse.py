@@ -3,6 +3,8 @@
     rtune rehearse                                   # pipelines/compiled/... with configs/rehearsal.yaml
     rtune rehearse --until select_rifd --work /tmp/r # stop after a task; keep the work folder
     rtune rehearse --overlay manifests/overlays/prod # as multi-user Kubeflow runs it (a Profile)
+    rtune rehearse --config pipelines/configs/rehearsal-70b.yaml --compile
+                                                     # the 70B path: TrainJob, KServe, evaluate
 
 Needs root and Linux namespaces (it runs every task as UID 10001 in its own mount namespace, all of
 it in a network namespace whose only interface is loopback). Exit 0 when every rehearsed task
@@ -32,6 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--compiled", default=DEFAULT_COMPILED, help="compiled IR YAML to run")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the IR from --config first, as `rtune submit` does (instead of --compiled)",
+    )
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="run config (run parameters)")
     parser.add_argument("--until", default="", help="stop after this task (e.g. quantize)")
     parser.add_argument("--work", default="", help="work folder (default: a new temp folder)")
@@ -72,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         task, _, pattern = item.partition(":")
         kill[task] = lambda pattern=pattern: any(work.glob(pattern))
     result = rehearse(
-        Path(args.compiled),
+        None if args.compile else Path(args.compiled),
         Path(args.config),
         work,
         args.until,

@@ -40,6 +40,8 @@ MLFLOW_BUCKET = "rtune-mlflow"
 MLFLOW_AUTH_SECRET = "rtune-mlflow-auth"
 MLFLOW_AUTH_INI = "manifests/base/mlflow-auth/basic_auth.ini"
 SERVE_SECRET = "rtune-serve"
+SERVING_S3_SECRET = "rtune-s3-serving"
+SERVING_ACTIONS = ("s3:GetObject", "s3:ListBucket")
 KUBERNETES_HOST, KUBERNETES_PORT = "kubernetes.default.svc", 443
 
 
@@ -61,8 +63,28 @@ class Cluster:
     def address_of(self, host: str) -> str:
         """A loopback address of its own for each service host name."""
         if host not in self.hosts:
-            self.hosts[host] = f"127.0.0.{len(self.hosts) + 2}"
+            self.hosts[host] = f"127.0.0.{len(set(self.hosts.values())) + 2}"
+            self.write_hosts()
         return self.hosts[host]
+
+    def alias(self, host: str, address: str) -> None:
+        """Another name for a service that has an address already."""
+        self.hosts[host] = address
+        self.write_hosts()
+
+    @property
+    def hosts_file(self) -> Path:
+        """The cluster's DNS as every pod sees it: one ``/etc/hosts`` bind-mounted into each pod
+        and rewritten in place, so a service created while a pod runs resolves in that pod."""
+        return self.work / "cluster-hosts"
+
+    def write_hosts(self) -> None:
+        text = "127.0.0.1 localhost\n" + "".join(
+            f"{address} {name}\n" for name, address in sorted(self.hosts.items())
+        )
+        self.work.mkdir(parents=True, exist_ok=True)
+        with self.hosts_file.open("w", encoding="utf-8") as out:  # same inode: mounts see it
+            out.write(text)
 
     def secret_values(self) -> list[str]:
         """Every secret value (the report checks none of them leaked into a log or artifact)."""
@@ -111,19 +133,29 @@ def stand_up(
 
 def _object_store(cluster: Cluster, buckets: list[str]) -> ObjectStore:
     address = cluster.address_of(S3_HOST)
-    cluster.hosts[KFP_ARTIFACT_HOST] = address
+    cluster.alias(KFP_ARTIFACT_HOST, address)
     store = start_object_store(address, S3_PORT)
     rtune = store.add_identity("rtune", buckets)
     kfp = store.add_identity("kfp-artifacts", ["mlpipeline"])
     store.add_identity("mlflow", [MLFLOW_BUCKET])
+    # KServe's storage initializer: read-only, on the buckets models are in (ServiceAccount
+    # rtune-serving's Secret rtune-s3-serving)
+    serving = store.add_identity("serving", buckets, SERVING_ACTIONS)
     store.require_signatures()
-    keys = template_secrets().get("rtune-s3", [])
+    templates = template_secrets()
     values = {
         "AWS_ACCESS_KEY_ID": rtune.access_key_id,
         "AWS_SECRET_ACCESS_KEY": rtune.secret_access_key,
         "AWS_ENDPOINT_URL": f"http://{S3_HOST}:{S3_PORT}",
     }
+    keys = templates.get("rtune-s3", [])
     cluster.secrets["rtune-s3"] = {k: values[k] for k in keys if k in values}
+    values = {
+        "AWS_ACCESS_KEY_ID": serving.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": serving.secret_access_key,
+    }
+    keys = templates.get(SERVING_S3_SECRET, list(values))
+    cluster.secrets[SERVING_S3_SECRET] = {k: values[k] for k in keys if k in values}
     cluster.secrets[KFP_ARTIFACT_SECRET] = {
         "accesskey": kfp.access_key_id,
         "secretkey": kfp.secret_access_key,

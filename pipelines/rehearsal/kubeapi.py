@@ -14,6 +14,7 @@ import asyncio
 import datetime
 import ipaddress
 import json
+import re
 import ssl
 import threading
 import urllib.error
@@ -46,6 +47,51 @@ class Denied:
     message: str
 
 
+_POD_LOG = re.compile(r"^/api/v1/namespaces/(?P<namespace>[^/]+)/pods/(?P<name>[^/]+)/log$")
+
+
+@dataclass
+class PodLog:
+    """The log of a pod the rehearsal's controllers run: lines of its file, each stamped with the
+    time it was first read (a kubelet stamps each line when the container writes it)."""
+
+    path: Path
+    lines: list[tuple[datetime.datetime, str]] = field(default_factory=list)
+    _offset: int = 0
+    _partial: str = ""
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def read(self, query: Mapping[str, str]) -> str:
+        """``GET .../log`` with ``timestamps``, ``sinceSeconds`` and ``tailLines`` as the API has them."""
+        with self._lock:
+            self._pump()
+            lines = list(self.lines)
+        if "sinceSeconds" in query:
+            since = datetime.datetime.now(datetime.UTC) - datetime.timedelta(
+                seconds=int(query["sinceSeconds"])
+            )
+            lines = [line for line in lines if line[0] >= since]
+        if "tailLines" in query:
+            lines = lines[-int(query["tailLines"]) :] if int(query["tailLines"]) else []
+        stamped = query.get("timestamps") == "true"
+        return "".join(
+            (f"{stamp.strftime('%Y-%m-%dT%H:%M:%S.%fZ')} {text}\n" if stamped else f"{text}\n")
+            for stamp, text in lines
+        )
+
+    def _pump(self) -> None:
+        if not self.path.exists():
+            return
+        with self.path.open("rb") as file:
+            file.seek(self._offset)
+            data = file.read()
+        self._offset += len(data)
+        text = self._partial + data.decode("utf-8", errors="replace")
+        *complete, self._partial = text.split("\n")
+        now = datetime.datetime.now(datetime.UTC)
+        self.lines += [(now, line) for line in complete]
+
+
 @dataclass
 class KubeApi:
     address: str
@@ -56,10 +102,29 @@ class KubeApi:
     )  # token -> (sa, grants)
     denied: list[Denied] = field(default_factory=list)
     upstream: str = ""
+    pod_logs: dict[tuple[str, str], PodLog] = field(default_factory=dict)  # (ns, pod) -> log
     _stop: Any = None
 
     def add_account(self, token: str, subject: str, grants: list[Grant]) -> None:
         self.accounts[token] = (subject, grants)
+
+    def call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
+        """A controller's own request (its service account may do anything): straight to the
+        store, JSON in and out; ``None`` for 404. Patches are JSON merge patches."""
+        content_type = "application/merge-patch+json" if method == "PATCH" else "application/json"
+        request = urllib.request.Request(
+            self.upstream + path,
+            json.dumps(body).encode() if body is not None else None,
+            {"Content-Type": content_type},
+            method=method,
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as reply:
+                return json.loads(reply.read() or b"{}")
+        except urllib.error.HTTPError as error:
+            if error.code == 404:
+                return None
+            raise
 
 
 def _certificate(work: Path, address: str) -> tuple[Path, Path]:
@@ -184,7 +249,19 @@ def _handler(api: KubeApi) -> type[BaseHTTPRequestHandler]:
                 api.denied.append(Denied(subject, self.command, self.path, message))
                 self._send(403, _status(403, "Forbidden", message))
                 return
+            log = _POD_LOG.match(parts.path)
+            if log is not None and self.command == "GET":
+                self._pod_log(log["namespace"], log["name"], dict(parse_qsl(parts.query)))
+                return
             self._forward(body)
+
+        def _pod_log(self, namespace: str, name: str, query: Mapping[str, str]) -> None:
+            found = api.pod_logs.get((namespace, name))
+            if found is None:
+                message = f'pods "{name}" not found'
+                self._send(404, _status(404, "NotFound", message))
+                return
+            self._send(200, found.read(query).encode(), "text/plain")
 
         def _forward(self, body: bytes | None) -> None:
             headers = {

@@ -77,8 +77,11 @@ class ObjectStore:
             region_name=REGION,
         )
 
-    def add_identity(self, name: str, buckets: Iterable[str]) -> Identity:
-        """An IAM user allowed ``s3:*`` on ``buckets`` (created) and nothing else."""
+    def add_identity(
+        self, name: str, buckets: Iterable[str], actions: Iterable[str] = ("s3:*",)
+    ) -> Identity:
+        """An IAM user allowed ``actions`` (default ``s3:*``) on ``buckets`` (created) and
+        nothing else."""
         import boto3
 
         iam = boto3.client(
@@ -94,7 +97,7 @@ class ObjectStore:
         resources = [f"arn:aws:s3:::{b}{suffix}" for b in buckets for suffix in ("", "/*")]
         policy = {
             "Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": resources}],
+            "Statement": [{"Effect": "Allow", "Action": list(actions), "Resource": resources}],
         }
         iam.put_user_policy(
             UserName=name, PolicyName=f"{name}-s3", PolicyDocument=json.dumps(policy)

@@ -54,6 +54,7 @@ class PodSpec:
     mounts: list[Mount] = field(default_factory=list)
     hosts: Mapping[str, str] = field(default_factory=dict)  # hostname -> loopback address
     service_account_dir: Path | None = None
+    hosts_file: Path | None = None  # the cluster's live DNS (else ``hosts`` as of the start)
 
 
 @dataclass
@@ -244,7 +245,8 @@ def _etc_files(spec: PodSpec, attempt_dir: Path) -> list[str]:
     (etc / "group").write_text(group + f"rtune:x:{image.gid}:\n", encoding="utf-8")
     lines = []
     for name in ("hosts", "passwd", "group"):
-        lines += [f'mount --bind {shlex.quote(str(etc / name))} "$R/etc/{name}"']
+        source = spec.hosts_file if name == "hosts" and spec.hosts_file else etc / name
+        lines += [f'mount --bind {shlex.quote(str(source))} "$R/etc/{name}"']
     return lines
 
 

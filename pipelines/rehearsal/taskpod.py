@@ -85,6 +85,7 @@ def build_pod(
         mounts=mounts,
         hosts=dict(cluster.hosts),
         service_account_dir=context.service_account_dir,
+        hosts_file=cluster.hosts_file,
     )
 
 
