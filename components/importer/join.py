@@ -88,6 +88,7 @@ def import_phase1(
     records: list[Record], reflections: ImportedReflections, seed_source: str
 ) -> Phase1Import:
     """The prepared ``records`` with their imported ``ori``/``Q``; ``A``/``QA`` kept for later."""
+    index_by_id(records, seed_source)  # prepared records: ids, unique
     pairs, unused = match_seed(records, reflections, seed_source)
     summary = ImportSummary("instruction", unused_samples=unused, new_candidates={Q: 0})
     out, responses = [], []

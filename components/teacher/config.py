@@ -108,7 +108,7 @@ class TeacherConfig:
                 "the openai backend needs a model name (--teacher-model) or the --teacher-url of a "
                 "server whose first listed model is used"
             )
-        if self.structured_output and self.backend != "openai":
+        if self.structured_output and self.backend not in ("openai", IMPORTED):
             raise ValueError(
                 "structured_output needs the openai backend (a vLLM/KServe server honours "
                 "response_format); local backends use prefilled markers instead"
