@@ -49,7 +49,9 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--output", type=Path, required=True, help="records out (JSONL)")
     parser.add_argument(
-        "--source", metavar="URI", help="the reflections (default: teacher.import_uri)"
+        "--source",
+        metavar="URI",
+        help="the reflections (default: teacher.import_uri); phase 1 reads them",
     )
     parser.add_argument(
         "--responses",
@@ -67,17 +69,17 @@ def run(args: argparse.Namespace) -> int:
     from rtune.components.importer.task import AttachStage, ImportConfig, ImportStage
 
     config = load_command_config(args)
-    source = args.source or config.section("teacher").import_uri
-    if not source:
-        raise InputError(
-            "rtune import flags",
-            "no reflections to import",
-            "give --source (a folder with ori/Q/A/QA .json files, or a JSONL) or "
-            "--set teacher.import_uri=...",
-            field="--source",
-        )
+    source = args.source or config.section("teacher").import_uri or ""
     stage: Any
     if args.stage == "instruction":
+        if not source:
+            raise InputError(
+                "rtune import flags",
+                "no reflections to import",
+                "give --source (a folder with ori/Q/A/QA .json files, or a JSONL) or "
+                "--set teacher.import_uri=...",
+                field="--source",
+            )
         responses = args.responses or args.output.with_name(args.output.stem + ".responses.jsonl")
         stage = ImportStage(ImportConfig(source), args.records, args.output, responses)
     else:
