@@ -71,3 +71,25 @@ def test_imported_backend_keeps_the_default_judge_and_needs_its_uri() -> None:
     with pytest.raises(InputError) as err:
         load_run_config(None, ["teacher.backend=imported"], default=None)
     assert "import_uri" in str(err.value)
+
+
+def test_reflect_with_the_imported_backend_points_at_rtune_import(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No teacher stands behind ``imported``: reflecting with it is refused (never a silent
+    fall-back to the local model)."""
+    from rtune.components.common.records import write_jsonl
+    from rtune.pipelines.cli import main
+
+    prepared = tmp_path / "prepared.jsonl"
+    write_jsonl(prepared, [{"id": "r1", "instruction": "Hi.", "input": "", "output": "Hello."}])
+    argv = ["reflect", "--stage", "instruction", "--input", str(prepared), "--no-tracking"]
+    argv += [
+        "--output",
+        str(tmp_path / "q.jsonl"),
+        "--no-progress",
+        *[part for item in IMPORTED for part in ("--set", item)],
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "rtune import" in err and not (tmp_path / "q.jsonl").exists()
