@@ -128,3 +128,41 @@ print(json.dumps([m for m in {list(TEACHER_MODULES)!r} if m in sys.modules]))
         r["candidates"]["Q"]["instruction"] for r in answered
     ]
     assert len(answered) == len(rows)
+
+
+@pytest.mark.integration
+def test_reflections_on_s3_are_read_and_recorded_by_uri_without_credentials(
+    tmp_path: Path, tracked: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The four files under an s3:// prefix (moto's S3 server): imported as from a folder, and
+    MLflow names them by URI and sha256 - never the S3 credentials the task read them with."""
+    import mlflow
+
+    from rtune.components.common.stage import StageSettings, run_stage
+    from rtune.components.common.storage import upload_dir
+    from rtune.components.importer.task import ImportStage
+    from tests.servers import S3_ENV, moto_s3, use_s3
+
+    prepared = tmp_path / "prepared.jsonl"
+    assert main(["prepare", "--no-tracking", "--input", str(EXAMPLE / "seed.jsonl"),
+                 "--output", str(prepared), "--count-tokens", "false"]) == 0  # fmt: skip
+    with moto_s3() as endpoint:
+        use_s3(monkeypatch, endpoint, tmp_path / "cache", "data")
+        upload_dir(EXAMPLE / "reference", "s3://data/reflections/")
+        teacher = {"backend": "imported", "import_uri": "s3://data/reflections"}
+        stage = ImportStage.from_parameters(
+            teacher, prepared, tmp_path / "q.jsonl", tmp_path / "r.jsonl"
+        )
+        summary = run_stage(stage, StageSettings(run_id="kfp-s3"))
+    assert summary.records == 4 and len(read_jsonl(tmp_path / "r.jsonl")) == 4
+    (run,) = [
+        r
+        for r in mlflow.search_runs(search_all_experiments=True, output_format="list")
+        if r.data.tags.get("rtune.stage") == "import_reflections"
+    ]
+    source = run.data.tags["rtune.candidates_source"]
+    digest = hashlib.sha256((EXAMPLE / "reference" / "QA.json").read_bytes()).hexdigest()
+    assert f"s3://data/reflections/QA.json sha256:{digest}" in source
+    logged = json.dumps([run.data.tags, run.data.params])
+    assert run.data.params["import_uri"] == "s3://data/reflections"
+    assert not [v for v in S3_ENV.values() if len(v) > 8 and v in logged]
