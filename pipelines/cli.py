@@ -6,6 +6,7 @@
     rtune submit --host URL --config F [--wait]                              # run on Kubeflow
     rtune prepare --input F --output F                                       # one stage at a time
     rtune reflect --stage instruction|response --input F --output F --teacher transformers
+    rtune import --records F --source DIR|F --output F    # reflections made elsewhere, no teacher
     rtune score --input F --output F --model default --template vicuna
     rtune select --phase ifd|rifd --records F --scores F --output F
     rtune finetune --selected F --output-dir D [--set finetune.method=full]    # SFT (LoRA/full)
@@ -29,6 +30,7 @@ import sys
 COMMANDS = (
     "prepare",
     "reflect",
+    "import_reflections",  # `rtune import` (``import`` cannot name a module)
     "score",
     "select",
     "finetune",

@@ -304,9 +304,10 @@ JUDGE_FROM_TEACHER = ("backend", "model", "url", "api_key_env", "timeout_s", "ma
 
 
 def _judge_defaults_to_teacher(sections: dict[str, Any]) -> None:
-    """An empty ``evaluate.judge`` is the teacher (its endpoint; the judge's own budgets)."""
+    """An empty ``evaluate.judge`` is the teacher (its endpoint; the judge's own budgets) - unless
+    the reflections were imported: then there is no teacher, and the judge keeps its default."""
     evaluate = sections["evaluate"]
-    if not evaluate.judge:
+    if not evaluate.judge and sections["teacher"].backend != "imported":
         teacher = own_values(sections["teacher"])
         evaluate.judge = {k: v for k, v in teacher.items() if k in JUDGE_FROM_TEACHER}
 

@@ -6,6 +6,11 @@
             -> reflect_response -> [score_rifd shards] -> select_rifd
             -> finetune -> quantize -> serve -> evaluate          (finalize: the exit handler)
 
+With ``teacher.backend: imported`` (reflections made elsewhere, README "Bring your own
+reflections") the pipeline is built without teacher tasks: ``import_reflections`` stands where
+``reflect_instruction`` stands and ``attach_imported_responses`` where ``reflect_response`` does
+(a compile-time choice, like the pod sizes).
+
 What belongs to the DAG lives here, not in the stages: which image runs each stage (one table,
 applied when the pipeline is built), the pod sizes (the run config's ``cluster:`` section, fixed
 at compile time), retries and caching, where the run id comes from (``$KFP_RUN_ID``, the pod's
@@ -24,6 +29,7 @@ from rtune.components.common.images import Images
 from rtune.components.evaluate.component import evaluate
 from rtune.components.finalize.component import finalize
 from rtune.components.finetune.component import finetune
+from rtune.components.importer.component import attach_imported_responses, import_reflections
 from rtune.components.preflight.component import preflight
 from rtune.components.prepare.component import prepare
 from rtune.components.quantize.component import quantize
@@ -50,6 +56,8 @@ STAGE_IMAGES = {
     evaluate: "base",
     finalize: "base",
     preflight: "base",
+    import_reflections: "base",
+    attach_imported_responses: "base",
 }
 RUN_ID_ENV, RUN_ID_FIELD = "KFP_RUN_ID", "metadata.labels['pipeline/runid']"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -183,6 +191,7 @@ def build_reflection_tuning(config: Any, images: Images | None = None, local: bo
     c = stage_components(images)
     w = wiring_for(config, local)
     sizes = config.cluster
+    imported = config.section("teacher").backend == "imported"  # no teacher tasks at all
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
@@ -232,18 +241,28 @@ def build_reflection_tuning(config: Any, images: Images | None = None, local: bo
                 sizes.default,
                 s3=True,
             ).after(checked)
-            phase1 = w.teacher(
-                w.task(
-                    c.reflect_instruction(
-                        records=prepared.outputs["prepared"],
-                        teacher=teacher,
-                        tracking=tracking,
-                        checkpoint_root=checkpoint_root,
+            if imported:
+                phase1 = w.task(
+                    c.import_reflections(
+                        records=prepared.outputs["prepared"], teacher=teacher, tracking=tracking
                     ),
                     sizes.default,
+                    work=False,
                     s3=True,
                 )
-            )
+            else:
+                phase1 = w.teacher(
+                    w.task(
+                        c.reflect_instruction(
+                            records=prepared.outputs["prepared"],
+                            teacher=teacher,
+                            tracking=tracking,
+                            checkpoint_root=checkpoint_root,
+                        ),
+                        sizes.default,
+                        s3=True,
+                    )
+                )
             shards = w.task(c.plan_shards(scoring=scoring), work=False).after(checked)
 
             def score_in_shards(candidates: Any, phase: str) -> Any:
@@ -276,18 +295,30 @@ def build_reflection_tuning(config: Any, images: Images | None = None, local: bo
                 sizes.default,
                 work=False,
             )
-            phase2 = w.teacher(
-                w.task(
-                    c.reflect_response(
+            if imported:
+                phase2 = w.task(
+                    c.attach_imported_responses(
                         records=chosen.outputs["selected"],
+                        responses=phase1.outputs["responses"],
                         teacher=teacher,
                         tracking=tracking,
-                        checkpoint_root=checkpoint_root,
                     ),
                     sizes.default,
-                    s3=True,
+                    work=False,
                 )
-            )
+            else:
+                phase2 = w.teacher(
+                    w.task(
+                        c.reflect_response(
+                            records=chosen.outputs["selected"],
+                            teacher=teacher,
+                            tracking=tracking,
+                            checkpoint_root=checkpoint_root,
+                        ),
+                        sizes.default,
+                        s3=True,
+                    )
+                )
             final = w.task(
                 c.select_rifd(
                     candidates=phase2.outputs["candidates"],

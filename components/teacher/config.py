@@ -10,7 +10,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-BACKENDS = ("transformers", "openai", "vllm")
+BACKENDS = ("transformers", "openai", "vllm", "imported")
+IMPORTED = "imported"  # reflections made elsewhere (`rtune import`): no teacher runs
 ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")  # upper case: a mixed-case value is likely a key
 
 
@@ -18,7 +19,10 @@ ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")  # upper case: a mixed-case value i
 class TeacherConfig:
     """Teacher backend settings. Defaults run the embedded default model on CPU."""
 
-    backend: str = field(default="transformers", metadata={"help": "transformers | openai | vllm"})
+    backend: str = field(
+        default="transformers",
+        metadata={"help": "transformers | openai | vllm | imported (reflections from import_uri)"},
+    )
     model: str = field(
         default="default",
         metadata={
@@ -51,6 +55,13 @@ class TeacherConfig:
         default=False, metadata={"help": "ask for JSON via response_format (openai only)"}
     )
     few_shot: bool = field(default=True, metadata={"help": "show two worked examples first"})
+    import_uri: str | None = field(
+        default=None,
+        metadata={
+            "help": "backend imported: a folder / s3:// prefix with ori, Q, A, QA .json(l) files, "
+            "or one JSONL with the four candidates per record (README: Bring your own reflections)"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -85,6 +96,11 @@ class TeacherConfig:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
 
     def _check_backend_options(self) -> None:
+        if self.backend == IMPORTED and not self.import_uri:
+            raise ValueError(
+                "backend imported needs teacher.import_uri: the folder (or s3:// prefix) holding "
+                "ori/Q/A/QA .json files, or a JSONL with the four candidates per record"
+            )
         if self.url is not None and not self.url.startswith(("http://", "https://")):
             raise ValueError(f"url must start with http:// or https://, got {self.url!r}")
         if self.backend == "openai" and self.model == "default" and self.url is None:
@@ -92,7 +108,7 @@ class TeacherConfig:
                 "the openai backend needs a model name (--teacher-model) or the --teacher-url of a "
                 "server whose first listed model is used"
             )
-        if self.structured_output and self.backend != "openai":
+        if self.structured_output and self.backend not in ("openai", IMPORTED):
             raise ValueError(
                 "structured_output needs the openai backend (a vLLM/KServe server honours "
                 "response_format); local backends use prefilled markers instead"
