@@ -26,6 +26,7 @@ from kfp import dsl, kubernetes
 
 from rtune.components.common.gpus import EXPECTED_GPUS_ENV
 from rtune.components.common.images import Images
+from rtune.components.common.tracking import MLFLOW_AUTH_KEYS, MLFLOW_AUTH_SECRET
 from rtune.components.evaluate.component import evaluate
 from rtune.components.finalize.component import finalize
 from rtune.components.finetune.component import finetune
@@ -69,9 +70,7 @@ S3_KEYS = {
     "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
 }
 S3_ENDPOINT_KEY = {"AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL"}  # MinIO; absent on AWS
-# MLflow behind its basic-auth app (manifests/base/mlflow-deployment.yaml): the tasks log in
-MLFLOW_AUTH_SECRET = "rtune-mlflow-auth"
-MLFLOW_AUTH_KEYS = {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"}
+# MLflow behind its basic-auth app: the tasks log in (MLFLOW_AUTH_SECRET, MLFLOW_AUTH_KEYS)
 # the served student's API key (vLLM's VLLM_API_KEY on the rtune-vllm runtime); serve.api_key_env
 SERVE_SECRET = "rtune-serve"
 SERVE_KEYS = {"api_key": "RTUNE_SERVE_API_KEY"}

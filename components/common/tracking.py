@@ -30,6 +30,10 @@ ROLE_TAG = "rtune.role"
 STAGE_TAG = "rtune.stage"
 # MLflow 3's UI opens an experiment by its kind: a model-training one opens on the runs table
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+# MLflow behind its basic-auth app (manifests/base/mlflow-deployment.yaml): the Secret whose keys
+# every pod that logs to it gets as MLflow's login variables (tasks and training-job nodes alike)
+MLFLOW_AUTH_SECRET = "rtune-mlflow-auth"
+MLFLOW_AUTH_KEYS = {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"}
 
 
 @dataclass

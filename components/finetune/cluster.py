@@ -75,12 +75,16 @@ def job_spec(
     volume: WorkVolume = DEFAULT_WORK_VOLUME,
 ) -> Any:
     """The job every node runs: ``torchrun`` of the worker on the staged job file, with the S3
-    credentials by reference and the work volume (the checkpoints) mounted."""
+    credentials (and MLflow's login, when the task has one) by reference and the work volume
+    (the checkpoints) mounted."""
     from rtune.components.common.k8s_workload import pod_namespace
+    import os
+
     from rtune.components.finetune.training_jobs import (
         DistributedJobSpec,
         job_name,
         s3_secret_env,
+        tracking_secret_env,
     )
 
     return DistributedJobSpec(
@@ -93,7 +97,7 @@ def job_spec(
         procs_per_node=config.nproc_per_node,
         gpus_per_node=config.gpus_per_node,
         env=dict(env),
-        secret_env=s3_secret_env(),
+        secret_env={**s3_secret_env(), **tracking_secret_env(os.environ)},
         kind="PyTorchJob" if config.launcher == "pytorchjob" else "TrainJob",
         kfp_run_id=kfp_run_id,
         work_volume=volume.claim,

@@ -187,6 +187,17 @@ def s3_secret_env(
     return {key: (secret, key) for key in keys}
 
 
+def tracking_secret_env(env: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    """MLflow's login for the nodes, by reference: when the task pod was given it (its MLflow is
+    behind the basic-auth app), rank 0 logs to the same server and needs the same Secret — the
+    values never enter the job object. ``env`` is the task pod's environment."""
+    from rtune.components.common.tracking import MLFLOW_AUTH_KEYS, MLFLOW_AUTH_SECRET
+
+    if not env.get(MLFLOW_AUTH_KEYS["username"]):
+        return {}
+    return {variable: (MLFLOW_AUTH_SECRET, key) for key, variable in MLFLOW_AUTH_KEYS.items()}
+
+
 def _check_dns_label(what: str, value: str, fix: str) -> None:
     if len(value) > 63 or not _DNS_LABEL.match(value):
         raise ValueError(

@@ -147,6 +147,56 @@ def test_the_nodes_mount_the_work_volume_the_task_is_given(
         assert container["volumeMounts"] == [{"name": claim["name"], "mountPath": "/data/work"}]
 
 
+@pytest.mark.parametrize("logged_in", [True, False])
+def test_the_nodes_get_mlflows_login_by_reference_when_the_task_has_one(
+    kube: kube_fixtures.KubeEmulator,
+    kube_api: Any,
+    s3: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    logged_in: bool,
+) -> None:
+    """Rank 0 logs to the task's MLflow run: behind the basic-auth app it needs the same login
+    (the rehearsal caught a 401 on /runs/get without it), from the Secret, never as a value."""
+    from rtune.components.finetune.training_jobs import job_name
+
+    password = "mlflow-password-value"
+    if logged_in:
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "rtune-pipeline")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+    else:
+        monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    config, job, work = _setup(tmp_path)
+    run = f"run-auth-{logged_in}"
+    prefix = f"finetuned/runs/{run}/finetune-work-abc123"
+
+    def controller(reads: int) -> dict[str, Any] | None:
+        s3.put_object(
+            Bucket=BUCKET, Key=f"{prefix}/output/train_summary.json", Body='{"loss_history": []}'
+        )
+        return {"status": {"conditions": [kube_fixtures.condition("Complete")]}}
+
+    name = job_name(run, "finetune")
+    kube.on_fetch(TRAINJOBS, NS, name, controller)
+    run_cluster_job(config, job, work, {}, run, kube_api, poll_interval_s=0.05)
+    created = kube.object(TRAINJOBS, NS, name)
+    assert created is not None
+    env = {e["name"]: e for e in created["spec"]["trainer"]["env"]}
+    refs = {
+        name: entry["valueFrom"]["secretKeyRef"]
+        for name, entry in env.items()
+        if name.startswith("MLFLOW_TRACKING_")
+    }
+    if logged_in:
+        assert refs == {
+            "MLFLOW_TRACKING_USERNAME": {"name": "rtune-mlflow-auth", "key": "username"},
+            "MLFLOW_TRACKING_PASSWORD": {"name": "rtune-mlflow-auth", "key": "password"},
+        }
+        assert password not in json.dumps(created)
+    else:
+        assert refs == {}
+
+
 def test_a_failed_trainjob_fails_the_stage_with_its_own_message(
     kube: kube_fixtures.KubeEmulator, kube_api: Any, s3: Any, tmp_path: Path
 ) -> None:

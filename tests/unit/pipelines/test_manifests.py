@@ -854,14 +854,18 @@ def created_workloads() -> dict[str, dict]:
         build_job,
         job_name,
         s3_secret_env,
+        tracking_secret_env,
     )
     from rtune.components.serve.kserve import build_inference_service
+
+    # what a task whose MLflow is behind basic-auth passes its nodes: S3 and MLflow's login
+    secret_env = {**s3_secret_env(), **tracking_secret_env({"MLFLOW_TRACKING_USERNAME": "u"})}
 
     def spec(kind: str, account: str = "") -> DistributedJobSpec:
         return DistributedJobSpec(
             name=job_name("run-1", "finetune"), namespace="rtune",
             image=Images().reference("train"), command=["torchrun"], args=["-m", "x"],
-            nodes=2, gpus_per_node=8, secret_env=s3_secret_env(), kind=kind,  # type: ignore[arg-type]
+            nodes=2, gpus_per_node=8, secret_env=secret_env, kind=kind,  # type: ignore[arg-type]
             service_account=account,
         )  # fmt: skip
 
@@ -937,7 +941,8 @@ def test_admission_policies_admit_what_the_pipeline_creates_and_only_in_rtune(ov
             for ref in (e.get("valueFrom") or {} for e in container.get("env", []))
             if "secretKeyRef" in ref
         }
-        assert referenced <= set(admission_list(policy, "secrets")) == {"rtune-s3"}
+        allowed = {"rtune-s3"} if kind == "InferenceService" else {"rtune-s3", "rtune-mlflow-auth"}
+        assert referenced <= set(admission_list(policy, "secrets")) == allowed
     trainjob = find(docs, "ValidatingAdmissionPolicy", "rtune-trainjobs")
     image = workloads["TrainJob"]["spec"]["trainer"]["image"]
     assert any(image.startswith(prefix) for prefix in admission_list(trainjob, "images"))
@@ -1006,7 +1011,9 @@ def test_admission_policies_deny_what_would_reach_other_secrets_or_the_host() ->
     trainjob["spec"]["trainer"]["env"].append(
         {"name": "X", "valueFrom": {"secretKeyRef": {"name": "rtune-teacher", "key": "api_key"}}}
     )
-    assert admission_denials(policy, trainjob) == ["a TrainJob may read only the rtune-s3 Secret"]
+    assert admission_denials(policy, trainjob) == [
+        "a TrainJob may read only the rtune-s3 and rtune-mlflow-auth Secrets"
+    ]
     isvc = copy.deepcopy(workloads["InferenceService"])
     isvc["spec"]["predictor"]["model"]["runtime"] = "someone-elses-runtime"
     policy = find(docs, "ValidatingAdmissionPolicy", "rtune-inferenceservices")
