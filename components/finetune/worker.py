@@ -125,7 +125,7 @@ def train(job: TrainingJob) -> Trained:
     result = trainer.train(resume_from_checkpoint=last)
     seconds = time.perf_counter() - started
     summary = train_summary(trainer, result, rows, accumulation, world, last, seconds)
-    save_outputs(trainer, config, model_path, Path(job.output_dir), summary)
+    save_outputs(trainer, config, model_path, job.output_dir, summary)
     return Trained(trainer, summary)
 
 
@@ -192,12 +192,15 @@ def _step_of(checkpoint: str | None) -> int:
 
 
 def save_outputs(
-    trainer: Any, config: Any, model_path: Path, output: Path, summary: dict[str, Any]
+    trainer: Any, config: Any, model_path: Path, output: str, summary: dict[str, Any]
 ) -> None:
-    """Adapter and/or full model. ``save_model`` gathers ZeRO-3 partitions on every rank."""
+    """Adapter and/or full model. ``save_model`` gathers ZeRO-3 partitions on every rank.
+
+    ``output`` is a folder or an ``s3://`` prefix (a cluster job's): kept a string, since
+    ``Path("s3://b/k")`` is ``s3:/b/k`` — a local folder nobody uploads."""
     from rtune.components.common.storage import is_s3
 
-    local = _staging_dir(output) if is_s3(str(output)) else output
+    local = _staging_dir(output) if is_s3(output) else Path(output)
     if config.method in ("lora", "qlora"):
         trainer.save_model(str(local / "adapter"))
     else:
@@ -207,16 +210,16 @@ def save_outputs(
     if config.method in ("lora", "qlora") and config.merge:
         merge_adapter(model_path, local / "adapter", local / "model")
     (local / "train_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    if is_s3(str(output)):
+    if is_s3(output):
         from rtune.components.common.model_store import upload_model
 
-        upload_model(local, str(output))
+        upload_model(local, output)
 
 
-def _staging_dir(output: Path) -> Path:
+def _staging_dir(output: str) -> Path:
     from rtune.components.common.storage import uri_cache_dir
 
-    return uri_cache_dir(str(output), "outputs")
+    return uri_cache_dir(output, "outputs")
 
 
 def merge_adapter(base_path: Path, adapter_dir: Path, merged_dir: Path) -> Path:

@@ -12,6 +12,10 @@ backend for every task (DESIGN.md §8):
 - :mod:`.launcher` — the KFP launcher's part: executor input, inputs in, outputs out;
 - :mod:`.cluster` — the services a pod talks to: S3 that checks credentials, MLflow, a teacher,
   the Kubernetes API with RBAC from ``manifests/``, Secrets from the templates, DNS names;
+- :mod:`.trainer` — the Kubeflow Trainer / Training Operator: each node of a TrainJob or
+  PyTorchJob as a pod, ranks on loopback;
+- :mod:`.kserve` — KServe: the storage initializer with the serving account's credentials, the
+  runtime's container as a pod (:mod:`.model_server` in vLLM's place), DNS, Ready and URLs;
 - :mod:`.driver` — the DAG walk (ParallelFor, Collected, retries, caching, exit handler) and the
   one-line-per-task report.
 """
