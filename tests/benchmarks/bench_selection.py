@@ -1,6 +1,6 @@
 """Student scoring for the whole selection: the lean stages vs the reference flow.
 
-    .venv/bin/python tests/benchmarks/bench_selection.py [--records 24] [--rounds 2]
+    .venv/bin/python tests/benchmarks/bench_selection.py [--records 16] [--rounds 2]
         [--template vicuna] [--max-length 2048]
 
 Both decide the same records with the embedded model (fp32) in one process:
@@ -54,7 +54,15 @@ from rtune.components.select_rifd.rules import SelectionConfig, decide_phase2  #
 from rtune.components.select_rifd.stage import select_rifd  # noqa: E402
 from tests.scoring_oracle import oracle_scores  # noqa: E402
 
-ALPACA_SAMPLE = Path(__file__).resolve().parents[3] / "shared" / "data" / "alpaca_sample_300.json"
+# the shared sample beside the repository (or beside the folder of worktrees), when present
+ALPACA_SAMPLE = next(
+    (
+        p
+        for p in (d / "shared" / "data" / "alpaca_sample_300.json" for d in ROOT.parents)
+        if p.exists()
+    ),
+    ROOT / "no-shared-sample",
+)
 SEED = ROOT / "components" / "prepare" / "data" / "seed.jsonl"
 TARGET_SPEEDUP = 2.5
 NEW = {"ori": "A", "Q": "QA"}
@@ -193,7 +201,7 @@ def lean_flow(config: ScoringConfig, records: list, side: Side, folder: Path) ->
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--records", type=int, default=24)
+    parser.add_argument("--records", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--template", default="vicuna")
     parser.add_argument("--max-length", type=int, default=2048)
