@@ -7,7 +7,8 @@ the field and the fix. The fields, stage by stage::
 
     id, instruction, input, output                              prepare (the seed record)
     candidates: {ori|Q|A|QA: {instruction, input, output}}      reflect_instruction / _response
-    candidates.<name>.scores: {ifd, rifd, ..., reason}          select_ifd / select_rifd (merged)
+    candidates.<name>.scores: {ifd, rifd, ..., reason}          select_ifd / select_rifd (merged;
+                              phase 1 leaves r-IFD fields out, phase 2 completes the winner's)
     teacher: {instruction|response: {parse_status, ...}}        reflect_instruction / _response
     phase1: {winner, reason}                                    select_ifd
     phase2: {decision, reason}; decision; reason                select_rifd

@@ -15,7 +15,9 @@ All four are below 1 exactly when the condition helps. A score that cannot be co
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 LOSS_FIELDS = (
     "loss_output",
@@ -25,6 +27,21 @@ LOSS_FIELDS = (
 )
 SCORE_FIELDS = ("ifd", "rifd", "ifd_loss", "rifd_loss", *LOSS_FIELDS)
 REASON_FIELD = "reason"
+
+IFD, RIFD = "ifd", "rifd"
+BOTH_SCORES = (IFD, RIFD)
+# the fields each score owns; a score not asked for leaves its fields out (absent, not null)
+OWN_FIELDS = {
+    IFD: ("ifd", "ifd_loss", "loss_output", "loss_output_given_instruction"),
+    RIFD: ("rifd", "rifd_loss", "loss_instruction", "loss_instruction_given_output"),
+}
+# pass role (``scoring.passes``) -> the loss field that records it
+LOSS_FIELD_OF_ROLE = {
+    "output": "loss_output",
+    "output_given_instruction": "loss_output_given_instruction",
+    "instruction": "loss_instruction",
+    "instruction_given_output": "loss_instruction_given_output",
+}
 
 NON_FINITE = "non_finite_loss"
 NOT_SCORED = "not_scored"
@@ -64,8 +81,12 @@ class CandidateLosses:
     rifd_problem: str | None = None
 
 
-def scores_from_losses(losses: CandidateLosses) -> Scores:
-    """The score record of one candidate: ifd, rifd, their loss ratios, the four losses, reason."""
+def scores_from_losses(losses: CandidateLosses, wanted: tuple[str, ...] = BOTH_SCORES) -> Scores:
+    """The score record of one candidate: ifd, rifd, their loss ratios, the four losses, reason.
+
+    ``wanted`` names the scores asked for; the fields of the other one are left out and its
+    problem does not enter ``reason`` (it was not computed, which is not a problem).
+    """
     ifd_problem = _problem(losses.ifd_problem, losses.output_given_instruction, losses.output)
     rifd_problem = _problem(
         losses.rifd_problem, losses.instruction_given_output, losses.instruction
@@ -74,7 +95,9 @@ def scores_from_losses(losses: CandidateLosses) -> Scores:
     y_alone = None if ifd_problem else losses.output
     x_given_y = None if rifd_problem else losses.instruction_given_output
     x_alone = None if rifd_problem else losses.instruction
-    return {
+    ifd_problem = ifd_problem if IFD in wanted else None
+    rifd_problem = rifd_problem if RIFD in wanted else None
+    scores: Scores = {
         "ifd": perplexity_ratio(y_given_x, y_alone),
         "rifd": perplexity_ratio(x_given_y, x_alone),
         "ifd_loss": loss_ratio(y_given_x, y_alone),
@@ -85,6 +108,22 @@ def scores_from_losses(losses: CandidateLosses) -> Scores:
         "loss_instruction_given_output": x_given_y,
         REASON_FIELD: combine_reasons(ifd_problem, rifd_problem),
     }
+    for score, fields in OWN_FIELDS.items():
+        if score not in wanted:
+            for name in fields:
+                del scores[name]
+    return scores
+
+
+def known_losses(scores: Mapping[str, Any] | None) -> dict[str, float]:
+    """Pass role -> loss of the finite losses a score record holds: what an earlier phase
+    computed, so that a later phase does not run those passes again."""
+    known: dict[str, float] = {}
+    for role, name in LOSS_FIELD_OF_ROLE.items():
+        value = (scores or {}).get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            known[role] = float(value)
+    return known
 
 
 def combine_reasons(ifd_problem: str | None, rifd_problem: str | None) -> str | None:

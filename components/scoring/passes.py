@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rtune.components.scoring.config import START_TOKEN_AUTO, START_TOKEN_NONE
+from rtune.components.scoring.formulas import BOTH_SCORES, IFD, RIFD
 from rtune.components.scoring.templates import (
     PromptTemplate,
     adds_leading_special_token,
@@ -29,14 +30,27 @@ TOO_SHORT = "too_short"
 MAX_PADDING = 0.1  # a shorter pass starts a new batch: cheaper than running its padding
 
 
+# the passes each score reads (see :mod:`rtune.components.scoring.scorer`)
+SCORE_ROLES = {
+    IFD: ("output_given_instruction", "output"),
+    RIFD: ("instruction_given_output", "instruction"),
+}
+
+
 @dataclass(frozen=True)
 class ScoringCandidate:
-    """One (instruction, input, output) to score, under a caller-chosen unique ``key``."""
+    """One (instruction, input, output) to score, under a caller-chosen unique ``key``.
+
+    ``scores``: which of IFD / r-IFD the caller's decision reads (only their passes are run);
+    ``known``: (pass role, loss) pairs an earlier phase already computed for this candidate.
+    """
 
     key: str
     instruction: str
     input: str
     output: str
+    scores: tuple[str, ...] = BOTH_SCORES
+    known: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,6 +73,13 @@ class CandidatePlan:
     passes: dict[str, TokenPass] = field(default_factory=dict)
     ifd_problem: str | None = None
     rifd_problem: str | None = None
+    wanted: tuple[str, ...] = BOTH_SCORES
+    known: dict[str, float] = field(default_factory=dict)
+
+    def passes_for(self, scores: tuple[str, ...]) -> dict[str, TokenPass]:
+        """Role -> pass of the passes ``scores`` read (those the plan has)."""
+        roles = {role for score in scores for role in SCORE_ROLES[score]}
+        return {role: p for role, p in self.passes.items() if role in roles}
 
 
 def resolve_start_ids(tokenizer: Any, start_token: str) -> list[int]:
@@ -132,8 +153,9 @@ def plan_candidate(
     candidate: ScoringCandidate,
     reverse_prompt: str,
 ) -> CandidatePlan:
-    """The four passes of one candidate, or the reasons its IFD / r-IFD cannot be computed."""
-    plan = CandidatePlan(candidate.key)
+    """The four passes of one candidate, or the reasons its IFD / r-IFD cannot be computed
+    (all four are planned: tokenizing is cheap, and a scorer may need a score not asked for)."""
+    plan = CandidatePlan(candidate.key, wanted=candidate.scores, known=dict(candidate.known))
     if not candidate.output.strip():
         plan.ifd_problem = plan.rifd_problem = EMPTY_OUTPUT
         return plan

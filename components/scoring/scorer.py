@@ -1,6 +1,6 @@
 """The fast student scorer: IFD and r-IFD for many candidates at once, exactly as the reference.
 
-Each candidate needs four *passes* (one forward sequence each, scored on its target tokens):
+Both scores of a candidate need four *passes* (one forward sequence each, scored on its target tokens):
 
     output_given_instruction   start + P(x) + y    target y   -> L(y | P(x))
     output                     start + y           target y   -> L(y)
@@ -18,6 +18,8 @@ A conditioned pass whose target is cut away entirely gives no score and the reas
 ``L`` is the mean cross-entropy over target positions ``p`` of ``-log softmax(W h[p-1])[ids[p]]``
 — what HF's ``outputs.loss`` computes with labels masked to the target. What makes it fast:
 
+* only the passes of the scores a candidate asks for are run, and none whose loss an earlier
+  phase already computed (``ScoringCandidate.scores`` / ``known``; see ``ScoringRun``);
 * identical passes are computed once (key: token ids + target start) — e.g. the alone pass of a
   response shared by several candidates, or a teacher fallback identical to ``ori``;
 * the fixed text every prompt starts with (system sentence, reverse-prompt preamble) is run once

@@ -3,8 +3,12 @@
 * ``score_file``: flat records (instruction / input / output) -> the same records plus the score
   fields (ifd, rifd, ifd_loss, rifd_loss, the four mean losses, reason).
 * ``score_candidates``: records carrying ``candidates`` -> one row per scored candidate,
-  ``{"id", "candidate", "scores"}``. Phase ``ifd`` scores ``ori`` and ``Q``; phase ``rifd`` scores
-  the reflected response (``A`` or ``QA``). Records are split round-robin into ``num_shards``
+  ``{"id", "candidate", "scores"}``. Each phase scores only what its rule reads (DESIGN §3):
+  phase ``ifd`` the IFD of ``ori`` and ``Q`` (two passes each; r-IFD only where IFD is missing,
+  for the reason the rule quotes); phase ``rifd`` the reflected response (``A`` or ``QA``) and the
+  r-IFD of the phase-1 winner it came from, whose row then holds both scores. The winner's IFD
+  losses are carried forward from its phase-1 scores in the record, and the instruction-alone
+  pass is run once for the winner and its new answer (same instruction). Records are split round-robin into ``num_shards``
   deterministic shards (``dsl.ParallelFor`` over shards, then the selection merges the score
   files); finished candidates go to a per-record checkpoint, so a killed shard resumes.
 
@@ -22,7 +26,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rtune.components.common.checkpoint import RecordCheckpoint, fingerprint
-from rtune.components.common.record_schema import candidate, candidate_names
+from rtune.components.common.record_schema import (
+    NEW_CANDIDATE,
+    candidate,
+    candidate_names,
+    candidate_scores,
+)
 from rtune.components.common.records import (
     InputError,
     Record,
@@ -32,12 +41,21 @@ from rtune.components.common.records import (
     write_jsonl,
 )
 from rtune.components.scoring.config import ScoringConfig
-from rtune.components.scoring.formulas import REASON_FIELD, Scores
+from rtune.components.scoring.formulas import (
+    BOTH_SCORES,
+    IFD,
+    REASON_FIELD,
+    Scores,
+    known_losses,
+)
 
 log = logging.getLogger(__name__)
 
 Phase = Literal["ifd", "rifd"]
 PHASE_CANDIDATES: dict[str, tuple[str, ...]] = {"ifd": ("ori", "Q"), "rifd": ("A", "QA")}
+OLD_CANDIDATE = {new: old for old, new in NEW_CANDIDATE.items()}  # A <- ori, QA <- Q
+PHASE1_SCORES = (IFD,)  # the phase-1 rule reads IFD(ori) vs IFD(Q), nothing else
+Need = tuple[str, tuple[str, ...], tuple[tuple[str, float], ...]]  # name, scores, carried losses
 TEXT_FIELDS_FIX = (
     "every candidate needs string fields 'instruction' and 'output' ('input' optional)"
 )
@@ -58,6 +76,8 @@ class ScoreSummary:
     resumed: int = 0
     passes: int = 0
     unique_passes: int = 0
+    carried_passes: int = 0
+    exact_passes: int = 0
     tokens: int = 0
     forward_tokens: int = 0
     seconds: float = 0.0
@@ -86,7 +106,7 @@ class ScoreSummary:
         return (
             f"{self.records} records, {self.candidates} candidates: {self.scored} scored, "
             f"{self.unscorable} unscorable, {self.resumed} resumed; {self.passes} passes "
-            f"({self.unique_passes} unique), {self.tokens} tokens in {self.seconds:.1f} s "
+            f"({self.unique_passes} run, {self.carried_passes} carried forward), {self.tokens} tokens in {self.seconds:.1f} s "
             f"({self.records_per_s:.2f} records/s, {self.tokens_per_s:.0f} tokens/s)"
         )
 
@@ -145,7 +165,7 @@ def score_candidates(
     work = fingerprint(
         config.result_fields(),
         phase,
-        [(c.key, c.instruction, c.input, c.output) for c in candidates],
+        [(c.key, c.instruction, c.input, c.output, c.scores, c.known) for c in candidates],
     )
     checkpoint_path = checkpoint_path or output_path.with_name(output_path.name + ".partial.jsonl")
     checkpoint = RecordCheckpoint(checkpoint_path, work)
@@ -182,18 +202,33 @@ def shard_records(records: Sequence[Record], shard_index: int, num_shards: int) 
 
 
 def candidates_for_phase(records: Sequence[Record], phase: str, source: str) -> list[Any]:
-    """The candidates a phase scores: ``ori`` and ``Q`` (ifd); whichever of ``A``/``QA`` the
-    record has (rifd). A record missing them is an error saying which stage adds them."""
+    """The candidates a phase scores, each with the scores its rule reads: IFD of ``ori`` and
+    ``Q`` (ifd); both scores of whichever of ``A``/``QA`` the record has and of the phase-1
+    candidate it reflects, whose phase-1 losses are carried (rifd). A record missing them is an
+    error saying which stage adds them."""
     from rtune.components.scoring.scorer import ScoringCandidate
 
     if phase not in PHASE_CANDIDATES:
         raise ValueError(f"unknown phase {phase!r}; valid phases are {sorted(PHASE_CANDIDATES)}")
     out = []
     for record in records:
-        for name in _phase_names(record, phase, source):
+        for name, wanted, carried in _phase_needs(record, phase, source):
             fields = _candidate_texts(record, name, source)
-            out.append(ScoringCandidate(candidate_key(record["id"], name), *fields))
+            key = candidate_key(record["id"], name)
+            out.append(ScoringCandidate(key, *fields, scores=wanted, known=carried))
     return out
+
+
+def _phase_needs(record: Record, phase: str, source: str) -> list[Need]:
+    """(candidate, scores to compute, losses carried from phase 1) for one record."""
+    if phase == "ifd":
+        return [(name, PHASE1_SCORES, ()) for name in _phase_names(record, phase, source)]
+    needs: list[Need] = []
+    for new in _phase_names(record, phase, source):
+        old = OLD_CANDIDATE[new]
+        carried = known_losses(candidate_scores(record, old, source))
+        needs += [(old, BOTH_SCORES, tuple(sorted(carried.items()))), (new, BOTH_SCORES, ())]
+    return needs
 
 
 def candidate_key(record_id: str, candidate: str) -> str:
@@ -225,6 +260,7 @@ def _score(
     summary.load_seconds = time.perf_counter() - began
     results, stats = scorer.score(candidates, on_scored=on_scored, progress=progress)
     summary.passes, summary.unique_passes = stats.passes, stats.unique_passes
+    summary.carried_passes, summary.exact_passes = stats.carried_passes, stats.exact_passes
     summary.tokens, summary.forward_tokens = stats.tokens, stats.forward_tokens
     summary.seconds = stats.seconds
     return results

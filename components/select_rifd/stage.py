@@ -1,8 +1,8 @@
 """Stage ``select_rifd``: decide every record (phase-2 rule, then the optional final cut).
 
 Input: the records of ``reflect_response`` (they carry ``phase1`` and the scored ``ori``/``Q``
-from ``select_ifd``, plus the new candidate ``A`` or ``QA``) and the score files of the new
-candidates. Output: all records, each with ``decision`` (ori | Q | A | QA | dropped), ``reason``
+from ``select_ifd``, plus the new candidate ``A`` or ``QA``) and the phase-2 score files: the new
+candidates' and the phase-1 winners' completed scores (their r-IFD, which phase 1 leaves out). Output: all records, each with ``decision`` (ori | Q | A | QA | dropped), ``reason``
 and ``phase2`` (the rule's own decision before the cut); and the selected training set, flat
 ``{"id", "instruction", "input", "output", "candidate", "ifd", "rifd"}`` rows of every record
 not dropped.
@@ -25,6 +25,7 @@ from rtune.components.common.record_schema import (
     phase2_of,
     teacher_status,
     with_decision,
+    with_scores,
 )
 from rtune.components.common.records import InputError, Record, index_by_id, read_jsonl, write_jsonl
 from rtune.components.select_ifd.rules import ifd_of, rifd_of
@@ -58,7 +59,12 @@ def select_rifd(
     index_by_id(records, source)
     decided = [decide_record(record, scores, config.policy, source) for record in records]
     decided = apply_final_cut(decided, config, source)
-    used = [(r["id"], NEW_CANDIDATE[phase1_winner(r, source)]) for r in decided]
+    used = [
+        (r["id"], name)
+        for r in decided
+        for name in (phase1_winner(r, source), NEW_CANDIDATE[phase1_winner(r, source)])
+        if (r["id"], name) in scores
+    ]
     write_jsonl(output_path, decided)
     kept = (r for r in decided if decision_of(r, source).decision != DROPPED)
     write_jsonl(selected_path, (training_row(r, source) for r in kept))
@@ -68,10 +74,17 @@ def select_rifd(
 
 
 def decide_record(record: Record, scores: Any, policy: str, source: str) -> Record:
-    """The record with the new candidate's scores, ``phase2`` and ``decision``/``reason``."""
+    """The record with the new candidate's scores, ``phase2`` and ``decision``/``reason``.
+
+    Phase-2 scoring also completes the winner's scores (phase 1 computed its IFD only): when
+    the score files hold a row for the winner, it replaces the phase-1 scores; files written
+    before that, whose phase-1 scores were complete, have none and the phase-1 scores stay.
+    """
     winner = phase1_winner(record, source, PHASE1_FIX)
     new = NEW_CANDIDATE[winner]
     record = attach_scores(record, (new,), scores, source)
+    if (record["id"], winner) in scores:
+        record = with_scores(record, winner, scores[(record["id"], winner)])
     old_scores = candidate_scores(record, winner, source)
     if old_scores is None:
         raise InputError(

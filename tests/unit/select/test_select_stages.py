@@ -102,7 +102,10 @@ def test_pipeline_of_score_and_select_stages(
     assert sorted((r["id"], r["candidate"]) for r in rows) == sorted(
         (rid, name) for rid, *_ in SEED for name in ("ori", "Q")
     )
-    assert all(set(r["scores"]) == {*SCORE_FIELDS, "reason"} for r in rows)
+    ifd_fields = {"ifd", "ifd_loss", "loss_output", "loss_output_given_instruction", "reason"}
+    for row in rows:  # phase 1 reads IFD only; both scores where IFD is missing (its reason)
+        both = row["scores"]["ifd"] is None
+        assert set(row["scores"]) == ({*SCORE_FIELDS, "reason"} if both else ifd_fields)
     by_key = {(r["id"], r["candidate"]): r["scores"] for r in rows}
     assert (
         by_key[("r4", "ori")]["reason"] == "empty_output" and by_key[("r4", "ori")]["ifd"] is None
@@ -128,7 +131,13 @@ def test_pipeline_of_score_and_select_stages(
     write_jsonl(responses, [with_reflected_response(r) for r in records])
     new_scores = tmp_path / "new-scores.jsonl"
     score_candidates(responses, new_scores, tiny_config, "rifd", progress=False)
-    assert {r["candidate"] for r in read_jsonl(new_scores)} <= {"A", "QA"}
+    phase2_rows = read_jsonl(new_scores)  # the new answer, and the winner's r-IFD completed
+    assert sorted((r["id"], r["candidate"]) for r in phase2_rows) == sorted(
+        (r["id"], name)
+        for r in records
+        for name in (r["phase1"]["winner"], {"ori": "A", "Q": "QA"}[r["phase1"]["winner"]])
+    )
+    assert all(set(r["scores"]) == {*SCORE_FIELDS, "reason"} for r in phase2_rows)
 
     for policy in ("reference", "fallback"):
         decided_path, selected_path = tmp_path / f"{policy}.jsonl", tmp_path / f"{policy}-sel.jsonl"
