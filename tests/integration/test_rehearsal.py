@@ -21,6 +21,7 @@ from tests.paths import REPO_ROOT
 
 ROOT = REPO_ROOT
 REHEARSAL_CONFIG = ROOT / "pipelines" / "configs" / "rehearsal.yaml"
+REHEARSAL_70B = ROOT / "pipelines" / "configs" / "rehearsal-70b.yaml"
 COMMITTED = ROOT / "pipelines" / "compiled" / "reflection_tuning.yaml"
 
 pytestmark = [
@@ -30,11 +31,11 @@ pytestmark = [
 
 
 def rehearse(
-    work: Path, *args: str, compiled: Path = COMMITTED
+    work: Path, *args: str, compiled: Path = COMMITTED, config: Path = REHEARSAL_CONFIG
 ) -> subprocess.CompletedProcess[str]:
     command = [
         sys.executable, "-m", "rtune.pipelines.cli", "rehearse",
-        "--compiled", str(compiled), "--config", str(REHEARSAL_CONFIG), "--work", str(work), *args,
+        "--compiled", str(compiled), "--config", str(config), "--work", str(work), *args,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3000)
@@ -68,18 +69,30 @@ def compiled_without(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, undo: str)
     return compile_ir(config, out)
 
 
-def test_the_compiled_pipeline_runs_as_on_a_cluster_through_quantize(tmp_path: Path) -> None:
-    """Every task as a pod, a finetune pod killed mid-training and retried: it resumes."""
+def test_the_70b_path_runs_to_the_end_through_a_trainjob_and_an_inferenceservice(
+    tmp_path: Path,
+) -> None:
+    """``make rehearse``: the IR compiled from rehearsal-70b.yaml, every task as a pod; the
+    TrainJob's nodes as pods (the finetune task's pod killed once mid-training: its retry adopts
+    the job, which trained on), the model served by an InferenceService, evaluated against the
+    served base student, registered in MLflow."""
     kill = "finetune:pvcs/rtune-work/checkpoints/finetune/*/checkpoints/checkpoint-*/trainer_state.json"
-    result = rehearse(tmp_path, "--until", "quantize", "--kill", kill)
+    result = rehearse(tmp_path, "--compile", "--kill", kill, config=REHEARSAL_70B)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     out = result.stdout
-    for task in ("preflight", "prepare", "reflect-instruction", "select-rifd", "quantize"):
+    for task in ("preflight", "prepare", "select-rifd", "quantize", "serve", "evaluate"):
         assert line_of(out, task).startswith("ok "), line_of(out, task)
     finetune = line_of(out, "finetune")
-    assert finetune.startswith("ok ") and " x2" in finetune  # killed once, then resumed
+    assert finetune.startswith("ok ") and " x2" in finetune  # killed once, then adopted the job
     retried = next(tmp_path.glob("run-0/tasks/*finetune/attempt-1/log.txt")).read_text()
-    assert "resumed from step" in retried
+    assert "adopting existing TrainJob" in retried
+    assert out.count("2 node(s) x 1 process(es) done") == 1  # the job ran once, never twice
+    (job,) = (tmp_path / "trainjobs").iterdir()
+    assert sorted(p.name for p in job.iterdir()) == [f"{job.name}-node-0-0", f"{job.name}-node-0-1"]
+    assert "storage initializer fetched" in out and "as rtune-serving" in out
+    serve = next(tmp_path.glob("run-0/tasks/*serve/attempt-0/log.txt")).read_text()
+    assert "predictor.kubeflow.svc.cluster.local" in serve  # the per-run service's own address
+    assert "registered in the rehearsal's MLflow: rtune-student v1" in out
     assert "PASSED" in out
 
 
