@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rtune.components.common.record_schema import with_teacher_meta
 from rtune.components.common.records import InputError, Record
 from rtune.components.teacher.config import TeacherConfig
 from rtune.components.teacher.protocol import Teacher
@@ -66,8 +67,8 @@ def with_reflected_instruction(record: Record, sample: Sample, result: Result) -
         reflected.update(instruction=fields["new_instruction"], input="")
     if "new_answer" in fields:
         reflected["output"] = fields["new_answer"]
-    teacher = {**(record.get("teacher") or {}), "instruction": result["meta"]}
-    return {**record, "candidates": {"ori": dict(sample), "Q": reflected}, "teacher": teacher}
+    grown = {**record, "candidates": {"ori": dict(sample), "Q": reflected}}
+    return with_teacher_meta(grown, "instruction", result["meta"])
 
 
 PLAN = StagePlan(phase="instruction", sample=original_sample, attach=with_reflected_instruction)

@@ -56,20 +56,20 @@ class TeacherConfig:
     prompt_style: str = field(
         default="faithful",
         metadata={
-            "help": "faithful: the reference's substance - critique the instruction AND answer "
-            "first, then a harder self-contained instruction (default); concise: the wording of "
-            "earlier releases (judge the instruction, keep its intent)"
+            "help": "faithful: the reference's substance, a critique of the instruction AND its "
+            "answer first, then a harder instruction that stands alone (default); concise: the "
+            "wording of earlier releases (judge the instruction, keep its intent)"
         },
     )
     repair: bool = field(
         default=True,
-        metadata={"help": "re-ask once, with the reply and what was wrong, when it is unusable"},
+        metadata={"help": "ask once more, with the reply and what was wrong, when it is unusable"},
     )
     fallback: str = field(
         default="per_field",
         metadata={
             "help": "per_field: keep every usable field (a new instruction survives an unusable "
-            "answer, which falls back to the original); whole: any bad field -> keep the original"
+            "answer, which falls back to the original); whole: any bad field keeps the original"
         },
     )
     max_sample_tokens: int = field(

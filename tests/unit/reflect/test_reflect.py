@@ -595,3 +595,30 @@ def test_checkpoint_lines_hold_results_not_prompts(tmp_path: Path) -> None:
     assert entry["key"].startswith("r0#")  # the id and a digest of the sample the teacher saw
     assert set(entry["result"]) == {"fields", "meta"}
     assert set(entry["result"]["meta"]) == META_KEYS
+
+
+def test_cli_reflects_the_answers_of_a_plain_prepared_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No phase-1 output needed: ``--stage response`` on prepared records reflects their own
+    answers (it exited 2 asking for phase-1 output before)."""
+    write_jsonl(tmp_path / "in.jsonl", prepared(2))
+    with FakeOpenAIServer() as server:
+        code = run_cli(
+            "--stage",
+            "response",
+            "--input",
+            str(tmp_path / "in.jsonl"),
+            "--output",
+            str(tmp_path / "out.jsonl"),
+            "--teacher",
+            "openai",
+            "--teacher-url",
+            server.url,
+            "--report",
+            str(tmp_path / "report.html"),
+        )
+    assert code == 0, capsys.readouterr().err
+    records = read_jsonl(tmp_path / "out.jsonl")
+    assert [set(r["candidates"]) for r in records] == [{"ori", "A"}, {"ori", "A"}]
+    assert "It could be more specific" in (tmp_path / "report.html").read_text()
