@@ -258,6 +258,14 @@ def field_problem(
     return None
 
 
+def brief_critique(text: str, sentences: int = 2, words: int = 60) -> str:
+    """The first ``sentences`` sentences of a critique's first paragraph, at most ``words``
+    words: what is kept of a critique a small model ran on with until its budget was spent."""
+    first = text.strip().split("\n\n")[0]
+    kept = " ".join(re.split(r"(?<=[.!?])\s+", first)[:sentences])
+    return " ".join(kept.split()[:words])
+
+
 def usable_critique(text: str | None) -> str | None:
     """The critique, or ``None`` when it is absent, a placeholder word or a template slot."""
     if text is None:

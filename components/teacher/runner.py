@@ -53,9 +53,13 @@ from rtune.components.teacher.parsing import (
     OK,
     PARSE_STATUSES,
     PARTIAL,
+    brief_critique,
+    extract_markers,
+    final_answer,
     leading_fields,
+    usable_critique,
 )
-from rtune.components.teacher.phase_spec import PhaseSpec
+from rtune.components.teacher.phase_spec import CRITIQUE_KEY, PhaseSpec
 from rtune.components.teacher.prompts import (
     build_request,
     continuation_prefill,
@@ -163,16 +167,33 @@ def continuation(
     """The second-round prefill for a prefilled reply that ended its turn after some real
     leading sections but before the rest (no markers for them at all), else ``None``.
 
-    Not for a reply the budget cut (its last field may be unfinished: the fix there is a bigger
-    budget), nor for one with placeholders or no usable first section (nothing to build on).
+    Not for a reply the budget cut after its critique (its last field may be unfinished: the fix
+    there is a bigger budget; a cut inside the critique is ``past_a_long_critique``), nor for one
+    with placeholders or no usable first section (nothing to build on).
     """
     statuses = {problem["status"] for problem in result["problems"].values()}
-    if not completion.prefill or completion.truncated or FALLBACK_PARSE not in statuses:
+    if completion.prefill and completion.truncated:
+        return past_a_long_critique(phase, completion)
+    if not completion.prefill or FALLBACK_PARSE not in statuses:
         return None
     written = leading_fields(phase, completion.text, sample, completion.prefill)
     if not written or len(written) == len(phase.prefilled_fields):
         return None
     return continuation_prefill(phase, written)
+
+
+def past_a_long_critique(phase: PhaseSpec, completion: Completion) -> str | None:
+    """For a prefilled reply the budget cut while it was still writing its critique (a small
+    model repeats itself there until ``max_new_tokens`` is spent): the continuation with the
+    critique kept to its first sentences (``brief_critique``) and the first output's marker, so
+    the local budget goes to the rewrite. ``None`` when the reply got past the critique."""
+    if phase.prefilled_fields[0].key != CRITIQUE_KEY:
+        return None
+    found = extract_markers(final_answer(completion.prefill + completion.text), phase)
+    critique = usable_critique(brief_critique(found.get(CRITIQUE_KEY, "")))
+    if critique is None or any(spec.key in found for spec in phase.outputs):
+        return None
+    return continuation_prefill(phase, {CRITIQUE_KEY: critique})
 
 
 def second_round(
@@ -184,7 +205,12 @@ def second_round(
     if not result["problems"]:
         return None
     if completion.prefill and (follow := continuation(phase, completion, sample, result)):
-        return {"prefill": follow}
+        why = (
+            "the critique ran into max_new_tokens; kept its first sentences"
+            if completion.truncated
+            else "the reply ended its turn early"
+        )
+        return {"prefill": follow, "why": why}
     if config.repair and repairable(result):
         return {"reply": completion.text, "problem": what_was_wrong(result)}
     return None
@@ -193,7 +219,8 @@ def second_round(
 def round_two_reason(plan: Mapping[str, str]) -> str:
     """The record's reason line for its second round."""
     if "prefill" in plan:
-        return "continued: the reply ended its turn early; asked again with the next marker"
+        why = plan.get("why", "the reply ended its turn early")
+        return f"continued: {why}; asked again with the next marker"
     return f"repaired: {plan['problem']}"
 
 

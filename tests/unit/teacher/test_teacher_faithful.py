@@ -227,3 +227,31 @@ def test_an_over_long_sample_is_sent_cut_and_the_record_says_so(tmp_path: Path) 
     assert meta["reasons"][0].startswith("sample cut: the answer lost")
     assert out["candidates"]["ori"]["output"] == long_answer  # the record keeps its answer
     assert summary.sample_cut == 1
+
+
+class RamblingCritic(CritiqueThenStop):
+    """Like the 135M model at ``[Critique]``: it repeats itself until the budget cuts it off."""
+
+    def complete_many(self, requests: Sequence[TeacherRequest], on_done: OnDone) -> None:
+        for index, request in enumerate(requests):
+            if request.prefill == "[Critique]\n":
+                self.prefills_seen.append(request.prefill)
+                text = "Too easy. No detail asked. " + "The task was too easy. " * 40
+                on_done(index, Completion(text, "local", 50, 128, 0.1, truncated=True))
+            else:
+                super().complete_many([request], lambda _, c: on_done(index, c))
+
+
+def test_a_critique_cut_by_the_budget_is_shortened_and_the_rewrite_asked_for(
+    tmp_path: Path,
+) -> None:
+    """The budget stays the local one: a critique that ran into it is kept to its first two
+    sentences and the model is asked again at ``[New Instruction]``."""
+    teacher = RamblingCritic()
+    summary, [out] = run(tmp_path, TeacherConfig(max_new_tokens=128), [record()], teacher=teacher)
+    assert teacher.prefills_seen[1] == (
+        "[Critique]\nToo easy. No detail asked.\n[New Instruction]\n"
+    )
+    meta = out["teacher"]["instruction"]
+    assert meta["parse_status"] == "ok" and meta["critique"] == "Too easy. No detail asked."
+    assert out["candidates"]["Q"]["instruction"] == NEW and summary.continued == 1
