@@ -9,7 +9,7 @@ the field and the fix. The fields, stage by stage::
     candidates: {ori|Q|A|QA: {instruction, input, output}}      reflect_instruction / _response
     candidates.<name>.scores: {ifd, rifd, ..., reason}          select_ifd / select_rifd (merged;
                               phase 1 leaves r-IFD fields out, phase 2 completes the winner's)
-    teacher: {instruction|response: {parse_status, ...}}        reflect_instruction / _response
+    teacher: {instruction|response: TeacherMeta}                reflect_instruction / _response
     phase1: {winner, reason}                                    select_ifd
     phase2: {decision, reason}; decision; reason                select_rifd
 
@@ -52,6 +52,29 @@ class Scores(TypedDict, total=False):
     loss_instruction: float | None
     loss_instruction_given_output: float | None
     reason: str | None
+
+
+class TeacherMeta(TypedDict, total=False):
+    """What a teacher phase records about one record (``teacher.<phase>``).
+
+    ``parse_status`` is ``ok``, ``partial`` (some fields fell back one by one) or a
+    ``fallback_*`` status, with ``error`` saying why. Records written before the teacher kept its
+    critique lack ``critique``, ``reasons``, ``prompt_style`` and ``sample_cut_tokens``; the
+    accessors below read them as absent (``None`` / ``[]`` / ``0``).
+    """
+
+    model: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    latency_s: float
+    attempts: int
+    rounds: int
+    parse_status: str
+    error: str | None
+    critique: str | None  # the teacher's judgement, written before its rewrite
+    reasons: list[str]  # one line per repair, continuation, sample cut and per-field fallback
+    prompt_style: str  # teacher.prompt_style: faithful | concise
+    sample_cut_tokens: int  # answer tokens cut to fit teacher.max_sample_tokens (0: none)
 
 
 @dataclass(frozen=True)
@@ -221,6 +244,24 @@ def teacher_status(record: Mapping[str, Any], phase: str) -> str | None:
     return meta.get("parse_status") if isinstance(meta, Mapping) else None
 
 
+def teacher_meta(record: Mapping[str, Any], phase: str) -> TeacherMeta:
+    """The teacher's metadata for ``phase``, ``{}`` when that phase has not run (never raises)."""
+    meta = (record.get("teacher") or {}).get(phase) or {}
+    return cast(TeacherMeta, meta) if isinstance(meta, Mapping) else {}
+
+
+def teacher_critique(record: Mapping[str, Any], phase: str) -> str | None:
+    """The teacher's critique in ``phase``, or ``None`` (none written, or an older record)."""
+    critique = teacher_meta(record, phase).get("critique")
+    return critique if isinstance(critique, str) else None
+
+
+def teacher_reasons(record: Mapping[str, Any], phase: str) -> list[str]:
+    """Why the teacher's result in ``phase`` is what it is: repairs, cuts, fallbacks (``[]``)."""
+    reasons = teacher_meta(record, phase).get("reasons") or []
+    return [str(reason) for reason in reasons] if isinstance(reasons, list) else []
+
+
 def with_scores(record: Record, name: str, scores: Scores | Mapping[str, Any]) -> Record:
     """The record with ``candidates[name].scores`` set (the candidate's other fields kept)."""
     candidates = dict(record.get("candidates") or {})
@@ -232,7 +273,7 @@ def with_candidate(record: Record, name: str, new: Candidate) -> Record:
     return {**record, "candidates": {**(record.get("candidates") or {}), name: new.to_dict()}}
 
 
-def with_teacher_meta(record: Record, phase: str, meta: Mapping[str, Any]) -> Record:
+def with_teacher_meta(record: Record, phase: str, meta: TeacherMeta | Mapping[str, Any]) -> Record:
     return {**record, "teacher": {**(record.get("teacher") or {}), phase: meta}}
 
 

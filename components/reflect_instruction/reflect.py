@@ -2,10 +2,11 @@
 and writes a new self-contained instruction x1 with its answer y1.
 
 Every record gains ``candidates`` = {"ori": (x0, input, y0), "Q": (x1, "", y1)} and
-``teacher.instruction`` metadata (model, tokens, latency, attempts, parse_status, error, rounds).
-When the teacher fails or its reply is unusable - or was cut at ``max_new_tokens`` before the
-answer was finished - ``Q`` is a copy of ``ori`` and ``parse_status`` says why; the student then
-simply sees no reason to prefer ``Q``. A local teacher that wrote x1 but ended its turn before
+``teacher.instruction`` metadata (model, tokens, latency, attempts, parse_status, error, rounds,
+critique, reasons, prompt_style, sample_cut_tokens). When the teacher fails or its reply is
+unusable - or was cut at ``max_new_tokens`` before the answer was finished - the unusable fields
+fall back to the original ones (``Q`` is a copy of ``ori`` when none is usable) and
+``parse_status``/``reasons`` say why; the student then simply sees no reason to prefer ``Q``. A local teacher that wrote x1 but ended its turn before
 y1 is asked once more with x1 and the ``[New Answer]`` marker prefilled (``rounds`` = 2; the
 runner's module doc has the details).
 """
@@ -14,9 +15,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rtune.components.common.record_schema import with_teacher_meta
 from rtune.components.common.records import InputError, Record
 from rtune.components.teacher.config import TeacherConfig
-from rtune.components.teacher.prompts import INSTRUCTION_PHASE
 from rtune.components.teacher.protocol import Teacher
 from rtune.components.teacher.runner import ReflectSummary, Result, Sample, StagePlan, reflect_stage
 
@@ -53,18 +54,24 @@ def original_sample(record: Record, source: str) -> Sample:
 
 
 def with_reflected_instruction(record: Record, sample: Sample, result: Result) -> Record:
-    """The record plus its ``ori`` and ``Q`` candidates and the teacher's metadata."""
-    fields = result["fields"]
-    reflected = (
-        {"instruction": fields["new_instruction"], "input": "", "output": fields["new_answer"]}
-        if fields
-        else dict(sample)
-    )
-    teacher = {**(record.get("teacher") or {}), "instruction": result["meta"]}
-    return {**record, "candidates": {"ori": dict(sample), "Q": reflected}, "teacher": teacher}
+    """The record plus its ``ori`` and ``Q`` candidates and the teacher's metadata.
+
+    Fields fall back one by one (``teacher.fallback: per_field``, the reference's rule): a new
+    instruction is kept even when its answer was unusable (``Q`` then pairs it with the original
+    answer), and a usable new answer is kept under the original instruction and input. No fields
+    at all: ``Q`` copies ``ori``.
+    """
+    fields = result["fields"] or {}
+    reflected = dict(sample)
+    if "new_instruction" in fields:
+        reflected.update(instruction=fields["new_instruction"], input="")
+    if "new_answer" in fields:
+        reflected["output"] = fields["new_answer"]
+    grown = {**record, "candidates": {"ori": dict(sample), "Q": reflected}}
+    return with_teacher_meta(grown, "instruction", result["meta"])
 
 
-PLAN = StagePlan(phase=INSTRUCTION_PHASE, sample=original_sample, attach=with_reflected_instruction)
+PLAN = StagePlan(phase="instruction", sample=original_sample, attach=with_reflected_instruction)
 
 
 def reflect_instructions(

@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from rtune.components.common.config import from_dict
-from rtune.components.common.record_schema import candidate, candidate_names, teacher_status
+from rtune.components.common.record_schema import (
+    candidate,
+    candidate_names,
+    teacher_critique,
+    teacher_meta,
+    teacher_reasons,
+    teacher_status,
+)
 from rtune.components.common.records import Record, read_jsonl
 from rtune.components.common.stage import StageContext
 from rtune.components.teacher.config import TeacherConfig
@@ -37,6 +44,35 @@ def teacher_metrics(records: list[Record], phase: str) -> dict[str, float]:
 
 
 PHASE_CANDIDATES = {"instruction": ("ori", "Q"), "response": ("A", "QA")}
+NEW_CANDIDATES = {"instruction": ("Q",), "response": ("A", "QA")}  # what the teacher wrote
+REPORT_ROWS = 200  # records shown in the HTML report (the MLflow table has them all)
+
+
+def teacher_rows(
+    records: list[Record], phase: str, source: str = "records"
+) -> list[dict[str, Any]]:
+    """One row per record for review: what the teacher wrote (the new candidate), its critique,
+    status, rounds and the reasons behind any repair, cut or fallback."""
+    rows = []
+    for record in records:
+        names = candidate_names(record, source)
+        name = next(n for n in NEW_CANDIDATES[phase] if n in names)
+        new = candidate(record, name, source)
+        meta = teacher_meta(record, phase)
+        rows.append(
+            {
+                "id": record["id"],
+                "candidate": name,
+                "parse_status": meta.get("parse_status"),
+                "critique": teacher_critique(record, phase),
+                "instruction": new.instruction,
+                "output": new.output,
+                "rounds": meta.get("rounds"),
+                "sample_cut_tokens": meta.get("sample_cut_tokens", 0),
+                "reasons": "; ".join(teacher_reasons(record, phase)),
+            }
+        )
+    return rows
 
 
 @dataclass
@@ -72,6 +108,7 @@ class ReflectStage:
     )
     progress: bool = True
     name: str = ""
+    report: Path | None = None  # also write the HTML report here (it always goes to MLflow)
 
     def __post_init__(self) -> None:
         if self.phase not in PHASE_CANDIDATES:
@@ -111,4 +148,25 @@ class ReflectStage:
             name=f"candidates-{self.phase}",
             context="candidates",
         )
-        return ReflectPhaseSummary(self.phase, summary, teacher_metrics(records, self.phase))
+        result = ReflectPhaseSummary(self.phase, summary, teacher_metrics(records, self.phase))
+        self._report(context, records, result)
+        return result
+
+    def _report(
+        self, context: StageContext, records: list[Record], result: ReflectPhaseSummary
+    ) -> None:
+        """The per-record teacher table to MLflow, and the HTML report (MLflow and ``report``)."""
+        from rtune.components.common.reports import html_report
+
+        rows = teacher_rows(records, self.phase, str(self.candidates))
+        context.run.log_table(rows, f"teacher/{self.name}.json")
+        page = html_report(
+            f"{self.name}: what the teacher judged and wrote",
+            result.as_dict(),
+            {},
+            rows[:REPORT_ROWS],
+            f"Teacher critiques and rewrites (first {REPORT_ROWS})",
+        )
+        context.run.log_text(page, f"reports/{self.name}.html")
+        if self.report is not None:
+            Path(self.report).write_text(page, encoding="utf-8")

@@ -12,6 +12,8 @@ from typing import Any
 
 BACKENDS = ("transformers", "openai", "vllm", "imported")
 IMPORTED = "imported"  # reflections made elsewhere (`rtune import`): no teacher runs
+PROMPT_STYLES = ("faithful", "concise")
+FALLBACKS = ("per_field", "whole")
 ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")  # upper case: a mixed-case value is likely a key
 
 
@@ -62,6 +64,32 @@ class TeacherConfig:
             "or one JSONL with the four candidates per record (README: Bring your own reflections)"
         },
     )
+    prompt_style: str = field(
+        default="faithful",
+        metadata={
+            "help": "faithful: the reference's substance, a critique of the instruction AND its "
+            "answer first, then a harder instruction that stands alone (default); concise: the "
+            "wording of earlier releases (judge the instruction, keep its intent)"
+        },
+    )
+    repair: bool = field(
+        default=True,
+        metadata={"help": "ask once more, with the reply and what was wrong, when it is unusable"},
+    )
+    fallback: str = field(
+        default="per_field",
+        metadata={
+            "help": "per_field: keep every usable field (a new instruction survives an unusable "
+            "answer, which falls back to the original); whole: any bad field keeps the original"
+        },
+    )
+    max_sample_tokens: int = field(
+        default=2048,
+        metadata={
+            "help": "teacher budget for instruction+input+answer; a longer sample's answer is "
+            "cut by the overflow before it is sent (the reference's 2048)"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -82,6 +110,7 @@ class TeacherConfig:
             "max_new_tokens": self.max_new_tokens,
             "batch_size": self.batch_size,
             "timeout_s": self.timeout_s,
+            "max_sample_tokens": self.max_sample_tokens,
         }
         for name, value in positive.items():
             if value <= 0:
@@ -101,6 +130,12 @@ class TeacherConfig:
                 "backend imported needs teacher.import_uri: the folder (or s3:// prefix) holding "
                 "ori/Q/A/QA .json files, or a JSONL with the four candidates per record"
             )
+        for name, value, allowed in (
+            ("prompt_style", self.prompt_style, PROMPT_STYLES),
+            ("fallback", self.fallback, FALLBACKS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name} {value!r} is not one of {list(allowed)}")
         if self.url is not None and not self.url.startswith(("http://", "https://")):
             raise ValueError(f"url must start with http:// or https://, got {self.url!r}")
         if self.backend == "openai" and self.model == "default" and self.url is None:
@@ -127,4 +162,8 @@ class TeacherConfig:
             "temperature": self.temperature,
             "structured_output": self.structured_output,
             "few_shot": self.few_shot,
+            "prompt_style": self.prompt_style,
+            "repair": self.repair,
+            "fallback": self.fallback,
+            "max_sample_tokens": self.max_sample_tokens,
         }

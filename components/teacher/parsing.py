@@ -18,11 +18,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from rtune.components.teacher.phase_spec import CRITIQUE_KEY, OutputField, PhaseSpec
 from rtune.components.teacher.prompts import (
-    FEEDBACK_MARKER,
-    PHASES,
+    ALL_PHASES,
+    CRITIQUE_MARKERS,
     SAMPLE_TAGS,
-    PhaseSpec,
     prompt_echo_lines,
 )
 
@@ -31,7 +31,15 @@ FALLBACK_PARSE = "fallback_parse"
 FALLBACK_PLACEHOLDER = "fallback_placeholder"
 FALLBACK_ERROR = "fallback_error"
 FALLBACK_TRUNCATED = "fallback_truncated"
-PARSE_STATUSES = (OK, FALLBACK_PARSE, FALLBACK_PLACEHOLDER, FALLBACK_ERROR, FALLBACK_TRUNCATED)
+PARTIAL = "partial"  # some fields usable, the others fell back one by one (teacher.fallback)
+PARSE_STATUSES = (
+    OK,
+    PARTIAL,
+    FALLBACK_PARSE,
+    FALLBACK_PLACEHOLDER,
+    FALLBACK_ERROR,
+    FALLBACK_TRUNCATED,
+)
 
 # Whole-field texts that mean "nothing here" (compared after lower-casing and trimming).
 PLACEHOLDER_WORDS = frozenset(
@@ -65,11 +73,35 @@ REASONING = re.compile(r"<(think|thinking|reflection)>.*?(?:</\1>|\Z)", re.DOTAL
 
 @dataclass(frozen=True)
 class ParsedReply:
-    """``fields`` maps output keys to text when ``status`` is ok, else ``None`` with a ``reason``."""
+    """``fields`` maps output keys to text when ``status`` is ok, else ``None`` with a ``reason``;
+    ``critique`` is the teacher's judgement when the reply has a usable one (whatever the status)."""
 
     status: str
     fields: dict[str, str] | None
     reason: str | None = None
+    critique: str | None = None
+
+
+@dataclass(frozen=True)
+class FieldProblem:
+    """Why one output field of a reply cannot be used: a fallback status and a reason."""
+
+    status: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ReplyFields:
+    """A reply read field by field: the ``usable`` output fields, a ``problem`` for each of the
+    others, and the critique (``None`` when absent or a placeholder)."""
+
+    usable: dict[str, str]
+    problems: dict[str, FieldProblem]
+    critique: str | None
+
+    @property
+    def complete(self) -> bool:
+        return not self.problems
 
 
 def _label(marker: str) -> str:
@@ -84,7 +116,7 @@ def _marker_regex() -> re.Pattern[str]:
     has finished its answer.
     """
     outputs = sorted(
-        {f.marker for p in PHASES.values() for f in p.outputs} | {FEEDBACK_MARKER},
+        {f.marker for p in ALL_PHASES for f in p.outputs} | set(CRITIQUE_MARKERS),
         key=len,
         reverse=True,
     )
@@ -112,7 +144,9 @@ def _norm_marker(name: str) -> str:
 
 
 def _marker_keys(phase: PhaseSpec) -> dict[str, str]:
-    return {_norm_marker(f.marker): f.key for f in phase.outputs}
+    """Normalized marker -> field key; either style's critique marker is the critique."""
+    keys = {_norm_marker(marker): CRITIQUE_KEY for marker in CRITIQUE_MARKERS}
+    return {**keys, **{_norm_marker(f.marker): f.key for f in phase.outputs}}
 
 
 def _sections(text: str, phase: PhaseSpec) -> list[tuple[str | None, str]]:
@@ -159,7 +193,7 @@ def _as_text(value: Any) -> str | None:
 
 def extract_json(text: str, phase: PhaseSpec) -> dict[str, str]:
     """Fields from the first JSON object (fenced or bare) that has any of the phase's keys."""
-    wanted = {f.key for f in phase.outputs}
+    wanted = {f.key for f in phase.outputs} | {CRITIQUE_KEY}
     for candidate in _json_candidates(text):
         try:
             value = json.loads(candidate)
@@ -182,36 +216,64 @@ def placeholder_problem(
     phase: PhaseSpec, fields: Mapping[str, str], sample: Mapping[str, str]
 ) -> str | None:
     """Why the parsed fields are not a real reflection, or ``None`` when they are (fields that
-    are absent are not judged). A field with a line that recites a slot of the reply format
-    (``<the answer to the new instruction>``) is a placeholder too: a small model pads with
-    them."""
+    are absent are not judged): the first output field's ``field_problem``."""
+    for spec in phase.outputs:
+        if spec.key in fields:  # a partial reply is judged on the fields it has
+            problem = field_problem(phase, spec, fields, sample)
+            if problem:
+                return problem
+    return None
+
+
+def field_problem(
+    phase: PhaseSpec, spec: OutputField, fields: Mapping[str, str], sample: Mapping[str, str]
+) -> str | None:
+    """Why output field ``spec`` of the parsed ``fields`` is a placeholder, or ``None``: empty, a
+    template slot or placeholder word, a copy of what it should improve on, or of a worked
+    example. A field with a line that recites a slot of the reply format (``<the answer to the
+    new instruction>``) is a placeholder too: a small model pads with them."""
     meanings = {_normalize(f.meaning) for f in phase.outputs}
     markers = {_normalize(f.marker) for f in phase.outputs}
-    for spec in phase.outputs:
-        if spec.key not in fields:  # a partial reply is judged on the fields it has
-            continue
-        text = fields[spec.key]
-        norm = _normalize(text)
-        if (
-            norm in PLACEHOLDER_WORDS
-            or norm in meanings
-            or norm in markers
-            or not any(ch.isalnum() for ch in text)
-            or TEMPLATE_SLOT.match(text.strip())
-        ):
-            return f"{spec.key} is a placeholder ({_snippet(text)})"
-        slot = next(
-            (line for line in text.splitlines() if _normalize(line.strip(" <>")) in meanings), None
-        )
-        if slot is not None:
-            return f"{spec.key} recites the reply format's slot ({_snippet(slot)})"
-        for other in spec.not_same_as:
-            source = fields.get(other, sample.get(other, ""))
-            if source.strip() and norm == _normalize(source):
-                return f"{spec.key} is the same text as the {other}"
-        if any(norm == _normalize(ex.outputs[spec.key]) for ex in phase.examples):
-            return f"{spec.key} copies a worked example from the prompt"
+    text = fields[spec.key]
+    norm = _normalize(text)
+    if (
+        norm in PLACEHOLDER_WORDS
+        or norm in meanings
+        or norm in markers
+        or not any(ch.isalnum() for ch in text)
+        or TEMPLATE_SLOT.match(text.strip())
+    ):
+        return f"{spec.key} is a placeholder ({_snippet(text)})"
+    slot = next(
+        (line for line in text.splitlines() if _normalize(line.strip(" <>")) in meanings), None
+    )
+    if slot is not None:
+        return f"{spec.key} recites the reply format's slot ({_snippet(slot)})"
+    for other in spec.not_same_as:
+        source = fields.get(other, sample.get(other, ""))
+        if source.strip() and norm == _normalize(source):
+            return f"{spec.key} is the same text as the {other}"
+    if any(norm == _normalize(ex.outputs[spec.key]) for ex in phase.examples):
+        return f"{spec.key} copies a worked example from the prompt"
     return None
+
+
+def brief_critique(text: str, sentences: int = 2, words: int = 60) -> str:
+    """The first ``sentences`` sentences of a critique's first paragraph, at most ``words``
+    words: what is kept of a critique a small model ran on with until its budget was spent."""
+    first = text.strip().split("\n\n")[0]
+    kept = " ".join(re.split(r"(?<=[.!?])\s+", first)[:sentences])
+    return " ".join(kept.split()[:words])
+
+
+def usable_critique(text: str | None) -> str | None:
+    """The critique, or ``None`` when it is absent, a placeholder word or a template slot."""
+    if text is None:
+        return None
+    text = text.strip()
+    if _normalize(text) in PLACEHOLDER_WORDS or TEMPLATE_SLOT.match(text) or not text:
+        return None
+    return text
 
 
 def _snippet(text: str, limit: int = 60) -> str:
@@ -238,6 +300,7 @@ def parse_reply(
     full = final_answer(prefill + text)
     wanted = [f.key for f in phase.outputs]
     fields, _ = _reply_fields(phase, full)
+    critique = usable_critique(fields.get(CRITIQUE_KEY))
     missing = [key for key in wanted if key not in fields]
     if missing:
         markers = ", ".join(f"[{f.marker}]" for f in phase.outputs)
@@ -247,11 +310,41 @@ def parse_reply(
             None,
             f"no {', '.join(missing)} in the reply (markers {markers} or JSON keys "
             f"{wanted}){found}",
+            critique,
         )
     problem = placeholder_problem(phase, fields, sample)
     if problem:
-        return ParsedReply(FALLBACK_PLACEHOLDER, None, problem)
-    return ParsedReply(OK, {key: fields[key] for key in wanted})
+        return ParsedReply(FALLBACK_PLACEHOLDER, None, problem, critique)
+    return ParsedReply(OK, {key: fields[key] for key in wanted}, None, critique)
+
+
+def read_reply(
+    phase: PhaseSpec, text: str, sample: Mapping[str, str], prefill: str = "", cut: bool = False
+) -> ReplyFields:
+    """Read a reply field by field (for the per-field fallback): each output field is usable or
+    has its own problem. ``cut`` says the token budget stopped the reply: the field it was still
+    writing, and every field after it, is ``fallback_truncated`` (a cut answer must not become
+    training data); the fields finished before the cut stay usable."""
+    fields, _ = _reply_fields(phase, final_answer(prefill + text))
+    unfinished = unfinished_field(phase, text, prefill) if cut else None
+    keys = [f.key for f in phase.outputs]
+    after_cut = set(keys[keys.index(unfinished) :]) if unfinished else set()
+    usable: dict[str, str] = {}
+    problems: dict[str, FieldProblem] = {}
+    for spec in phase.outputs:
+        if spec.key in after_cut:
+            problems[spec.key] = FieldProblem(
+                FALLBACK_TRUNCATED, f"the reply was cut before {spec.key} was finished"
+            )
+        elif spec.key not in fields:
+            problems[spec.key] = FieldProblem(
+                FALLBACK_PARSE, f"no {spec.key} in the reply ([{spec.marker}] or JSON key)"
+            )
+        elif problem := field_problem(phase, spec, fields, sample):
+            problems[spec.key] = FieldProblem(FALLBACK_PLACEHOLDER, problem)
+        else:
+            usable[spec.key] = fields[spec.key]
+    return ReplyFields(usable, problems, usable_critique(fields.get(CRITIQUE_KEY)))
 
 
 def _reply_fields(phase: PhaseSpec, answer: str) -> tuple[dict[str, str], bool]:
@@ -283,24 +376,29 @@ def unfinished_field(phase: PhaseSpec, text: str, prefill: str = "") -> str | No
         return None
     sections = _sections(answer, phase)
     last = len(sections) - 1
-    open_keys = [key for key, index in _chosen_sections(sections).items() if index == last]
+    outputs = {f.key for f in phase.outputs}
+    chosen = _chosen_sections(sections).items()
+    open_keys = [key for key, index in chosen if index == last and key in outputs]
     return open_keys[0] if open_keys else None
 
 
 def leading_fields(
     phase: PhaseSpec, text: str, sample: Mapping[str, str], prefill: str = ""
 ) -> dict[str, str]:
-    """The real fields a marker reply wrote before it stopped early: the longest run of the
-    phase's leading output fields that are present and not placeholders ({} when the first is
-    missing or a placeholder). A small model often writes the new instruction and then ends its
-    turn; these are the fields a second request can build on."""
+    """The real sections a prefilled marker reply wrote before it stopped early: the longest run
+    of the phase's leading prefilled sections (``PhaseSpec.prefilled_fields``: the critique first
+    when the style asks for it) that are present and not placeholders ({} when the first is
+    missing or a placeholder). A small model often writes one section and then ends its turn;
+    these are the sections a second request can build on."""
     found = extract_markers(final_answer(prefill + text), phase)
     lead: dict[str, str] = {}
-    for spec in phase.outputs:
+    for spec in phase.prefilled_fields:
         if spec.key not in found:
             break
-        candidate = {**lead, spec.key: found[spec.key]}
-        if placeholder_problem(phase, candidate, sample) is not None:
+        if spec.key == CRITIQUE_KEY:
+            if usable_critique(found[spec.key]) is None:
+                break
+        elif field_problem(phase, spec, {**lead, spec.key: found[spec.key]}, sample):
             break
-        lead = candidate
+        lead[spec.key] = found[spec.key]
     return lead

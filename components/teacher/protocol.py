@@ -67,7 +67,9 @@ class Teacher(Protocol):
     """A teacher LLM backend.
 
     ``prefills`` tells the prompt builder whether the backend can start the assistant turn with a
-    marker; ``structured`` whether it honours ``TeacherRequest.json_schema``.
+    marker; ``structured`` whether it honours ``TeacherRequest.json_schema``. A backend with its
+    own tokenizer may also offer ``count_tokens(text) -> int``; over-long samples are then cut in
+    its tokens, else at about four characters a token (``sample_cut``).
     """
 
     @property

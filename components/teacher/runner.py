@@ -19,6 +19,11 @@ including the missing field's marker, so the model can only go on with that fiel
 then covers both rounds (tokens, latency and attempts summed, ``rounds`` = 2). A first-round
 reply waiting for its second round is checkpointed as *pending* under the record's own key (a
 later line for the key replaces it), so a run killed between the rounds resumes at round two.
+
+Every other reply with a missing or placeholder field gets one *repair* round instead (every
+backend; ``teacher.repair``): the reply goes back to the teacher with what was wrong and the
+format it must follow. Fields then fall back one by one (``teacher.fallback``, see ``outcome``).
+A sample longer than ``teacher.max_sample_tokens`` is sent with its answer cut (``sample_cut``).
 """
 
 from __future__ import annotations
@@ -34,36 +39,57 @@ from rtune.components.common.checkpoint import RecordCheckpoint, fingerprint
 from rtune.components.common.records import Record, index_by_id, read_jsonl, write_jsonl
 from rtune.components.teacher.config import TeacherConfig
 from rtune.components.teacher.health import check_error_rate
+from rtune.components.teacher.outcome import (
+    finalize,
+    merge_rounds,
+    read_round,
+    repairable,
+    what_was_wrong,
+)
 from rtune.components.teacher.parsing import (
     FALLBACK_ERROR,
     FALLBACK_PARSE,
     FALLBACK_TRUNCATED,
     OK,
     PARSE_STATUSES,
+    PARTIAL,
+    brief_critique,
+    extract_markers,
+    final_answer,
     leading_fields,
-    parse_reply,
-    unfinished_field,
+    usable_critique,
 )
-from rtune.components.teacher.prompts import PhaseSpec, build_request, continuation_prefill
+from rtune.components.teacher.phase_spec import CRITIQUE_KEY, PhaseSpec
+from rtune.components.teacher.prompts import (
+    build_request,
+    continuation_prefill,
+    phase_for,
+    repair_request,
+)
 from rtune.components.teacher.protocol import Completion, Teacher, TeacherRequest
+from rtune.components.teacher.sample_cut import cut_to_budget, token_counter
 
 log = logging.getLogger(__name__)
 Sample = dict[str, str]
 Result = dict[str, Any]  # {"fields": {key: text} | None, "meta": {...teacher metadata...}}
-PENDING = "pending"  # a checkpointed first-round result's key for its second-round prefill
+PENDING = "pending"  # a checkpointed first-round result's key for what its second round sends
 
 
 @dataclass(frozen=True)
 class StagePlan:
     """How a reflection stage maps records to the sample the teacher judges, and back.
 
-    ``sample(record, source)`` returns {instruction, input, output} or raises ``InputError``;
-    ``attach(record, sample, result)`` returns the output record.
+    ``phase`` names the phase (instruction | response; its wording comes from
+    ``teacher.prompt_style``); ``sample(record, source)`` returns {instruction, input, output} or
+    raises ``InputError``; ``attach(record, sample, result)`` returns the output record.
     """
 
-    phase: PhaseSpec
+    phase: str
     sample: Callable[[Record, str], Sample]
     attach: Callable[[Record, Sample, Result], Record]
+
+    def wording(self, config: TeacherConfig) -> PhaseSpec:
+        return phase_for(config.prompt_style, self.phase)
 
 
 @dataclass
@@ -71,7 +97,8 @@ class ReflectSummary:
     """What a reflection run did, as numbers (``as_dict`` is ready for ``mlflow.log_metrics``).
 
     Counts cover every record in the output, resumed ones included; ``continued`` is how many
-    records needed a second round; ``records_per_s`` is the teacher throughput of this run:
+    records needed a second round (``repaired``: of those, how many were repair rounds);
+    ``sample_cut`` how many were sent with their answer cut to ``max_sample_tokens``; ``records_per_s`` is the teacher throughput of this run:
     records completed now over the run's wall time.
     """
 
@@ -79,11 +106,14 @@ class ReflectSummary:
     completed_now: int
     resumed_from_checkpoint: int
     parse_ok: int
+    partial: int
     fallback_parse: int
     fallback_placeholder: int
     fallback_error: int
     fallback_truncated: int
     continued: int
+    repaired: int
+    sample_cut: int
     prompt_tokens: int
     completion_tokens: int
     usage_unreported: int
@@ -116,8 +146,10 @@ class ReflectSummary:
             f"reflect {phase}: records={self.records} completed_now={self.completed_now} "
             f"resumed={self.resumed_from_checkpoint} parse_ok={self.parse_ok} "
             f"parse_failures={self.parse_failures} ({self.parse_failure_rate:.1%}) "
+            f"partial={self.partial} "
             f"fallback_error={self.fallback_error} "
             f"fallback_truncated={self.fallback_truncated} continued={self.continued} "
+            f"repaired={self.repaired} sample_cut={self.sample_cut} "
             f"tokens={self.prompt_tokens}+"
             f"{self.completion_tokens} seconds={self.seconds:.1f} "
             f"records_per_s={self.records_per_s:.2f}"
@@ -129,84 +161,67 @@ def default_checkpoint_path(output_path: Path) -> Path:
     return output_path.with_name(output_path.name + ".partial.jsonl")
 
 
-def reflection_result(
-    phase: PhaseSpec, completion: Completion, sample: Sample, max_new_tokens: int
-) -> Result:
-    """Parse one completion into the checkpointed result: fields (or None) + metadata.
-
-    A reply cut at the token budget before it finished a field is ``fallback_truncated`` even
-    when it parses: the parsed answer would end mid-sentence.
-    """
-    if completion.failed:
-        fields, status, error = None, FALLBACK_ERROR, completion.error
-    else:
-        parsed = parse_reply(phase, completion.text, sample, completion.prefill)
-        fields, status, error = parsed.fields, parsed.status, parsed.reason
-        cut = (
-            unfinished_field(phase, completion.text, completion.prefill)
-            if completion.truncated
-            else None
-        )
-        if cut is not None:
-            fields, status = None, FALLBACK_TRUNCATED
-            error = (
-                f"reply cut at max_new_tokens={max_new_tokens} before {cut} was finished; "
-                "raise teacher.max_new_tokens"
-            )
-    meta = {
-        "model": completion.model,
-        "prompt_tokens": completion.prompt_tokens,
-        "completion_tokens": completion.completion_tokens,
-        "latency_s": round(completion.latency_s, 4),
-        "attempts": completion.attempts,
-        "parse_status": status,
-        "error": error,
-        "rounds": 1,
-    }
-    return {"fields": fields, "meta": meta}
-
-
 def continuation(
     phase: PhaseSpec, completion: Completion, sample: Sample, result: Result
 ) -> str | None:
     """The second-round prefill for a prefilled reply that ended its turn after some real
-    leading fields but before the rest (no markers for them at all), else ``None``.
+    leading sections but before the rest (no markers for them at all), else ``None``.
 
-    Not for a reply the budget cut (its last field may be unfinished: the fix there is a bigger
-    budget), nor for one with placeholders or no usable first field (nothing to build on).
+    Not for a reply the budget cut after its critique (its last field may be unfinished: the fix
+    there is a bigger budget; a cut inside the critique is ``past_a_long_critique``), nor for one
+    with placeholders or no usable first section (nothing to build on).
     """
-    if (
-        not completion.prefill
-        or completion.truncated
-        or result["meta"]["parse_status"] != FALLBACK_PARSE
-    ):
+    statuses = {problem["status"] for problem in result["problems"].values()}
+    if completion.prefill and completion.truncated:
+        return past_a_long_critique(phase, completion)
+    if not completion.prefill or FALLBACK_PARSE not in statuses:
         return None
     written = leading_fields(phase, completion.text, sample, completion.prefill)
-    if not written or len(written) == len(phase.outputs):
+    if not written or len(written) == len(phase.prefilled_fields):
         return None
     return continuation_prefill(phase, written)
 
 
-def _tokens(first: int | None, second: int | None) -> int | None:
-    """Tokens over two rounds; unknown if either round's usage is unknown."""
-    return None if first is None or second is None else first + second
+def past_a_long_critique(phase: PhaseSpec, completion: Completion) -> str | None:
+    """For a prefilled reply the budget cut while it was still writing its critique (a small
+    model repeats itself there until ``max_new_tokens`` is spent): the continuation with the
+    critique kept to its first sentences (``brief_critique``) and the first output's marker, so
+    the local budget goes to the rewrite. ``None`` when the reply got past the critique."""
+    if phase.prefilled_fields[0].key != CRITIQUE_KEY:
+        return None
+    found = extract_markers(final_answer(completion.prefill + completion.text), phase)
+    critique = usable_critique(brief_critique(found.get(CRITIQUE_KEY, "")))
+    if critique is None or any(spec.key in found for spec in phase.outputs):
+        return None
+    return continuation_prefill(phase, {CRITIQUE_KEY: critique})
 
 
-def combined_result(first: Mapping[str, Any], second: Result) -> Result:
-    """The second round's fields and status, with the cost of both rounds (``first`` is the
-    first round's metadata)."""
-    meta = second["meta"]
-    return {
-        "fields": second["fields"],
-        "meta": {
-            **meta,
-            "prompt_tokens": _tokens(first["prompt_tokens"], meta["prompt_tokens"]),
-            "completion_tokens": _tokens(first["completion_tokens"], meta["completion_tokens"]),
-            "latency_s": round(first["latency_s"] + meta["latency_s"], 4),
-            "attempts": first["attempts"] + meta["attempts"],
-            "rounds": first.get("rounds", 1) + 1,
-        },
-    }
+def second_round(
+    phase: PhaseSpec, completion: Completion, sample: Sample, result: Result, config: TeacherConfig
+) -> dict[str, str] | None:
+    """What a first-round result's second round sends, or ``None`` when it needs none: a
+    continuation prefill (``{"prefill": ...}``) for a prefilled reply that stopped early, else a
+    repair (``{"reply": ..., "problem": ...}``) for a reply with a missing or placeholder field."""
+    if not result["problems"]:
+        return None
+    if completion.prefill and (follow := continuation(phase, completion, sample, result)):
+        why = (
+            "the critique ran into max_new_tokens; kept its first sentences"
+            if completion.truncated
+            else "the reply ended its turn early"
+        )
+        return {"prefill": follow, "why": why}
+    if config.repair and repairable(result):
+        return {"reply": completion.text, "problem": what_was_wrong(result)}
+    return None
+
+
+def round_two_reason(plan: Mapping[str, str]) -> str:
+    """The record's reason line for its second round."""
+    if "prefill" in plan:
+        why = plan.get("why", "the reply ended its turn early")
+        return f"continued: {why}; asked again with the next marker"
+    return f"repaired: {plan['problem']}"
 
 
 def record_key(rid: str, sample: Sample) -> str:
@@ -219,6 +234,18 @@ def needs_teacher(result: Result | None) -> bool:
     """Not done yet, waiting for its second round, or the teacher failed for good last time
     (worth another run's try)."""
     return result is None or PENDING in result or result["meta"]["parse_status"] == FALLBACK_ERROR
+
+
+def teacher_view(
+    samples: Mapping[str, Sample], config: TeacherConfig, teacher: Teacher
+) -> dict[str, tuple[Sample, int]]:
+    """Each record's sample as the teacher sees it, cut to ``max_sample_tokens``, and the number
+    of answer tokens cut (0 when it fits)."""
+    count = token_counter(teacher)
+    return {
+        key: cut_to_budget(sample, config.max_sample_tokens, count)
+        for key, sample in samples.items()
+    }
 
 
 def reflect_stage(
@@ -237,22 +264,23 @@ def reflect_stage(
     more than ``config.max_error_rate`` of the records failed for good.
     """
     started = time.perf_counter()
+    phase = plan.wording(config)
     records = index_by_id(read_jsonl(input_path), str(input_path))
     samples = {rid: plan.sample(record, str(input_path)) for rid, record in records.items()}
     keys = {rid: record_key(rid, sample) for rid, sample in samples.items()}
-    work = fingerprint(plan.phase.name, plan.phase.version(), config.result_shaping())
+    work = fingerprint(phase.name, phase.version(), config.result_shaping())
     checkpoint = RecordCheckpoint(checkpoint_path or default_checkpoint_path(output_path), work)
     with checkpoint:
         todo = [keys[rid] for rid in records if needs_teacher(checkpoint.done.get(keys[rid]))]
         if todo:
             _ask_teacher(
-                plan.phase,
+                phase,
                 todo,
                 {keys[rid]: sample for rid, sample in samples.items()},
                 checkpoint,
                 teacher or _build(config),
                 config,
-                _progress_bar(plan.phase.name, len(records), todo, progress),
+                _progress_bar(phase.name, len(records), todo, progress),
             )
         results = {rid: checkpoint.done[key] for rid, key in keys.items()}
     summary = summarize(results.values(), len(todo), time.perf_counter() - started)
@@ -268,7 +296,7 @@ def reflect_stage(
         (plan.attach(record, samples[rid], results[rid]) for rid, record in records.items()),
     )
     checkpoint.remove()
-    log.debug("%s -> %s", summary.line(plan.phase.name), output_path)
+    log.debug("%s -> %s", summary.line(phase.name), output_path)
     return summary
 
 
@@ -301,40 +329,46 @@ def _ask_teacher(
     bar: Any,
 ) -> None:
     """Send the pending records (``todo`` and ``samples`` go by ``record_key``); checkpoint each
-    result as it lands. Records whose first-round
-    reply stopped early (see ``continuation``) go to a second round once the first is over;
-    records resumed while pending start there."""
-    continues = teacher.prefills and not teacher.structured
-    counts = {"fallbacks": 0, "continued": 0}
+    result as it lands. Records that need a second round (``second_round``: a continuation or a
+    repair) get it once the first round is over; records resumed while pending start there."""
+    views = teacher_view({key: samples[key] for key in todo}, config, teacher)
+    counts = {"fallbacks": 0, "second_rounds": 0}
 
-    def request(key: str, prefill: str | None = None) -> TeacherRequest:
-        base = build_request(
+    def request(key: str) -> TeacherRequest:
+        return build_request(
             phase,
-            samples[key],
+            views[key][0],
             few_shot=config.few_shot,
             structured=teacher.structured,
             prefill=teacher.prefills,
         )
-        return base if prefill is None else replace(base, prefill=prefill)
+
+    def follow_up(key: str) -> TeacherRequest:
+        plan = checkpoint.done[key][PENDING]
+        if "prefill" in plan:
+            return replace(request(key), prefill=plan["prefill"])
+        return repair_request(phase, request(key), plan["reply"], plan["problem"])
 
     def finish(key: str, result: Result) -> None:
-        checkpoint.add(key, result)
-        counts["fallbacks"] += result["meta"]["parse_status"] != OK
-        counts["continued"] += result["meta"]["rounds"] > 1
+        final = finalize(result, config.fallback, config.prompt_style, views[key][1])
+        checkpoint.add(key, final)
+        counts["fallbacks"] += final["meta"]["parse_status"] != OK
+        counts["second_rounds"] += final["meta"]["rounds"] > 1
         bar.set_postfix(refresh=False, **counts)
         bar.update(1)
 
     def first_round(key: str, completion: Completion) -> None:
-        result = reflection_result(phase, completion, samples[key], config.max_new_tokens)
-        follow = continuation(phase, completion, samples[key], result) if continues else None
-        if follow is None:
+        result = read_round(phase, completion, samples[key], config.max_new_tokens)
+        plan = second_round(phase, completion, samples[key], result, config)
+        if plan is None:
             finish(key, result)
         else:
-            checkpoint.add(key, {**result, PENDING: follow})
+            checkpoint.add(key, {**result, PENDING: plan})
 
-    def second_round(key: str, completion: Completion) -> None:
-        result = reflection_result(phase, completion, samples[key], config.max_new_tokens)
-        finish(key, combined_result(checkpoint.done[key]["meta"], result))
+    def last_round(key: str, completion: Completion) -> None:
+        first = checkpoint.done[key]
+        second = read_round(phase, completion, samples[key], config.max_new_tokens)
+        finish(key, merge_rounds(first, second, round_two_reason(first[PENDING])))
 
     def pending(key: str) -> bool:
         return PENDING in (checkpoint.done.get(key) or {})
@@ -343,11 +377,7 @@ def _ask_teacher(
         fresh = [key for key in todo if not pending(key)]
         _run(teacher, [(key, request(key)) for key in fresh], first_round)
         waiting = [key for key in todo if pending(key)]
-        _run(
-            teacher,
-            [(key, request(key, checkpoint.done[key][PENDING])) for key in waiting],
-            second_round,
-        )
+        _run(teacher, [(key, follow_up(key)) for key in waiting], last_round)
     missing = [key for key in todo if key not in checkpoint.done or pending(key)]
     if missing:
         raise RuntimeError(
@@ -383,13 +413,20 @@ def summarize(results: Iterable[Result], completed_now: int, seconds: float) -> 
         completed_now=completed_now,
         resumed_from_checkpoint=len(metas) - completed_now,
         parse_ok=status[OK],
+        partial=status[PARTIAL],
         fallback_parse=status["fallback_parse"],
         fallback_placeholder=status["fallback_placeholder"],
         fallback_error=status[FALLBACK_ERROR],
         fallback_truncated=status[FALLBACK_TRUNCATED],
         continued=sum(m.get("rounds", 1) > 1 for m in metas),
+        repaired=sum(_has_reason(m, "repaired") for m in metas),
+        sample_cut=sum(bool(m.get("sample_cut_tokens")) for m in metas),
         prompt_tokens=sum(m["prompt_tokens"] or 0 for m in metas),
         completion_tokens=sum(m["completion_tokens"] or 0 for m in metas),
         usage_unreported=sum(m["prompt_tokens"] is None for m in metas),
         seconds=round(seconds, 3),
     )
+
+
+def _has_reason(meta: Mapping[str, Any], prefix: str) -> bool:
+    return any(str(reason).startswith(prefix) for reason in meta.get("reasons") or ())

@@ -76,6 +76,10 @@ class TransformersTeacher:
         self.eos_ids = {int(t) for t in ends if t is not None}
         self._stoppers: dict[tuple[str, ...], Any] = {}
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` in the teacher's own tokenizer (for ``max_sample_tokens``)."""
+        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
     def complete_many(self, requests: Sequence[TeacherRequest], on_done: OnDone) -> None:
         prompts = [render_prompt(self.tokenizer, request) for request in requests]
         lengths = [len(self.tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]

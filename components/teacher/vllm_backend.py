@@ -46,6 +46,10 @@ class VLLMTeacher:
         self.model_name = config.model if config.model != "default" else path.name
         self.llm = vllm.LLM(model=str(path))
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` in the served model's tokenizer (for ``max_sample_tokens``)."""
+        return len(self.llm.get_tokenizer().encode(text, add_special_tokens=False))
+
     def sampling_params(self, stop: list[str]) -> Any:
         return self._vllm.SamplingParams(
             max_tokens=self.config.max_new_tokens, temperature=self.config.temperature, stop=stop

@@ -32,7 +32,13 @@ def register(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--selected", type=Path, required=True, help="training records (JSONL)")
+    parser.add_argument(
+        "--selected",
+        type=Path,
+        required=True,
+        help="flat training records (JSONL: instruction, input, output), e.g. the --selected "
+        "file of `rtune select --phase rifd`",
+    )
     parser.add_argument("--output-dir", type=Path, required=True, help="adapter/, model/, report")
     from rtune.components.finetune.config import FinetuneConfig
 

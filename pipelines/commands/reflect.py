@@ -4,6 +4,13 @@
         --teacher transformers                                  # embedded default, CPU
     rtune reflect --stage response --input phase1.jsonl --output phase2.jsonl \\
         --teacher openai --teacher-url http://vllm:8000/v1 --concurrency 32
+    rtune reflect --stage response --input prepared.jsonl --output better.jsonl  # plain input
+
+Input: JSONL records with a string ``id``, ``instruction``, ``output`` and optional ``input`` (what
+``rtune prepare`` writes). ``--stage instruction`` reflects each record's own sample.
+``--stage response`` reflects the phase-1 winner's answer when the records carry ``phase1`` (the
+output of ``rtune select --phase ifd``), and each record's own answer when they carry no phase-1
+output at all (winner ``ori``), as the reference reflects any file.
 
 Teacher settings come from the run config's ``teacher:`` section (--config, --set teacher.KEY=V)
 and the flags below. A killed run resumes from ``<output>.partial.jsonl`` (or --checkpoint) when re-run with the same
@@ -51,12 +58,21 @@ def register(subparsers: Any) -> None:
         help="instruction: new instruction + answer (Q); response: better answer "
         "for the phase-1 winner (A or QA)",
     )
-    parser.add_argument("--input", type=Path, required=True, help="input JSONL")
+    parser.add_argument(
+        "--input",
+        type=Path,
+        required=True,
+        help="JSONL records (id, instruction, input, output): prepared records, or for "
+        "--stage response also `rtune select --phase ifd` output",
+    )
     parser.add_argument("--output", type=Path, required=True, help="output JSONL")
     parser.add_argument(
         "--checkpoint", type=Path, help="checkpoint file (default: <output>.partial.jsonl)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--report", type=Path, help="an HTML report of the teacher's critiques and rewrites"
+    )
     from rtune.components.teacher.config import TeacherConfig
 
     add_config_options(parser, {"teacher": TeacherConfig}, ALIASES)
@@ -80,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         args.output,
         checkpoint_path=checkpoint,
         progress=not args.no_progress,
+        report=args.report,
     )
     try:
         summary = run_stage(stage, stage_settings(config))

@@ -33,7 +33,14 @@ def register(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--input", type=Path, required=True, help="JSONL (or JSON array) records")
+    parser.add_argument(
+        "--input",
+        type=Path,
+        required=True,
+        help="records with instruction, input, output (JSONL or JSON array; any file); with "
+        "--candidates: the reflect stage's output (phase ifd: reflect_instruction, rifd: "
+        "reflect_response)",
+    )
     parser.add_argument("--output", type=Path, required=True, help="output JSONL")
     parser.add_argument(
         "--candidates",

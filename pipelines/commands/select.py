@@ -36,7 +36,13 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--phase", required=True, help="ifd or rifd")
-    parser.add_argument("--records", type=Path, required=True, help="records JSONL")
+    parser.add_argument(
+        "--records",
+        type=Path,
+        required=True,
+        help="records JSONL: phase ifd takes the reflect_instruction output, rifd the "
+        "reflect_response output",
+    )
     parser.add_argument(
         "--scores", type=Path, nargs="+", required=True, help="score files (one per shard)"
     )

@@ -33,6 +33,7 @@ from typing import Any
 from tests.fakes.loopback import LoopbackHTTPServer
 
 Body = dict[str, Any]
+CRITIQUE = "It could be more specific"  # the critique echo_reply writes, then "(<instruction>)"
 INSTRUCTION = re.compile(r"<instruction>\n(.*?)\n</instruction>", re.DOTALL)
 
 
@@ -81,13 +82,19 @@ def last_user_message(body: Body) -> str:
 
 
 def sample_instruction(body: Body) -> str:
-    """The instruction of the sample under judgement (the last user turn's ``<instruction>``)."""
-    match = INSTRUCTION.search(last_user_message(body))
-    return match.group(1).strip() if match else ""
+    """The instruction of the sample under judgement: the ``<instruction>`` of the last user turn
+    that has one (a repair round ends in a note that holds no sample)."""
+    users = [m.get("content", "") for m in body.get("messages", []) if m.get("role") == "user"]
+    for content in reversed(users):
+        match = INSTRUCTION.search(str(content))
+        if match:
+            return match.group(1).strip()
+    return ""
 
 
 def echo_reply(body: Body) -> str:
-    """A well-formed teacher reply derived from the sample, in markers or JSON as asked."""
+    """A well-formed teacher reply derived from the sample, in markers or JSON as asked, critique
+    first (a ``critique`` key only when the JSON schema asks for one)."""
     instruction = sample_instruction(body) or "the task"
     response_phase = "Better Answer" in last_user_message(body) or "better_answer" in str(
         body.get("response_format", "")
@@ -100,15 +107,19 @@ def echo_reply(body: Body) -> str:
             "new_answer": f"Step by step answer to: {instruction}",
         }
     )
+    critique = f"{CRITIQUE} ({instruction})"
     if body.get("response_format"):
-        return json.dumps(fields)
+        schema = body["response_format"].get("json_schema", {}).get("schema", {})
+        asked = "critique" in schema.get("properties", {})
+        return json.dumps({"critique": critique, **fields} if asked else fields)
     markers = {
         "better_answer": "Better Answer",
         "new_instruction": "New Instruction",
         "new_answer": "New Answer",
     }
     sections = [f"[{markers[key]}]\n{text}" for key, text in fields.items()]
-    return "\n".join(["[Feedback]\nIt could be more specific.", *sections])
+    lead = "Critique" if "[Critique]" in last_user_message(body) else "Feedback"
+    return "\n".join([f"[{lead}]\n{critique}", *sections])
 
 
 def markerless_reply(body: Body) -> str:

@@ -271,9 +271,10 @@ def test_structured_output_sends_the_json_schema(tmp_path: Path) -> None:
         [request] = server.completions
     response_format = request.body["response_format"]
     assert response_format["type"] == "json_schema"
-    assert response_format["json_schema"]["schema"]["required"] == ["new_instruction", "new_answer"]
+    schema = response_format["json_schema"]["schema"]
+    assert schema["required"] == ["critique", "new_instruction", "new_answer"]  # critique first
     [record] = read_jsonl(tmp_path / "out.jsonl")
-    assert summary.parse_ok == 1
+    assert summary.parse_ok == 1 and record["teacher"]["instruction"]["critique"]
     assert record["candidates"]["Q"]["instruction"].startswith("Task 1:")
 
 

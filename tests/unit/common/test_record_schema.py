@@ -240,3 +240,14 @@ def test_selection_refuses_a_score_of_the_wrong_type_instead_of_reading_it_as_mi
     error = raised.value
     assert (error.record, error.field) == ("worse", "candidates.ori.scores.rifd")
     assert error.file == str(records_path) and "number or null" in error.problem
+
+
+def test_teacher_critique_and_reasons_read_new_and_older_records() -> None:
+    meta = {"parse_status": "partial", "critique": "Too easy.", "reasons": ["repaired: x"]}
+    record = schema.with_teacher_meta({"id": "r1"}, "instruction", meta)
+    assert schema.teacher_critique(record, "instruction") == "Too easy."
+    assert schema.teacher_reasons(record, "instruction") == ["repaired: x"]
+    older = reflected_record(*SEED[1])  # written before the teacher kept its critique
+    assert schema.teacher_critique(older, "instruction") is None
+    assert schema.teacher_reasons(older, "instruction") == []
+    assert schema.teacher_meta(older, "response") == {}

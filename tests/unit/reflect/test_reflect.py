@@ -30,6 +30,10 @@ META_KEYS = {
     "parse_status",
     "error",
     "rounds",
+    "critique",
+    "reasons",
+    "prompt_style",
+    "sample_cut_tokens",
 }
 CONFIG = TeacherConfig()
 
@@ -149,7 +153,9 @@ def test_every_failure_keeps_ori_as_Q_and_says_why(tmp_path: Path) -> None:
     flat = summary.as_dict()
     assert flat["parse_failures"] == 3 and flat["parse_failure_rate"] == 1.0
     assert flat["fallback_parse"] == flat["fallback_placeholder"] == flat["fallback_error"] == 1
-    assert flat["usage_unreported"] == 1 and flat["prompt_tokens"] == 200
+    # the two replies that arrived were each repaired once (a second request): 4 x 100 tokens
+    assert flat["usage_unreported"] == 1 and flat["prompt_tokens"] == 400
+    assert flat["repaired"] == 2 and records[0]["teacher"]["instruction"]["rounds"] == 2
 
 
 def test_summary_is_flat_numbers_for_mlflow(tmp_path: Path) -> None:
@@ -214,11 +220,40 @@ def test_response_fallback_copies_the_winners_answer(tmp_path: Path) -> None:
     assert record["teacher"]["response"]["parse_status"] == "fallback_parse"
 
 
-def test_response_stage_needs_the_phase1_winner(tmp_path: Path) -> None:
-    write_jsonl(tmp_path / "in.jsonl", prepared(1))
+def test_response_stage_reflects_plain_input_as_the_records_own_answer(tmp_path: Path) -> None:
+    """A prepared file with no phase-1 output: each record's own answer is reflected (winner
+    ``ori``), as the reference reflects any file; the record reads as phase-1 output after."""
+    write_jsonl(tmp_path / "in.jsonl", prepared(2))
+    summary = reflect_responses(
+        tmp_path / "in.jsonl",
+        tmp_path / "out.jsonl",
+        CONFIG,
+        teacher=ScriptedTeacher(),
+        progress=False,
+    )
+    first, second = read_jsonl(tmp_path / "out.jsonl")
+    assert summary.parse_ok == 2
+    assert first["phase1"]["winner"] == "ori" and "plain input" in first["phase1"]["reason"]
+    assert first["candidates"]["ori"] == {
+        "instruction": "Task 0: explain rain.",
+        "input": "",
+        "output": "Answer 0.",
+    }
+    assert first["candidates"]["A"]["output"] == "A more detailed answer to: Task 0: explain rain."
+    assert second["candidates"]["A"]["input"] == "In one line." and "QA" not in second["candidates"]
+    assert first["teacher"]["response"]["parse_status"] == "ok"
+
+
+def test_phase1_output_without_its_selection_is_still_refused(tmp_path: Path) -> None:
+    """Records with candidates but no phase-1 winner are half-way: guessing ``ori`` would hide
+    a skipped selection, so the fix is named."""
+    source = phase1_output(tmp_path, ["ori"])
+    records = read_jsonl(source)
+    del records[0]["phase1"]
+    write_jsonl(tmp_path / "half.jsonl", records)
     with pytest.raises(InputError) as raised:
         reflect_responses(
-            tmp_path / "in.jsonl",
+            tmp_path / "half.jsonl",
             tmp_path / "out.jsonl",
             CONFIG,
             teacher=ScriptedTeacher(),
@@ -560,3 +595,30 @@ def test_checkpoint_lines_hold_results_not_prompts(tmp_path: Path) -> None:
     assert entry["key"].startswith("r0#")  # the id and a digest of the sample the teacher saw
     assert set(entry["result"]) == {"fields", "meta"}
     assert set(entry["result"]["meta"]) == META_KEYS
+
+
+def test_cli_reflects_the_answers_of_a_plain_prepared_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No phase-1 output needed: ``--stage response`` on prepared records reflects their own
+    answers (it exited 2 asking for phase-1 output before)."""
+    write_jsonl(tmp_path / "in.jsonl", prepared(2))
+    with FakeOpenAIServer() as server:
+        code = run_cli(
+            "--stage",
+            "response",
+            "--input",
+            str(tmp_path / "in.jsonl"),
+            "--output",
+            str(tmp_path / "out.jsonl"),
+            "--teacher",
+            "openai",
+            "--teacher-url",
+            server.url,
+            "--report",
+            str(tmp_path / "report.html"),
+        )
+    assert code == 0, capsys.readouterr().err
+    records = read_jsonl(tmp_path / "out.jsonl")
+    assert [set(r["candidates"]) for r in records] == [{"ori", "A"}, {"ori", "A"}]
+    assert "It could be more specific" in (tmp_path / "report.html").read_text()

@@ -58,3 +58,40 @@ def test_both_phases_run_as_tasks_against_a_served_teacher(tmp_path: Path) -> No
     answered = read_jsonl(tmp_path / "a.jsonl")
     assert phase2.as_dict()["records"] == 3 and all("A" in r["candidates"] for r in answered)
     assert all(r["teacher"]["response"]["parse_status"] for r in answered)
+
+
+def test_the_critique_reaches_the_mlflow_table_and_the_html_report(tmp_path: Path) -> None:
+    """Each phase logs a per-record teacher table (critique, status, reasons) to MLflow and
+    writes the same rows into an HTML report."""
+    import json
+
+    import mlflow
+
+    prepared = tmp_path / "prepared.jsonl"
+    write_jsonl(
+        prepared,
+        [{"id": "r0", "instruction": "Add 1 and 2.", "input": "", "output": "3", "flags": []}],
+    )
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with FakeOpenAIServer() as server:
+        teacher = {"backend": "openai", "url": server.url, "model": "m", "few_shot": False}
+        stage = ReflectStage.from_parameters("instruction", teacher, prepared, tmp_path / "q.jsonl")
+        stage.report = tmp_path / "report.html"
+        run_stage(stage, StageSettings({"tracking_uri": store}, str(tmp_path / "ck"), run_id="k2"))
+    page = (tmp_path / "report.html").read_text()
+    assert "It could be more specific (Add 1 and 2.)" in page and "critique" in page
+    client = mlflow.MlflowClient(store)
+    experiment = client.get_experiment_by_name("reflection-tuning")
+    (run,) = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`rtune.stage` = 'reflect_instruction'"
+    )
+    table = json.loads(
+        Path(
+            client.download_artifacts(run.info.run_id, "teacher/reflect_instruction.json")
+        ).read_text()
+    )
+    row = dict(zip(table["columns"], table["data"][0], strict=True))
+    assert row["id"] == "r0" and row["candidate"] == "Q" and row["parse_status"] == "ok"
+    assert row["critique"] == "It could be more specific (Add 1 and 2.)"
+    html = client.download_artifacts(run.info.run_id, "reports/reflect_instruction.html")
+    assert "It could be more specific" in Path(html).read_text()

@@ -89,12 +89,17 @@ def prepared(count: int) -> list[dict[str, Any]]:
     ]
 
 
+# The behaviour of earlier releases (concise wording, no repair, whole fallback) stays available;
+# these tests hold it. The faithful default is held by test_teacher_faithful.py.
+EARLIER = {"prompt_style": "concise", "repair": False, "fallback": "whole"}
+
+
 def run_phase1(tmp_path: Path, teacher: Any, count: int = 3, **config: Any) -> Any:
     write_jsonl(tmp_path / "in.jsonl", prepared(count))
     return reflect_instructions(
         tmp_path / "in.jsonl",
         tmp_path / "out.jsonl",
-        TeacherConfig(**config),
+        TeacherConfig(**{**EARLIER, **config}),
         teacher=teacher,
         progress=False,
     )
@@ -175,7 +180,9 @@ def test_replies_cut_at_max_tokens_fall_back_in_both_phases(tmp_path: Path) -> N
     "length"): the answer is unfinished, so neither phase may keep it."""
     write_jsonl(tmp_path / "in.jsonl", prepared(2))
     with FakeOpenAIServer() as server:
-        config = TeacherConfig(backend="openai", url=server.url, model="m", max_new_tokens=12)
+        config = TeacherConfig(
+            backend="openai", url=server.url, model="m", max_new_tokens=12, **EARLIER
+        )
         first = reflect_instructions(
             tmp_path / "in.jsonl", tmp_path / "p1.jsonl", config, progress=False
         )
@@ -208,7 +215,9 @@ def test_a_cut_after_the_answer_was_finished_is_kept(tmp_path: Path) -> None:
             Fault(text=finished, finish_reason="length"),
             Fault(text=unfinished, finish_reason="length"),
         )
-        config = TeacherConfig(backend="openai", url=server.url, model="m", concurrency=1)
+        config = TeacherConfig(
+            backend="openai", url=server.url, model="m", concurrency=1, **EARLIER
+        )
         summary = reflect_instructions(
             tmp_path / "in.jsonl", tmp_path / "out.jsonl", config, progress=False
         )
@@ -292,6 +301,9 @@ def test_vllm_reports_length_and_gets_a_second_round(
         def __init__(self, model: str, **_: Any) -> None:
             self.model = model
 
+        def get_tokenizer(self) -> Any:
+            return SimpleNamespace(encode=lambda text, **_: text.split())
+
         def chat(self, conversations: list[Any], params: Any, **_: Any) -> list[Any]:
             outputs = []
             for conversation in conversations:
@@ -325,7 +337,7 @@ def test_embedded_model_with_the_second_round(embedded_model_dir: Path, tmp_path
     # Seeds 2-5: in the 16-record run seed 1 rambled to the budget; these end their turn early.
     seeds = read_jsonl(ROOT / "components/prepare/data/seed.jsonl")[1:3]
     write_jsonl(tmp_path / "in.jsonl", [{**s, "flags": []} for s in seeds])
-    config = TeacherConfig(max_new_tokens=96, batch_size=2)
+    config = TeacherConfig(max_new_tokens=96, batch_size=2, **EARLIER)
     teacher = TransformersTeacher(config)
     prefills: list[str] = []
     ask = teacher.complete_many

@@ -17,8 +17,8 @@ from rtune.components.teacher.parsing import (
     unfinished_field,
 )
 from rtune.components.teacher.prompts import (
+    CONCISE_PHASES,
     INSTRUCTION_PHASE,
-    PHASES,
     RESPONSE_PHASE,
     PhaseSpec,
     build_request,
@@ -181,7 +181,7 @@ def test_parser_never_raises(garbage: str) -> None:
     assert parsed.fields is None and parsed.reason
 
 
-@pytest.mark.parametrize("phase", list(PHASES.values()), ids=list(PHASES))
+@pytest.mark.parametrize("phase", list(CONCISE_PHASES.values()), ids=list(CONCISE_PHASES))
 @pytest.mark.parametrize(("structured", "feedback"), [(False, True), (False, False), (True, False)])
 def test_worked_examples_round_trip_through_the_parser(phase, structured, feedback) -> None:
     """The format we show the teacher is exactly the format we read back; a verbatim copy of a
@@ -300,7 +300,7 @@ def glued_fields(phase: PhaseSpec) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize("phase", list(PHASES.values()), ids=list(PHASES))
+@pytest.mark.parametrize("phase", list(CONCISE_PHASES.values()), ids=list(CONCISE_PHASES))
 @pytest.mark.parametrize("shape", GLUED_SHAPES)
 @pytest.mark.parametrize("feedback", ["", "[Feedback]Too vague.\n"])
 def test_text_glued_to_its_marker_keeps_its_first_character(
@@ -313,7 +313,7 @@ def test_text_glued_to_its_marker_keeps_its_first_character(
     assert parsed.fields == want
 
 
-@pytest.mark.parametrize("phase", list(PHASES.values()), ids=list(PHASES))
+@pytest.mark.parametrize("phase", list(CONCISE_PHASES.values()), ids=list(CONCISE_PHASES))
 def test_glued_text_after_a_prefilled_or_repeated_marker_keeps_its_first_character(
     phase: PhaseSpec,
 ) -> None:

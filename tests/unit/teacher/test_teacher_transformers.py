@@ -149,6 +149,9 @@ class FakeLLM:
         self.model, self.kwargs, self.calls = model, kwargs, []
         FakeLLM.built.append(self)
 
+    def get_tokenizer(self) -> Any:
+        return SimpleNamespace(encode=lambda text, **_: text.split())
+
     def chat(
         self, conversations: list[list[dict[str, str]]], params: FakeSamplingParams, **kwargs: Any
     ) -> list[Any]:
@@ -186,7 +189,12 @@ def test_vllm_backend_sends_prefilled_chats_and_maps_outputs(
     (model_dir / "config.json").write_text("{}")
     write_jsonl(tmp_path / "in.jsonl", [{"id": f"r{i}", **s} for i, s in enumerate(SAMPLES)])
     config = TeacherConfig(
-        backend="vllm", model=str(model_dir), max_new_tokens=77, temperature=0.2, batch_size=2
+        backend="vllm",
+        model=str(model_dir),
+        max_new_tokens=77,
+        temperature=0.2,
+        batch_size=2,
+        prompt_style="concise",  # the stand-in writes the concise reply ([New Instruction] first)
     )
     summary = reflect_instructions(
         tmp_path / "in.jsonl", tmp_path / "out.jsonl", config, progress=False
