@@ -230,6 +230,22 @@ def tokenizer(tiny_model_dir: Path) -> Any:
     return load_tokenizer(tiny_model_dir)
 
 
+@pytest.mark.parametrize("template", ["vicuna", "alpaca"])
+def test_texts_are_the_fine_tuning_texts(tokenizer: Any, template: str) -> None:
+    """Calibration sees exactly what the model was fine-tuned on (vicuna: FastChat's space after
+    ``ASSISTANT:``), without the end token."""
+    from rtune.components.finetune.data import tokenize_record
+    from rtune.components.scoring.passes import resolve_start_ids
+
+    (record,) = training_records(1)
+    token_pass = response_passes([record], tokenizer, template, max_length=512).passes[record["id"]]
+    start = resolve_start_ids(tokenizer, "auto")
+    example, _ = tokenize_record(record, tokenizer, template, 512, start)
+    assert example is not None
+    assert list(token_pass.ids) == list(example.input_ids[:-1])
+    assert example.labels[token_pass.start - 1] == -100 != example.labels[token_pass.start]
+
+
 def test_texts_are_the_scorers_prompt_then_the_response(tokenizer: Any) -> None:
     (record,) = training_records(1)
     texts = response_passes([record], tokenizer, "vicuna", max_length=512)
@@ -239,7 +255,7 @@ def test_texts_are_the_scorers_prompt_then_the_response(tokenizer: Any) -> None:
     assert prompt.startswith("A chat between") and prompt.endswith(
         f"USER: {record['instruction']} ASSISTANT:"
     )
-    assert tokenizer.decode(token_pass.ids[token_pass.start :]).strip() == record["output"]
+    assert tokenizer.decode(token_pass.ids[token_pass.start :]) == " " + record["output"]
 
 
 def test_a_response_cut_away_by_max_length_is_counted_not_kept(tokenizer: Any) -> None:
@@ -273,6 +289,28 @@ def test_perplexity_is_exp_of_the_token_weighted_response_loss(
         tokens += token_pass.n_targets
     assert measured.tokens == tokens and measured.records == 3
     assert measured.perplexity == pytest.approx(math.exp(total / tokens), rel=1e-5)
+
+
+@pytest.mark.parametrize("template", ["vicuna", "chat"])
+def test_the_worker_job_carries_the_training_chat_template(
+    tiny_model_dir: Path, tmp_path: Path, template: str
+) -> None:
+    """The worker (its own older transformers) is told the chat template of the training format,
+    whatever template the input folder holds (it saves it: test_quantize_stage)."""
+    from rtune.components.common.models import load_tokenizer
+    from rtune.components.common.records import write_jsonl
+    from rtune.components.quantize.plan import plan_quantization
+    from rtune.components.quantize.worker_control import write_job
+    from rtune.components.scoring.chat_templates import serving_chat_template
+
+    selected = tmp_path / "selected.jsonl"
+    write_jsonl(selected, training_records(6))
+    config = QuantizeConfig(template=template, calibration_records=2, heldout_records=2)
+    plan = plan_quantization(config, tiny_model_dir, selected, tmp_path / "work")
+    job = json.loads(write_job(plan).read_text())
+    expected = serving_chat_template(template, load_tokenizer(tiny_model_dir))
+    assert job["chat_template"] == expected
+    assert expected != load_tokenizer(tiny_model_dir).chat_template
 
 
 def test_weight_bytes_count_weight_files_only(tmp_path: Path) -> None:
