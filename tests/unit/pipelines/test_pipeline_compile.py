@@ -86,7 +86,7 @@ def test_compiled_pipeline_has_every_stage_and_cluster_settings(tmp_path: Path) 
     defaults = spec["root"]["inputDefinitions"]["parameters"]
     assert defaults["teacher"]["defaultValue"]["backend"] == "openai"
     assert defaults["scoring"]["defaultValue"]["num_shards"] == 8
-    assert defaults["student"]["defaultValue"]["template"] == "vicuna"
+    assert defaults["student"]["defaultValue"]["template"] == "chat"  # an instruct student
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
 
     def secret(name: str) -> dict:
