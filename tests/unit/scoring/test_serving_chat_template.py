@@ -151,3 +151,15 @@ def test_vicuna_trains_with_fastchats_space_and_scores_bare(embedded_model_dir: 
     assert tokenizer.decode(ids).endswith(" ASSISTANT: 2 + 3 = 5." + tokenizer.eos_token)
     ids, _ = training_example(tokenizer, FIRST, "alpaca")
     assert tokenizer.decode(ids).endswith("### Response:2 + 3 = 5." + tokenizer.eos_token)
+
+
+@pytest.mark.parametrize("template", ["vicuna", "chat"])
+def test_the_registered_pyfunc_prompts_as_trained(
+    tokenizer: Any, template: str, tmp_path: Path
+) -> None:
+    """mlflow.pyfunc's StudentChatModel sends the training prompt's ids (no second BOS)."""
+    from rtune.components.finetune.registry import chat_prompt_ids
+
+    ids, first_target = training_example(tokenizer, FIRST, template)
+    served = saved_with_template(tokenizer, template, tmp_path)
+    assert chat_prompt_ids(served, FIRST["instruction"]) == ids[:first_target]
