@@ -313,6 +313,52 @@ def test_the_worker_job_carries_the_training_chat_template(
     assert expected != load_tokenizer(tiny_model_dir).chat_template
 
 
+def test_the_worker_saves_the_jobs_chat_template_with_its_transformers(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The tokenizer the worker saves (in llm-compressor's interpreter, an older transformers)
+    prompts the model with the training prompt's ids when read back here."""
+    from transformers import AutoTokenizer
+
+    from rtune.components.finetune.data import tokenize_record
+    from rtune.components.quantize.worker_control import WORKER_SCRIPT, quantize_python
+    from rtune.components.scoring.chat_templates import serving_chat_template
+    from rtune.components.scoring.passes import resolve_start_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    job = {
+        "model": str(tiny_model_dir),
+        "chat_template": serving_chat_template("vicuna", tokenizer),
+    }
+    code = (
+        "import importlib.util, json, sys\n"
+        f"spec = importlib.util.spec_from_file_location('worker', {str(WORKER_SCRIPT)!r})\n"
+        "worker = importlib.util.module_from_spec(spec); spec.loader.exec_module(worker)\n"
+        "worker.job_tokenizer(json.loads(sys.argv[1])).save_pretrained(sys.argv[2])\n"
+    )
+    python = quantize_python(QuantizeConfig())
+    saved = tmp_path / "saved"
+    result = subprocess.run(
+        [str(python), "-I", "-c", code, json.dumps(job), str(saved)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    reloaded = AutoTokenizer.from_pretrained(saved)
+    record = {"id": "x", "instruction": "What is 2 + 3?", "input": "", "output": "5"}
+    example, _ = tokenize_record(
+        record, reloaded, "vicuna", 256, resolve_start_ids(reloaded, "auto")
+    )
+    assert example is not None
+    prompt = [
+        i for i, label in zip(example.input_ids, example.labels, strict=True) if label == -100
+    ]
+    rendered = reloaded.apply_chat_template(
+        [{"role": "user", "content": record["instruction"]}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    assert reloaded.encode(rendered, add_special_tokens=False) == prompt
+
+
 def test_weight_bytes_count_weight_files_only(tmp_path: Path) -> None:
     from rtune.components.quantize.perplexity import weight_bytes
 
