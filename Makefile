@@ -2,7 +2,7 @@
 #   make demo    run the whole pipeline locally on the embedded default model (kfp.local + MLflow sqlite)
 #   make test    run the test suite (CPU, offline, real parts); make test-fast: the unit tier
 #   make rehearse  run the compiled pipeline as a cluster would, pods' rules enforced (needs root)
-#   make bench   scoring, selection-scoring and teacher benchmarks, figures side by side
+#   make bench   scoring, selection-scoring, teacher, training, dtype and template-fit benchmarks, figures side by side
 #   make lint    ruff check + ruff format --check + mypy on the pure-logic modules + yamllint + hadolint
 #   make compiled  regenerate the committed pipelines/compiled/ (IR + Kubernetes form, llama3-8b config)
 PYTHON ?= python3
@@ -62,7 +62,7 @@ test-fast: setup
 # every benchmark prints its figures even when an earlier one misses its target; the exit code
 # says whether all met theirs
 bench: setup
-	@status=0; for bench in scoring selection teacher training dtype; do \
+	@status=0; for bench in scoring selection teacher training dtype template_fit; do \
 	  $(BIN)/python tests/benchmarks/bench_$$bench.py || status=1; done; exit $$status
 
 lint: setup

@@ -2,7 +2,10 @@
 
 An example is the scorer's conditioned text ``P(x) + y`` (same template, same tokenization: the
 text is tokenized whole and the response starts at the token count of the prompt) followed by the
-end-of-sequence token, so the student also learns to stop. Labels are the token ids on the
+end-of-sequence token, so the student also learns to stop. The one difference: a template's
+``response_prefix`` goes before ``y`` (vicuna: FastChat's ``ASSISTANT: answer``, the format the
+reference trained with, while its scoring joins ``ASSISTANT:answer`` bare). The fine-tuned
+model's chat template renders this same text (``scoring/chat_templates.py``). Labels are the token ids on the
 response (and EOS) and ``IGNORE`` on the prompt: the loss is on response tokens only.
 
 ``max_length`` truncation keeps the prompt and cuts the response; a record whose response is cut
@@ -81,7 +84,8 @@ def tokenize_record(
         template, str(record["instruction"]), str(record.get("input") or ""), tokenizer
     )
     prefix_ids = list(start_ids) + list(tokenizer.encode(prompt))
-    whole = list(start_ids) + list(tokenizer.encode(prompt + str(record["output"])))
+    response = template.response_prefix + str(record["output"])
+    whole = list(start_ids) + list(tokenizer.encode(prompt + response))
     whole.append(tokenizer.eos_token_id)
     start = max(len(prefix_ids), 1)
     truncated = len(whole) > max_length

@@ -25,6 +25,17 @@ from mlflow.pyfunc import PythonModel
 CANDIDATE_ALIAS = "candidate"
 
 
+def chat_prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
+    """The ids the student reads for one user prompt: its chat template (the training format,
+    start token included, so nothing more is added) or, without one, the text as it is."""
+    if not getattr(tokenizer, "chat_template", None):
+        return list(tokenizer.encode(prompt))
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
 class StudentChatModel(PythonModel):
     """Generates a reply per prompt with the merged student (chat template when it has one)."""
 
@@ -42,14 +53,8 @@ class StudentChatModel(PythonModel):
         max_new_tokens = int((params or {}).get("max_new_tokens", 64))
         replies = []
         for prompt in prompts:
-            text: Any = prompt
-            if getattr(self.tokenizer, "chat_template", None):
-                text = self.tokenizer.apply_chat_template(
-                    [{"role": "user", "content": prompt}],
-                    tokenize=False,
-                    add_generation_prompt=True,
-                )
-            ids = self.tokenizer(text, return_tensors="pt")
+            input_ids = torch.tensor([chat_prompt_ids(self.tokenizer, prompt)])
+            ids = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
             with torch.inference_mode():
                 out = self.model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
             replies.append(

@@ -101,6 +101,7 @@ def train(job: TrainingJob) -> Trained:
         load_student,
         training_arguments,
     )
+    from rtune.components.scoring.chat_templates import install_chat_template
 
     config = from_dict(FinetuneConfig, job.config, "finetune")
     configure_runtime(bool(config.deepspeed))
@@ -110,7 +111,7 @@ def train(job: TrainingJob) -> Trained:
     accumulation = gradient_accumulation(config, rows, world)
     args = training_arguments(config, job.checkpoint_dir, accumulation, job.report_to or ["none"])
     model = load_student(config, str(model_path))
-    tokenizer = load_tokenizer(model_path)
+    tokenizer = install_chat_template(load_tokenizer(model_path), config.template)
     trainer = PackedSFTTrainer(
         model=model,
         args=args,
@@ -208,7 +209,7 @@ def save_outputs(
     if not is_main_rank():
         return
     if config.method in ("lora", "qlora") and config.merge:
-        merge_adapter(model_path, local / "adapter", local / "model")
+        merge_adapter(model_path, local / "adapter", local / "model", trainer.processing_class)
     (local / "train_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     if is_s3(output):
         from rtune.components.common.model_store import upload_model
@@ -222,8 +223,9 @@ def _staging_dir(output: str) -> Path:
     return uri_cache_dir(output, "outputs")
 
 
-def merge_adapter(base_path: Path, adapter_dir: Path, merged_dir: Path) -> Path:
-    """Base + LoRA folded into plain weights (what quantize and vLLM load), with the tokenizer.
+def merge_adapter(base_path: Path, adapter_dir: Path, merged_dir: Path, tokenizer: Any) -> Path:
+    """Base + LoRA folded into plain weights (what quantize and vLLM load), with the training
+    tokenizer (its chat template renders the training format).
 
     Rank 0 does this alone after training, so ZeRO-3's partitioned loading (a collective) is
     switched off first.
@@ -232,13 +234,11 @@ def merge_adapter(base_path: Path, adapter_dir: Path, merged_dir: Path) -> Path:
     from transformers import AutoModelForCausalLM
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-    from rtune.components.common.models import load_tokenizer
-
     unset_hf_deepspeed_config()
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype="auto")
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     merged.save_pretrained(merged_dir, safe_serialization=True)
-    load_tokenizer(base_path).save_pretrained(merged_dir)
+    tokenizer.save_pretrained(merged_dir)
     return merged_dir
 
 

@@ -6,10 +6,10 @@ file order, and the two sets never share a record. Too few records to hold out `
 still calibrate on at least one is an error naming both numbers; fewer calibration records than
 asked is allowed and reported (``CalibrationSplit.short_by``).
 
-Texts. Both sets use the scorer's conditioned text ``start + P(x) + y`` (same template, same
-tokenization, same start token when the tokenizer adds no BOS; cut at ``max_seq_length``), so
-calibration sees what the model is fine-tuned and scored on, and perplexity is measured on the
-response tokens ``y`` only. A held-out record whose response is cut away entirely is skipped
+Texts. Both sets use the fine-tuning text ``start + P(x) + y`` (same template, same
+tokenization, same start token when the tokenizer adds no BOS, the template's response prefix
+before ``y``; cut at ``max_seq_length``), so calibration sees what the model was fine-tuned on
+and is served with, and perplexity is measured on the response tokens ``y`` only. A held-out record whose response is cut away entirely is skipped
 and counted.
 """
 
@@ -102,7 +102,7 @@ class ResponseTexts:
 def response_passes(
     records: Sequence[Mapping[str, Any]], tokenizer: Any, template_name: str, max_length: int
 ) -> ResponseTexts:
-    """The scorer's ``start + P(x) + y`` token ids of each record, cut at ``max_length``."""
+    """The fine-tuning ``start + P(x) + y`` token ids of each record, cut at ``max_length``."""
     template = get_template(template_name)
     builder = PassBuilder(tokenizer, resolve_start_ids(tokenizer, "auto"), max_length)
     texts = ResponseTexts()
@@ -110,7 +110,8 @@ def response_passes(
         prompt = render_prompt(
             template, str(record["instruction"]), str(record.get("input") or ""), tokenizer
         )
-        token_pass, truncated = builder.conditioned(prompt, str(record["output"]))
+        response = template.response_prefix + str(record["output"])
+        token_pass, truncated = builder.conditioned(prompt, response)
         texts.truncated += int(truncated)
         if token_pass is None:
             texts.cut_away.append(str(record["id"]))

@@ -36,6 +36,7 @@ class QuantizePlan:
     calibration: ResponseTexts
     heldout: ResponseTexts
     work: Path
+    chat_template: str = ""  # the training format's, saved with the quantized model's tokenizer
 
 
 def model_signature(model_path: Path, blocks: int = 16, block_size: int = 1 << 16) -> str:
@@ -58,14 +59,21 @@ def model_signature(model_path: Path, blocks: int = 16, block_size: int = 1 << 1
 
 
 def work_dir_for(
-    config: QuantizeConfig, calibration: ResponseTexts, model_path: Path, folder: Path
+    config: QuantizeConfig,
+    calibration: ResponseTexts,
+    model_path: Path,
+    folder: Path,
+    chat_template: str = "",
 ) -> Path:
-    """Same recipe + same calibration ids + same model -> same folder (reuse, never mix)."""
+    """Same recipe + same calibration ids + same model + same chat template -> same folder
+    (reuse, never mix)."""
     from rtune.components.quantize.recipes import recipe_yaml
 
     recipe = recipe_yaml(config) if config.method != "none" else "none"
     data = texts_digest(calibration) if config.method in CALIBRATED else ""
-    key = fingerprint("quantize", recipe, config.max_seq_length, data, model_signature(model_path))
+    key = fingerprint(
+        "quantize", recipe, config.max_seq_length, data, model_signature(model_path), chat_template
+    )
     return Path(folder) / key
 
 
@@ -76,6 +84,7 @@ def plan_quantization(
     folder; refuse a run whose held-out (or, for calibrated methods, calibration) responses were
     all cut away by ``max_seq_length``."""
     from rtune.components.common.models import load_tokenizer
+    from rtune.components.scoring.chat_templates import serving_chat_template
 
     records = read_jsonl(selected_path)
     split = split_records(
@@ -98,8 +107,9 @@ def plan_quantization(
             "no calibration text left after max_seq_length cut every response away",
             "raise quantize.max_seq_length",
         )
-    work = work_dir_for(config, calibration, model_path, folder)
-    return QuantizePlan(config, model_path, split, calibration, heldout, work)
+    chat_template = serving_chat_template(config.template, tokenizer)
+    work = work_dir_for(config, calibration, model_path, folder, chat_template)
+    return QuantizePlan(config, model_path, split, calibration, heldout, work, chat_template)
 
 
 def check_group_size(model_path: Path, group_size: int) -> None:

@@ -50,10 +50,10 @@ def quantize(job: dict[str, Any]) -> dict[str, Any]:
     """oneshot(recipe, calibration) on the model, then save it compressed; returns the summary."""
     import torch
     from llmcompressor import oneshot
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(job["model"], dtype="auto")
-    tokenizer = AutoTokenizer.from_pretrained(job["model"])
+    tokenizer = job_tokenizer(job)
     dataset = calibration_dataset(Path(job["calibration"]))
     _log(f"oneshot: {len(dataset)} calibration texts, recipe {job['recipe']}")
     started = time.perf_counter()
@@ -77,6 +77,17 @@ def quantize(job: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "versions": _versions(),
     }
+
+
+def job_tokenizer(job: dict[str, Any]) -> Any:
+    """The model's tokenizer with the job's chat template (the training format, so the quantized
+    model is served as the student was trained, whatever template the input folder held)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(job["model"])
+    if job.get("chat_template"):
+        tokenizer.chat_template = job["chat_template"]
+    return tokenizer
 
 
 def save_model(model: Any, tokenizer: Any, output: Path) -> None:

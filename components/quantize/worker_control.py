@@ -79,6 +79,7 @@ def write_job(plan: QuantizePlan) -> Path:
         "max_seq_length": plan.config.max_seq_length,
         "output": str(work / "model"),
         "summary": str(work / SUMMARY_FILE),
+        "chat_template": plan.chat_template,
     }
     path = work / "job.json"
     path.write_text(json.dumps(job, indent=2), encoding="utf-8")

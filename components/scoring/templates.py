@@ -45,19 +45,45 @@ DEFAULT_REVERSE_PROMPT = (
 
 @dataclass(frozen=True)
 class PromptTemplate:
-    """One prompt format: how an instruction (and optional input) becomes the prompt ``P(x)``.
+    """One prompt format, as the parts of a conversation: how an instruction (and optional input)
+    becomes the prompt ``P(x)``, and how the served model's chat template renders a conversation.
 
-    ``with_input``/``without_input`` are ``str.format`` patterns over ``{instruction}`` and
-    ``{input}``; with ``chat`` set they give the *user message*, which the tokenizer's chat template
-    then wraps. ``joiner`` separates instruction and input when they are the r-IFD target.
+    ``P(x) = system + user_open + message + assistant_open`` with ``message`` the instruction, or
+    ``message_with_input`` (``str.format`` over ``{instruction}`` and ``{input}``) when there is an
+    input; ``system_with_input`` replaces ``system`` then (Alpaca's preamble differs). With
+    ``chat`` set, ``message`` is the *user message* the tokenizer's chat template wraps.
+    ``joiner`` separates instruction and input when they are the r-IFD target.
+
+    ``response_prefix`` goes between ``P(x)`` and the response in *training* and serving (FastChat
+    writes ``ASSISTANT: answer``); scoring joins them bare, as the reference does.
     """
 
     name: str
-    with_input: str
-    without_input: str
+    message_with_input: str
     joiner: str
+    system: str = ""
+    user_open: str = ""
+    assistant_open: str = ""
+    system_with_input: str | None = None
+    response_prefix: str = ""
     chat: bool = False
     description: str = ""
+
+    @property
+    def with_input(self) -> str:
+        """``P(x)`` as a ``str.format`` pattern when the record has an input."""
+        system = self.system if self.system_with_input is None else self.system_with_input
+        return system + self.user_open + self.message_with_input + self.assistant_open
+
+    @property
+    def without_input(self) -> str:
+        """``P(x)`` as a ``str.format`` pattern when the record has no input."""
+        return self.system + self.user_open + "{instruction}" + self.assistant_open
+
+    @property
+    def input_marker(self) -> str:
+        """The text the user message puts between instruction and input."""
+        return self.message_with_input.split("{instruction}", 1)[1].split("{input}", 1)[0]
 
 
 TEMPLATES: dict[str, PromptTemplate] = {
@@ -65,39 +91,43 @@ TEMPLATES: dict[str, PromptTemplate] = {
     for template in (
         PromptTemplate(
             name="vicuna",
-            with_input=VICUNA_SYSTEM + " USER: {instruction}\nInput:\n{input} ASSISTANT:",
-            without_input=VICUNA_SYSTEM + " USER: {instruction} ASSISTANT:",
+            message_with_input="{instruction}\nInput:\n{input}",
             joiner="",
+            system=VICUNA_SYSTEM + " ",
+            user_open="USER: ",
+            assistant_open=" ASSISTANT:",
+            response_prefix=" ",
             description="FastChat v1.1 (the reference default)",
         ),
         PromptTemplate(
             name="alpaca",
-            with_input=ALPACA_PREAMBLE_INPUT
-            + "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:",
-            without_input=ALPACA_PREAMBLE + "### Instruction:\n{instruction}\n\n### Response:",
+            message_with_input="{instruction}\n\n### Input:\n{input}",
             joiner="\n\n",
+            system=ALPACA_PREAMBLE,
+            system_with_input=ALPACA_PREAMBLE_INPUT,
+            user_open="### Instruction:\n",
+            assistant_open="\n\n### Response:",
             description="Stanford Alpaca",
         ),
         PromptTemplate(
             name="wizardlm",
-            with_input="{instruction}\n{input}\n\n### Response:",
-            without_input="{instruction}\n\n### Response:",
+            message_with_input="{instruction}\n{input}",
             joiner="\n",
+            assistant_open="\n\n### Response:",
             description="WizardLM",
         ),
         PromptTemplate(
             name="chat",
-            with_input="{instruction}\n\n{input}",
-            without_input="{instruction}",
+            message_with_input="{instruction}\n\n{input}",
             joiner="\n\n",
             chat=True,
             description="the student tokenizer's own chat template (user turn + generation prompt)",
         ),
         PromptTemplate(
             name="none",
-            with_input="{instruction}\n{input}\n",
-            without_input="{instruction}\n",
+            message_with_input="{instruction}\n{input}",
             joiner="\n",
+            assistant_open="\n",
             description="no template (Cherry LLM 'none')",
         ),
     )
@@ -118,11 +148,18 @@ def render_prompt(
     template: PromptTemplate, instruction: str, input_text: str = "", tokenizer: Any = None
 ) -> str:
     """``P(x)``: the prompt the response follows (with or without the input section)."""
+    if template.chat:
+        return _render_chat_turn(user_message(template, instruction, input_text), tokenizer)
     pattern = template.with_input if input_text else template.without_input
-    message = pattern.format(instruction=instruction, input=input_text)
-    if not template.chat:
-        return message
-    return _render_chat_turn(message, tokenizer)
+    return pattern.format(instruction=instruction, input=input_text)
+
+
+def user_message(template: PromptTemplate, instruction: str, input_text: str = "") -> str:
+    """The user turn's content for an (instruction, input) pair: what a client sends to the
+    served model's ``/v1/chat/completions`` to prompt it as it was trained."""
+    if not input_text:
+        return instruction
+    return template.message_with_input.format(instruction=instruction, input=input_text)
 
 
 def instruction_target(template: PromptTemplate, instruction: str, input_text: str = "") -> str:

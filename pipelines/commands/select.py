@@ -3,13 +3,14 @@
     rtune select --phase ifd --records reflected.jsonl --scores s-0.jsonl s-1.jsonl \\
         --output phase1.jsonl
     rtune select --phase rifd --records responses.jsonl --scores r-0.jsonl \\
-        --output decisions.jsonl --selected train.jsonl --policy fallback \\
+        --output decisions.jsonl --selected train.jsonl --policy keep_phase1_winner \\
         --drop-ifd-above 1.0 --keep-top 0.5
 
 Phase ifd sets phase1 = {winner, reason} (Q wins when IFD(Q) > IFD(ori)). Phase rifd keeps the
 reflected response when r-IFD(new) < r-IFD(old), r-IFD(new) < 1 and IFD(new) < 1; otherwise the
-record is dropped (policy reference) or keeps its phase-1 winner (policy fallback). Every record
-gets decision and reason; --selected receives the flat training records (default:
+record is dropped (policy reference), keeps its phase-1 winner when that one has r-IFD < 1 and
+IFD < 1 and the new r-IFD is not lower (policy reference_alternative), or always keeps its
+phase-1 winner (policy keep_phase1_winner). Every record gets decision and reason; --selected receives the flat training records (default:
 <output stem>.selected.jsonl).
 """
 

@@ -84,7 +84,9 @@ def test_merged_model_matches_the_adapter_and_generates(trained, embedded_model_
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     trainer, _, work = trained
-    merged_dir = merge_adapter(embedded_model_dir, work / "adapter", work / "merged")
+    merged_dir = merge_adapter(
+        embedded_model_dir, work / "adapter", work / "merged", trainer.processing_class
+    )
     merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(merged_dir)
     ids = tokenizer("Name three primary colors.", return_tensors="pt")

@@ -31,7 +31,7 @@ def local_run(tmp_path_factory: pytest.TempPathFactory, embedded_model_dir: Path
         "teacher.max_new_tokens=48",
         "teacher.batch_size=8",
         "scoring.num_shards=2",
-        "selection.policy=fallback",
+        "selection.policy=keep_phase1_winner",
         "finetune.max_steps=2",
         "student.max_length=512",
         "finetune.registered_model=local-student",

@@ -120,6 +120,30 @@ def test_output_is_int4_compressed_tensors_that_loads_and_generates(stage: dict[
     assert max(distinct) <= 16  # every group of 64 weights takes at most 2^4 values
 
 
+def test_quantized_tokenizer_prompts_as_the_student_was_trained(stage: dict[str, Any]) -> None:
+    """The worker saves the training format's chat template (here vicuna, the stage's default),
+    not the base tokenizer's own: /v1/chat/completions prompts the quantized model as trained."""
+    from transformers import AutoTokenizer
+
+    from rtune.components.finetune.data import tokenize_record
+    from rtune.components.scoring.passes import resolve_start_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(stage["outputs"].model_dir)
+    record = {"id": "x", "instruction": "What is 2 + 3?", "input": "", "output": "5"}
+    start = resolve_start_ids(tokenizer, "auto")
+    example, _ = tokenize_record(record, tokenizer, "vicuna", 256, start)
+    assert example is not None
+    prompt = [
+        i for i, label in zip(example.input_ids, example.labels, strict=True) if label == -100
+    ]
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": record["instruction"]}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    assert tokenizer.encode(rendered, add_special_tokens=False) == prompt
+
+
 def _client(stage: dict[str, Any]) -> Any:
     import mlflow
 

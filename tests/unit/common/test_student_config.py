@@ -38,7 +38,7 @@ def test_one_template_change_reaches_every_stage_that_formats_prompts() -> None:
     for name in ("prepare", "scoring", "finetune"):
         assert configs[name].max_length == 512, name  # type: ignore[attr-defined]
     before = stage_configs()
-    assert before["scoring"].template == "vicuna"  # type: ignore[attr-defined]
+    assert before["scoring"].template == "chat"  # type: ignore[attr-defined]
 
 
 def test_one_model_change_reaches_scoring_training_and_the_evaluated_base() -> None:

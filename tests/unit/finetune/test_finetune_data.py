@@ -40,9 +40,9 @@ def test_labels_cover_the_response_and_eos_only(tokenizer) -> None:
     assert all(label == IGNORE for label in example.labels[:n_prompt])
     targets = [t for t in example.labels if t != IGNORE]
     assert targets[-1] == tokenizer.eos_token_id
-    assert tokenizer.decode(targets[:-1]) == RECORD["output"]
-    # the same text the scorer scores: prompt + output, tokenized whole
-    assert list(example.input_ids[:-1]) == start + tokenizer.encode(prompt + RECORD["output"])
+    assert tokenizer.decode(targets[:-1]) == " " + RECORD["output"]  # the space is the answer's
+    # the text the scorer scores, tokenized whole, with FastChat's space after "ASSISTANT:"
+    assert list(example.input_ids[:-1]) == start + tokenizer.encode(prompt + " " + RECORD["output"])
 
 
 def test_a_response_cut_to_nothing_is_dropped_and_counted(tokenizer) -> None:

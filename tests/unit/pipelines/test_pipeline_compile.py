@@ -86,7 +86,7 @@ def test_compiled_pipeline_has_every_stage_and_cluster_settings(tmp_path: Path) 
     defaults = spec["root"]["inputDefinitions"]["parameters"]
     assert defaults["teacher"]["defaultValue"]["backend"] == "openai"
     assert defaults["scoring"]["defaultValue"]["num_shards"] == 8
-    assert defaults["student"]["defaultValue"]["template"] == "vicuna"
+    assert defaults["student"]["defaultValue"]["template"] == "chat"  # an instruct student
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
 
     def secret(name: str) -> dict:
@@ -249,3 +249,21 @@ def test_scoring_gpus_per_shard_come_from_the_cluster_section(tmp_path: Path) ->
         if "score-shard" in name
     }
     assert limits == {"4"}  # cluster.scoring.gpus of the 70B config
+
+
+def test_paper_config_is_the_papers_setup_and_compiles(tmp_path: Path) -> None:
+    """paper-llama2-7b.yaml: base Llama-2-7B, vicuna, the reference rule and hyperparameters."""
+    config = load_run_config(CONFIG_DIR / "paper-llama2-7b.yaml")
+    student, finetune = config.section("scoring"), config.section("finetune")
+    assert student.model.endswith("meta-llama/Llama-2-7b-hf") and student.template == "vicuna"
+    assert (finetune.template, finetune.max_length, finetune.method) == ("vicuna", 2048, "full")
+    assert (finetune.learning_rate, finetune.epochs, finetune.global_batch_size) == (2e-5, 3, 128)
+    assert (finetune.warmup_ratio, finetune.weight_decay) == (0.03, 0.0)
+    selection = config.section("selection")
+    assert (selection.policy, selection.drop_ifd_above, selection.keep_top) == (
+        "reference",
+        None,
+        None,
+    )
+    compiled = _compile(tmp_path, "--config", str(CONFIG_DIR / "paper-llama2-7b.yaml"))
+    assert "score-shard" in compiled["text"] and "Llama-2-7b-hf" in compiled["text"]

@@ -230,6 +230,22 @@ def tokenizer(tiny_model_dir: Path) -> Any:
     return load_tokenizer(tiny_model_dir)
 
 
+@pytest.mark.parametrize("template", ["vicuna", "alpaca"])
+def test_texts_are_the_fine_tuning_texts(tokenizer: Any, template: str) -> None:
+    """Calibration sees exactly what the model was fine-tuned on (vicuna: FastChat's space after
+    ``ASSISTANT:``), without the end token."""
+    from rtune.components.finetune.data import tokenize_record
+    from rtune.components.scoring.passes import resolve_start_ids
+
+    (record,) = training_records(1)
+    token_pass = response_passes([record], tokenizer, template, max_length=512).passes[record["id"]]
+    start = resolve_start_ids(tokenizer, "auto")
+    example, _ = tokenize_record(record, tokenizer, template, 512, start)
+    assert example is not None
+    assert list(token_pass.ids) == list(example.input_ids[:-1])
+    assert example.labels[token_pass.start - 1] == -100 != example.labels[token_pass.start]
+
+
 def test_texts_are_the_scorers_prompt_then_the_response(tokenizer: Any) -> None:
     (record,) = training_records(1)
     texts = response_passes([record], tokenizer, "vicuna", max_length=512)
@@ -239,7 +255,7 @@ def test_texts_are_the_scorers_prompt_then_the_response(tokenizer: Any) -> None:
     assert prompt.startswith("A chat between") and prompt.endswith(
         f"USER: {record['instruction']} ASSISTANT:"
     )
-    assert tokenizer.decode(token_pass.ids[token_pass.start :]).strip() == record["output"]
+    assert tokenizer.decode(token_pass.ids[token_pass.start :]) == " " + record["output"]
 
 
 def test_a_response_cut_away_by_max_length_is_counted_not_kept(tokenizer: Any) -> None:
@@ -273,6 +289,74 @@ def test_perplexity_is_exp_of_the_token_weighted_response_loss(
         tokens += token_pass.n_targets
     assert measured.tokens == tokens and measured.records == 3
     assert measured.perplexity == pytest.approx(math.exp(total / tokens), rel=1e-5)
+
+
+@pytest.mark.parametrize("template", ["vicuna", "chat"])
+def test_the_worker_job_carries_the_training_chat_template(
+    tiny_model_dir: Path, tmp_path: Path, template: str
+) -> None:
+    """The worker (its own older transformers) is told the chat template of the training format,
+    whatever template the input folder holds (it saves it: test_quantize_stage)."""
+    from rtune.components.common.models import load_tokenizer
+    from rtune.components.common.records import write_jsonl
+    from rtune.components.quantize.plan import plan_quantization
+    from rtune.components.quantize.worker_control import write_job
+    from rtune.components.scoring.chat_templates import serving_chat_template
+
+    selected = tmp_path / "selected.jsonl"
+    write_jsonl(selected, training_records(6))
+    config = QuantizeConfig(template=template, calibration_records=2, heldout_records=2)
+    plan = plan_quantization(config, tiny_model_dir, selected, tmp_path / "work")
+    job = json.loads(write_job(plan).read_text())
+    expected = serving_chat_template(template, load_tokenizer(tiny_model_dir))
+    assert job["chat_template"] == expected
+    assert expected != load_tokenizer(tiny_model_dir).chat_template
+
+
+def test_the_worker_saves_the_jobs_chat_template_with_its_transformers(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The tokenizer the worker saves (in llm-compressor's interpreter, an older transformers)
+    prompts the model with the training prompt's ids when read back here."""
+    from transformers import AutoTokenizer
+
+    from rtune.components.finetune.data import tokenize_record
+    from rtune.components.quantize.worker_control import WORKER_SCRIPT, quantize_python
+    from rtune.components.scoring.chat_templates import serving_chat_template
+    from rtune.components.scoring.passes import resolve_start_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    job = {
+        "model": str(tiny_model_dir),
+        "chat_template": serving_chat_template("vicuna", tokenizer),
+    }
+    code = (
+        "import importlib.util, json, sys\n"
+        f"spec = importlib.util.spec_from_file_location('worker', {str(WORKER_SCRIPT)!r})\n"
+        "worker = importlib.util.module_from_spec(spec); spec.loader.exec_module(worker)\n"
+        "worker.job_tokenizer(json.loads(sys.argv[1])).save_pretrained(sys.argv[2])\n"
+    )
+    python = quantize_python(QuantizeConfig())
+    saved = tmp_path / "saved"
+    result = subprocess.run(
+        [str(python), "-I", "-c", code, json.dumps(job), str(saved)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    reloaded = AutoTokenizer.from_pretrained(saved)
+    record = {"id": "x", "instruction": "What is 2 + 3?", "input": "", "output": "5"}
+    example, _ = tokenize_record(
+        record, reloaded, "vicuna", 256, resolve_start_ids(reloaded, "auto")
+    )
+    assert example is not None
+    prompt = [
+        i for i, label in zip(example.input_ids, example.labels, strict=True) if label == -100
+    ]
+    rendered = reloaded.apply_chat_template(
+        [{"role": "user", "content": record["instruction"]}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    assert reloaded.encode(rendered, add_special_tokens=False) == prompt
 
 
 def test_weight_bytes_count_weight_files_only(tmp_path: Path) -> None:

@@ -139,7 +139,7 @@ def test_pipeline_of_score_and_select_stages(
     )
     assert all(set(r["scores"]) == {*SCORE_FIELDS, "reason"} for r in phase2_rows)
 
-    for policy in ("reference", "fallback"):
+    for policy in ("reference", "keep_phase1_winner"):
         decided_path, selected_path = tmp_path / f"{policy}.jsonl", tmp_path / f"{policy}-sel.jsonl"
         config = SelectionConfig(policy=policy)
         summary = select_rifd(responses, [new_scores], decided_path, selected_path, config)
@@ -164,7 +164,7 @@ def test_pipeline_of_score_and_select_stages(
             for s in selected
         )
         assert summary.as_dict()["kept_rate"] == len(kept) / len(SEED)
-        if policy == "fallback":
+        if policy == "keep_phase1_winner":
             assert len(kept) == len(SEED)  # nothing is dropped without a cut
 
 
@@ -332,10 +332,14 @@ def test_select_rifd_decisions_cut_and_training_rows(tmp_path: Path) -> None:
     assert values["phase2_response_rate"] == 0.5 and values["phase1_q_rate"] == 0.5
 
     cut = select_rifd(
-        records_path, [scores_path], out, sel, SelectionConfig(policy="fallback", keep_top=0.5)
+        records_path,
+        [scores_path],
+        out,
+        sel,
+        SelectionConfig(policy="keep_phase1_winner", keep_top=0.5),
     )
     final = {r["id"]: r for r in read_jsonl(out)}
-    # fallback keeps all four (QA 0.6, ori 0.8, A 0.95, Q 0.9); the cut keeps the top half by IFD
+    # keep_phase1_winner keeps all four (QA 0.6, ori 0.8, A 0.95, Q 0.9); the cut keeps the top half by IFD
     assert {rid: r["decision"] for rid, r in final.items()} == {
         "keep": "dropped",
         "worse": "dropped",
@@ -593,7 +597,7 @@ def test_cli_scores_and_selects(
         (["score"], "missing field 'output'"),
         (["select", "--phase", "both", "--scores", "s"], "unknown --phase 'both'"),
         (
-            ["select", "--phase", "ifd", "--scores", "s", "--policy", "fallback"],
+            ["select", "--phase", "ifd", "--scores", "s", "--policy", "keep_phase1_winner"],
             "--policy only applies to --phase rifd",
         ),
         (

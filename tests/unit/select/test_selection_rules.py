@@ -21,7 +21,9 @@ from rtune.components.select_ifd.stage import SelectionSummary, slug
 from rtune.components.select_rifd.rules import (
     CUT_UNSCORABLE,
     IFD_NOT_BELOW_1,
+    OLD_NOT_BELOW_1,
     OLD_RIFD_UNSCORABLE,
+    POLICIES,
     RESPONSE_KEPT,
     RIFD_NOT_BELOW_1,
     RIFD_NOT_LOWER,
@@ -69,7 +71,7 @@ def test_phase1_teacher_fallback_keeps_ori_whatever_the_scores() -> None:
     assert choose_phase1(scores(0.1), scores(0.9), q_status=None) == ("Q", Q_HIGHER)
 
 
-# --- phase 2: every combination of the three conditions, both policies, both winners ----------
+# --- phase 2: every combination of the three conditions, every policy, both winners ----------
 
 # (old r-IFD, new r-IFD) making "r-IFD(new) < r-IFD(old)" and "r-IFD(new) < 1" true or false
 RIFD_CASES = {
@@ -81,17 +83,35 @@ RIFD_CASES = {
 IFD_CASES = {True: 0.7, False: 1.3}
 
 
-@pytest.mark.parametrize("policy", ["reference", "fallback"])
+def test_policies_are_named_for_what_they_do() -> None:
+    assert POLICIES == ("reference", "reference_alternative", "keep_phase1_winner")
+
+
+@pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("winner", ["ori", "Q"])
+@pytest.mark.parametrize("old_ifd_below_1", [True, False])
 @pytest.mark.parametrize(
     ("lower", "rifd_below_1", "ifd_below_1"), list(itertools.product([True, False], repeat=3))
 )
 def test_phase2_truth_table(
-    policy: str, winner: str, lower: bool, rifd_below_1: bool, ifd_below_1: bool
+    policy: str,
+    winner: str,
+    old_ifd_below_1: bool,
+    lower: bool,
+    rifd_below_1: bool,
+    ifd_below_1: bool,
 ) -> None:
+    """Per policy, what a record becomes when the reflected response fails its conditions.
+
+    ``reference`` drops it; ``keep_phase1_winner`` keeps the old candidate; the reference's
+    commented-out alternative keeps the old candidate only when the new r-IFD is *not* lower and
+    the old candidate has r-IFD < 1 and IFD < 1 (``get_select_data.py``: ``count_2``/``count_4``),
+    and drops it otherwise (a lower r-IFD that fails a "< 1" test keeps nothing there).
+    """
     old_rifd, new_rifd = RIFD_CASES[(lower, rifd_below_1)]
+    old = scores(IFD_CASES[old_ifd_below_1], old_rifd)
     new = scores(IFD_CASES[ifd_below_1], new_rifd)
-    decision, reason = decide_phase2(winner, scores(0.9, old_rifd), new, policy)
+    decision, reason = decide_phase2(winner, old, new, policy)
     failed = [
         text
         for text, holds in (
@@ -101,12 +121,46 @@ def test_phase2_truth_table(
         )
         if not holds
     ]
+    why = ", ".join(failed)
+    old_below_1 = old_rifd < 1 and old_ifd_below_1
     if not failed:
         assert (decision, reason) == ({"ori": "A", "Q": "QA"}[winner], RESPONSE_KEPT)
     elif policy == "reference":
-        assert (decision, reason) == ("dropped", "dropped: " + ", ".join(failed))
+        assert (decision, reason) == ("dropped", "dropped: " + why)
+    elif policy == "keep_phase1_winner" or (not lower and old_below_1):
+        assert (decision, reason) == (winner, "phase-1 winner kept: " + why)
+    elif not lower:
+        assert (decision, reason) == ("dropped", f"dropped: {why}, {OLD_NOT_BELOW_1}")
     else:
-        assert (decision, reason) == (winner, "phase-1 winner kept: " + ", ".join(failed))
+        assert (decision, reason) == ("dropped", "dropped: " + why)
+
+
+def test_reference_alternative_on_nulls_and_teacher_fallback() -> None:
+    """A copied or unscorable new response is "not better": the old one stays only when it
+    passes both "< 1" tests itself; an unscorable old r-IFD never passes them."""
+    good_old, poor_old = scores(0.5, 0.9), scores(1.2, 0.9)
+    unscorable = scores(None, None, "truncated")
+    policy = "reference_alternative"
+    assert decide_phase2("Q", good_old, scores(), policy, "fallback_parse") == (
+        "Q",
+        "phase-1 winner kept: teacher fallback (fallback_parse)",
+    )
+    assert decide_phase2("ori", poor_old, unscorable, policy) == (
+        "dropped",
+        f"dropped: new response unscorable (truncated), {OLD_NOT_BELOW_1}",
+    )
+    assert decide_phase2("ori", scores(0.5, None), scores(0.5, 0.4), policy) == (
+        "dropped",
+        f"dropped: {OLD_RIFD_UNSCORABLE}, {OLD_NOT_BELOW_1}",
+    )
+
+
+def test_fallback_is_a_deprecated_name_of_keep_phase1_winner() -> None:
+    with pytest.warns(DeprecationWarning, match="renamed 'keep_phase1_winner'"):
+        config = SelectionConfig(policy="fallback")
+    assert config.policy == "keep_phase1_winner"
+    with pytest.warns(DeprecationWarning):
+        assert decide_phase2("Q", scores(0.5, 0.9), scores(0.5, 0.95), "fallback")[0] == "Q"
 
 
 @pytest.mark.parametrize(
@@ -129,11 +183,12 @@ def test_phase2_nulls_and_teacher_fallback_never_keep_the_response() -> None:
         "dropped: new response unscorable (truncated)",
     )
     assert phase2_failures(scores(0.5, None, "rifd: truncated"), good_new) == [OLD_RIFD_UNSCORABLE]
-    assert decide_phase2("Q", scores(0.5, 0.9), good_new, "fallback", "fallback_error") == (
+    keep = "keep_phase1_winner"
+    assert decide_phase2("Q", scores(0.5, 0.9), good_new, keep, "fallback_error") == (
         "Q",
         "phase-1 winner kept: teacher fallback (fallback_error)",
     )
-    assert decide_phase2("Q", scores(0.5, 0.9), good_new, "fallback", None) == ("QA", RESPONSE_KEPT)
+    assert decide_phase2("Q", scores(0.5, 0.9), good_new, keep, None) == ("QA", RESPONSE_KEPT)
 
 
 def test_phase2_rejects_bad_arguments() -> None:
