@@ -135,12 +135,11 @@ def effects(metrics: Mapping[str, float], names: Sequence[str]) -> dict[str, flo
     each model with the base, so a rate's training effect is measured from a draw."""
     values: dict[str, float] = {}
     for name in names:
+        keys = [f"{name}_{role}" for role in ("candidate", FINETUNED, "base")]
         if name in JUDGE_METRICS:
-            served, tuned, base = metrics.get(name), metrics.get(f"{name}_finetuned"), DRAW[name]
-        else:
-            served, tuned, base = (
-                metrics.get(f"{name}_{role}") for role in ("candidate", FINETUNED, "base")
-            )
+            keys = [name, f"{name}_finetuned"]
+        served, tuned, *rest = (metrics.get(key) for key in keys)
+        base = DRAW[name] if name in JUDGE_METRICS else rest[0]
         if served is None or tuned is None or base is None:
             continue  # not computed (no judged item): no effect either, never a made-up one
         values[f"{name}_training_effect"] = tuned - base

@@ -49,7 +49,13 @@ from rtune.components.evaluate.evaluation import (
     mean_latency,
     questions,
 )
-from rtune.components.evaluate.judge import HeldoutItem, load_heldout, pending_jobs, run_judge
+from rtune.components.evaluate.judge import (
+    HeldoutItem,
+    JudgeJob,
+    load_heldout,
+    pending_jobs,
+    run_judge,
+)
 from rtune.components.evaluate.outputs import log_inputs, publish
 from rtune.components.evaluate.suite import SuiteItem, load_suite
 
@@ -274,8 +280,8 @@ def _judge(
     base = texts["base"]["heldout"]
     others = [texts[role]["heldout"] for role in (ROLES[0], FINETUNED) if role in texts]
 
-    def jobs_of(prefill: bool) -> list[Any]:
-        found = {}
+    def jobs_of(prefill: bool) -> list[JudgeJob]:
+        found: dict[str, JudgeJob] = {}
         for other in others:
             for job in pending_jobs(heldout, other, base, store.done, judge, prefill=prefill):
                 found.setdefault(job.key, job)  # identical answers share their verdict
