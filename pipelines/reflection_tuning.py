@@ -370,6 +370,7 @@ def build_reflection_tuning(config: Any, images: Images | None = None, local: bo
                     w.task(
                         c.evaluate(
                             endpoint=served.outputs["endpoint"],
+                            finetuned=trained.outputs["model"],
                             student=student,
                             evaluate=evaluate,
                             tracking=tracking,

@@ -71,8 +71,28 @@ class EvaluateConfig:
     )
     base_served_model: str = field(default="", metadata={"help": "model name at base_url"})
     base_api_key_env: str = field(default="", metadata={"help": "env var with base_url's key"})
+    compare_finetuned: bool = field(
+        default=True,
+        metadata={
+            "help": "also evaluate the fine-tuned model before quantization, so the report "
+            "separates the training effect from the quantization effect; false = two models"
+        },
+    )
+    finetuned_url: str = field(
+        default="",
+        metadata={
+            "help": "served fine-tuned (unquantized) model (http://host/v1); '' = serve the "
+            "finetune stage's model folder locally"
+        },
+    )
+    finetuned_served_model: str = field(
+        default="", metadata={"help": "model name at finetuned_url"}
+    )
+    finetuned_api_key_env: str = field(
+        default="", metadata={"help": "env var with finetuned_url's key"}
+    )
     server: str = field(
-        default="auto", metadata={"help": "local base server: auto|transformers|vllm"}
+        default="auto", metadata={"help": "local base/fine-tuned server: auto|transformers|vllm"}
     )
     reasoning_format: str = field(
         default="none",
@@ -113,18 +133,8 @@ class EvaluateConfig:
         _one_of("server", self.server, SERVERS)
         self._check_numbers()
         self._check_primary_metric()
-        if self.base_url and not self.base_url.startswith(("http://", "https://")):
-            shown = redact_credentials(self.base_url)
-            raise ValueError(f"base_url must start with http:// or https://, got {shown!r}")
-        if self.base_url and not self.base_served_model:
-            raise ValueError(
-                "base_url needs base_served_model: the model name the server answers to"
-            )
-        if self.base_api_key_env and not ENV_NAME.match(self.base_api_key_env):
-            raise ValueError(
-                "base_api_key_env must be the upper-case NAME of an environment variable, "
-                "not the key itself"
-            )
+        for prefix in ("base", "finetuned"):
+            _check_served(prefix, *(getattr(self, f"{prefix}_{k}") for k in SERVED_FIELDS))
         self.judge_config()  # a bad judge section fails here, before any answer is generated
 
     def _check_numbers(self) -> None:
@@ -196,6 +206,25 @@ class EvaluateConfig:
             "reasoning_format": self.reasoning_format,
             "judge": self.judge_config().result_shaping(),
         }
+
+
+SERVED_FIELDS = ("url", "served_model", "api_key_env")
+
+
+def _check_served(prefix: str, url: str, served_model: str, api_key_env: str) -> None:
+    """``<prefix>_url`` / ``_served_model`` / ``_api_key_env``: a served model to compare."""
+    if url and not url.startswith(("http://", "https://")):
+        shown = redact_credentials(url)
+        raise ValueError(f"{prefix}_url must start with http:// or https://, got {shown!r}")
+    if url and not served_model:
+        raise ValueError(
+            f"{prefix}_url needs {prefix}_served_model: the model name the server answers to"
+        )
+    if api_key_env and not ENV_NAME.match(api_key_env):
+        raise ValueError(
+            f"{prefix}_api_key_env must be the upper-case NAME of an environment variable, "
+            "not the key itself"
+        )
 
 
 def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:

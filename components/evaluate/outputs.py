@@ -57,7 +57,7 @@ def publish(
     run.log_table(evaluation.suite_rows, "evaluate/suite_items.json")
     run.log_table(evaluation.judge_rows, "evaluate/judge_items.json")
     counts = _judge_counts(evaluation)
-    figure = figure_comparison(evaluation.paired, counts)
+    figure = figure_comparison(evaluation.paired, counts, evaluation.finetuned)
     run.log_figure(figure, "figures/evaluation.png")
     results = {
         "summary": dict(summary),
@@ -84,6 +84,7 @@ def publish(
                     evaluation.judge_rows,
                 ),
             ],
+            evaluation.finetuned,
         )
         Path(report_path).parent.mkdir(parents=True, exist_ok=True)
         Path(report_path).write_text(page, encoding="utf-8")

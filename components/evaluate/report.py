@@ -4,6 +4,12 @@ The report is one self-contained page (inline CSS, the figure as a base64 PNG, n
 assets) for the Kubeflow UI's HTML artifact and MLflow: the verdict on the primary metric, the
 judge's wins/ties/losses, the metrics side by side, then every suite item and every judged
 instruction with both answers.
+
+When the fine-tuned model before quantization was evaluated too, the side-by-side table has
+three columns - base, fine-tuned, fine-tuned + quantized (what is served) - and the two effects
+(``training effect`` = fine-tuned - base, ``quantization effect`` = served - fine-tuned), so a
+reader sees which step cost or earned the points; a fine-tuned model that could not be served
+is named as skipped, with the reason.
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ from typing import Any
 
 from rtune.components.common.reports import figure_png_base64
 
-CANDIDATE_COLOR, BASE_COLOR = "#2b6cb0", "#a0aec0"
+CANDIDATE_COLOR, BASE_COLOR, FINETUNED_COLOR = "#2b6cb0", "#a0aec0", "#90cdf4"
+DRAW = {"judge_win_rate": 0.5, "judge_winning_score": 1.0}  # the base against itself
 OUTCOME_COLORS = {"win": "#2f855a", "tie": "#d69e2e", "loss": "#c53030", "unparseable": "#718096"}
 
 
@@ -28,22 +35,27 @@ def _pyplot() -> Any:
 
 
 def figure_comparison(
-    paired: Mapping[str, tuple[float, float]], judge: Mapping[str, int] | None
+    paired: Mapping[str, tuple[float, float]],
+    judge: Mapping[str, int] | None,
+    finetuned: Mapping[str, float] | None = None,
 ) -> Any:
     """Left: candidate vs base per metric (suite accuracy overall and by category, lm-eval
-    metrics). Right: the judge's wins/ties/losses (and unparseable verdicts) for the candidate."""
+    metrics), with the fine-tuned model before quantization between them when it was evaluated.
+    Right: the judge's wins/ties/losses (and unparseable verdicts) for the candidate."""
     plt = _pyplot()
     figure, (left, right) = plt.subplots(
         1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]}
     )
     names = list(paired)
     positions = range(len(names))
-    width = 0.38
-    for offset, index, label, color in (
-        (-width / 2, 0, "candidate (fine-tuned)", CANDIDATE_COLOR),
-        (width / 2, 1, "base", BASE_COLOR),
-    ):
-        values = [paired[name][index] for name in names]
+    series = [("base", BASE_COLOR, [paired[name][1] for name in names])]
+    if finetuned:
+        series.append(("fine-tuned", FINETUNED_COLOR, [finetuned[name] for name in names]))
+    label = "fine-tuned + quantized (served)" if finetuned else "candidate (fine-tuned)"
+    series.append((label, CANDIDATE_COLOR, [paired[name][0] for name in names]))
+    width = 0.8 / len(series)
+    for index, (label, color, values) in enumerate(series):
+        offset = (index - (len(series) - 1) / 2) * width
         bars = left.bar([p + offset for p in positions], values, width, label=label, color=color)
         left.bar_label(bars, fmt="%.2f", fontsize=8)
     left.set_xticks(list(positions), [n.replace("lm_eval/", "") for n in names], rotation=20)
@@ -85,12 +97,17 @@ def html_page(
     judge_counts: Mapping[str, int] | None,
     figure: Any,
     tables: Sequence[tuple[str, str, Sequence[Mapping[str, Any]]]],
+    finetuned: Mapping[str, float] | None = None,
 ) -> str:
-    """The report page: verdict, judge counts, metrics side by side, figure, every summary value,
-    then ``tables`` = (element id, heading, rows)."""
-    side_by_side = [
-        {"metric": name, "candidate": pair[0], "base": pair[1]} for name, pair in paired.items()
-    ]
+    """The report page: verdict, judge counts, metrics side by side (three models when
+    ``finetuned`` holds the unquantized model's values), figure, every summary value, then
+    ``tables`` = (element id, heading, rows)."""
+    if finetuned:
+        side_by_side = three_way_rows(summary, paired, finetuned)
+    else:
+        side_by_side = [
+            {"metric": name, "candidate": pair[0], "base": pair[1]} for name, pair in paired.items()
+        ]
     details = [{"key": key, "value": value} for key, value in summary.items()]
     image = (
         "<figure><img id='comparison' alt='candidate vs base' "
@@ -109,7 +126,50 @@ def html_page(
         f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
         f"<h1>{html.escape(title)}</h1>"
         f"<p id='headline' class='headline'>{html.escape(headline)}</p>"
-        f"{_judge_line(summary, judge_counts)}{''.join(sections)}</body></html>"
+        f"{_judge_line(summary, judge_counts)}{_skip_line(summary)}{''.join(sections)}"
+        "</body></html>"
+    )
+
+
+def three_way_rows(
+    summary: Mapping[str, Any],
+    paired: Mapping[str, tuple[float, float]],
+    finetuned: Mapping[str, float],
+) -> list[dict[str, Any]]:
+    """One row per metric: base, fine-tuned, fine-tuned + quantized and the two effects; the
+    judge's rates too (each model against the base, so the base's column is a draw)."""
+    rows = []
+    for name, (served, base) in paired.items():
+        rows.append(_three_way_row(summary, name, base, finetuned[name], served))
+    for name, draw in DRAW.items():
+        if name in summary and f"{name}_finetuned" in summary:
+            tuned = summary[f"{name}_finetuned"]
+            rows.append(_three_way_row(summary, f"{name} (vs base)", draw, tuned, summary[name]))
+    return rows
+
+
+def _three_way_row(
+    summary: Mapping[str, Any], name: str, base: float, tuned: float, served: float
+) -> dict[str, Any]:
+    key = name.removesuffix(" (vs base)")
+    return {
+        "metric": name,
+        "base": base,
+        "fine-tuned": tuned,
+        "fine-tuned + quantized (served)": served,
+        "training effect": summary.get(f"{key}_training_effect"),
+        "quantization effect": summary.get(f"{key}_quantization_effect"),
+    }
+
+
+def _skip_line(summary: Mapping[str, Any]) -> str:
+    reason = summary.get("finetuned_skipped")
+    if not reason:
+        return ""
+    return (
+        "<p id='finetuned-skipped'>Fine-tuned model before quantization: not evaluated "
+        f"({html.escape(str(reason))}), so training and quantization effects are not "
+        "separated</p>"
     )
 
 

@@ -1,6 +1,7 @@
 """The evaluate stage as a pipeline task: the served candidate against the base student.
 
     endpoint.json -> candidate answers (served endpoint) ─┐
+    finetune's model / finetuned_url -> fine-tuned ───────┤  (compare_finetuned: same items)
     base_model / base_url -> base answers (served too) ───┼─> verifiable suite (accuracy by category)
                                                           ├─> pairwise judge (teacher, both orders)
     benchmarks -> lm-evaluation-harness on both endpoints ┘
@@ -11,6 +12,11 @@ Every answer and verdict is checkpointed as it arrives (``<checkpoint_root>/eval
 fingerprint>/evaluation.partial.jsonl``), keyed by a digest of what produced it; a killed or
 re-run evaluation asks only what it does not have, and does not even start a model server when
 it has everything.
+
+The candidate is what ships (fine-tuned, then quantized); the fine-tuned model before
+quantization is asked the same items so the report tells the training effect from the
+quantization effect. It is only evidence: the ``champion`` decision reads the candidate and the
+base alone. A fine-tuned model nobody can serve is a recorded skip (``finetuned_skipped``).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from rtune.components.evaluate.answers import (
 )
 from rtune.components.evaluate.config import EvaluateConfig
 from rtune.components.evaluate.evaluation import (
+    FINETUNED,
     ROLES,
     Evaluation,
     answer_texts,
@@ -42,7 +49,13 @@ from rtune.components.evaluate.evaluation import (
     mean_latency,
     questions,
 )
-from rtune.components.evaluate.judge import HeldoutItem, load_heldout, pending_jobs, run_judge
+from rtune.components.evaluate.judge import (
+    HeldoutItem,
+    JudgeJob,
+    load_heldout,
+    pending_jobs,
+    run_judge,
+)
 from rtune.components.evaluate.outputs import log_inputs, publish
 from rtune.components.evaluate.suite import SuiteItem, load_suite
 
@@ -81,7 +94,8 @@ class EvaluateSummary:
 
 @dataclass
 class EvaluateStage:
-    """The served candidate's endpoint spec in; results JSON and an HTML report out."""
+    """The served candidate's endpoint spec (and the fine-tuned model's folder) in; results
+    JSON and an HTML report out."""
 
     config: EvaluateConfig
     endpoint: Path
@@ -89,6 +103,7 @@ class EvaluateStage:
     report: Path | None = None
     progress: bool = True
     name: str = "evaluate"
+    finetuned: Path | None = None  # the finetune stage's model (before quantization)
 
     @classmethod
     def from_parameters(
@@ -98,9 +113,24 @@ class EvaluateStage:
         endpoint: Path,
         results: Path | None,
         report: Path | None,
+        finetuned: Path | None = None,
     ) -> EvaluateStage:
         config = stage_config(EvaluateConfig, "evaluate", evaluate, student)
-        return cls(config, endpoint, results, report)
+        return cls(config, endpoint, results, report, finetuned=finetuned)
+
+    def finetuned_skip(self) -> str:
+        """Why the fine-tuned model cannot be evaluated ('' = it can): served at
+        ``finetuned_url``, or a model folder this stage serves on loopback."""
+        if self.config.finetuned_url:
+            return ""
+        if self.finetuned is None:
+            return (
+                "no fine-tuned model to compare: set evaluate.finetuned_url, or run the stage "
+                "with the finetune stage's model"
+            )
+        if not (self.finetuned / "config.json").exists():
+            return f"no model in {self.finetuned} (config.json missing)"
+        return ""
 
     def run(self, context: StageContext) -> EvaluateSummary:
         from rtune.components.evaluate.champion import promote
@@ -117,8 +147,17 @@ class EvaluateStage:
         )
         started = time.perf_counter()
         log_inputs(run, config, suite, heldout)
+        skipped = self.finetuned_skip() if config.compare_finetuned else ""
+        finetuned = config.compare_finetuned and not skipped
         evaluation, latency = _evaluate(
-            spec, config, suite, heldout, context.checkpoint_dir, self.progress
+            spec,
+            config,
+            suite,
+            heldout,
+            context.checkpoint_dir,
+            self.progress,
+            self.finetuned if finetuned else None,
+            finetuned,
         )
         decision = decide(config, evaluation.metrics)
         evidence = {decision.metric: decision.candidate}
@@ -133,6 +172,7 @@ class EvaluateStage:
             "champion_version": promotion.version,
             "decision": f"{decision.note}; {promotion.note}",
             "seconds": round(time.perf_counter() - started, 1),
+            **({"finetuned_skipped": skipped} if skipped else {}),
         }
         publish(run, summary, evaluation, self.report, self.results)
         return EvaluateSummary(summary)
@@ -145,8 +185,11 @@ def _evaluate(
     heldout: Sequence[HeldoutItem],
     checkpoint_dir: Path,
     progress: bool,
+    finetuned_model: Path | None = None,
+    finetuned: bool = False,
 ) -> tuple[Evaluation, dict[str, float]]:
-    """Answers from both models, lm-eval on both, the judge's verdicts -> the evaluation."""
+    """Answers from every model (the candidate, the fine-tuned one when ``finetuned``, the
+    base), lm-eval on each, the judge's verdicts -> the evaluation."""
     reasoning = (
         "reflection" if "reflection" in (config.reasoning_format, spec.reasoning_format) else "none"
     )
@@ -159,13 +202,21 @@ def _evaluate(
         "candidate": lambda: _candidate_endpoint(spec, config),
         "base": lambda: base_endpoint(config, reasoning),
     }
+    roles: tuple[str, ...] = ROLES
+    if finetuned:
+        roles = (ROLES[0], FINETUNED, ROLES[1])
+        identity[FINETUNED] = finetuned_identity(config, finetuned_model)
+        servers[FINETUNED] = None if config.finetuned_url else config.server
+        openers[FINETUNED] = lambda: finetuned_endpoint(config, finetuned_model, reasoning)
+    # the folder is named by the pair that ships, so a run that adds the fine-tuned model reuses
+    # what an earlier two-model run already asked
     work = checkpoint_dir / fingerprint("evaluate", identity["candidate"], identity["base"])
     texts: dict[str, dict[str, dict[str, str]]] = {}
     lm_eval: dict[str, dict[str, float]] = {}
     latency: dict[str, float] = {}
     with RecordCheckpoint(work / "evaluation.partial.jsonl", CHECKPOINT_HEADER) as checkpoint:
         store = SharedCheckpoint(checkpoint)
-        for role in ROLES:
+        for role in roles:
             shaped = fingerprint(identity[role], config.result_shaping(), reasoning)
             asked = questions(suite, heldout, role, shaped)
             lm_key = f"lm_eval/{role}#{fingerprint(shaped, config.lm_eval_tasks, config.lm_eval_limit)[:12]}"
@@ -219,17 +270,28 @@ def _judge(
     judge: str,
     progress: bool,
 ) -> None:
-    """Build the judge (a teacher backend) only when a verdict is missing; checkpoint each."""
+    """Build the judge (a teacher backend) only when a verdict is missing; checkpoint each.
+    Each model the base is compared with (the candidate; the fine-tuned one too when it was
+    asked) is judged against the base's answers on every held-out item, in both orders."""
     from tqdm import tqdm
 
     from rtune.components.teacher.factory import make_teacher
 
-    candidate, base = (texts[role]["heldout"] for role in ROLES)
-    if not pending_jobs(heldout, candidate, base, store.done, judge):
+    base = texts["base"]["heldout"]
+    others = [texts[role]["heldout"] for role in (ROLES[0], FINETUNED) if role in texts]
+
+    def jobs_of(prefill: bool) -> list[JudgeJob]:
+        found: dict[str, JudgeJob] = {}
+        for other in others:
+            for job in pending_jobs(heldout, other, base, store.done, judge, prefill=prefill):
+                found.setdefault(job.key, job)  # identical answers share their verdict
+        return list(found.values())
+
+    if not jobs_of(False):
         return
     teacher = make_teacher(config.judge_config())
-    jobs = pending_jobs(heldout, candidate, base, store.done, judge, prefill=teacher.prefills)
-    total = 2 * len(heldout)
+    jobs = jobs_of(teacher.prefills)
+    total = 2 * len(heldout) * len(others)
     with tqdm(
         total=total, initial=total - len(jobs), desc="judge verdicts", disable=not progress
     ) as bar:
@@ -297,22 +359,51 @@ def _candidate_endpoint(spec: Any, config: EvaluateConfig) -> Iterator[ChatModel
 @contextmanager
 def base_endpoint(config: EvaluateConfig, reasoning_format: str = "none") -> Iterator[ChatModel]:
     """The base student: a served model at ``base_url``, or ``base_model`` served on loopback."""
-    from rtune.components.serve.client import ChatEndpoint
-
     if config.base_url:
-        yield ChatEndpoint(
-            config.base_url,
-            config.base_served_model,
-            api_key_env=config.base_api_key_env,
-            timeout_s=config.timeout_s,
-            reasoning_format=reasoning_format,
-        )
+        with _served(config, "base", reasoning_format) as endpoint:
+            yield endpoint
         return
     from rtune.components.common.models import resolve_model
+
+    with _local(config, resolve_model(config.base_model), reasoning_format) as endpoint:
+        yield endpoint
+
+
+@contextmanager
+def finetuned_endpoint(
+    config: EvaluateConfig, folder: Path | None, reasoning_format: str = "none"
+) -> Iterator[ChatModel]:
+    """The fine-tuned model before quantization: served at ``finetuned_url``, or the finetune
+    stage's model folder served on loopback with the base's local server."""
+    if config.finetuned_url:
+        with _served(config, "finetuned", reasoning_format) as endpoint:
+            yield endpoint
+        return
+    if folder is None:
+        raise ValueError("the fine-tuned model needs finetuned_url or a model folder")
+    with _local(config, folder, reasoning_format) as endpoint:
+        yield endpoint
+
+
+@contextmanager
+def _served(config: EvaluateConfig, prefix: str, reasoning_format: str) -> Iterator[ChatModel]:
+    """The model at ``<prefix>_url`` answering to ``<prefix>_served_model``."""
+    from rtune.components.serve.client import ChatEndpoint
+
+    yield ChatEndpoint(
+        getattr(config, f"{prefix}_url"),
+        getattr(config, f"{prefix}_served_model"),
+        api_key_env=getattr(config, f"{prefix}_api_key_env"),
+        timeout_s=config.timeout_s,
+        reasoning_format=reasoning_format,
+    )
+
+
+@contextmanager
+def _local(config: EvaluateConfig, folder: Path, reasoning_format: str) -> Iterator[ChatModel]:
     from rtune.components.serve.local_server import LocalServer
 
-    path = resolve_model(config.base_model)
-    with LocalServer(path, server=config.server, reasoning_format=reasoning_format) as server:
+    with LocalServer(folder, server=config.server, reasoning_format=reasoning_format) as server:
         yield server.endpoint(timeout_s=config.timeout_s)
 
 
@@ -347,3 +438,11 @@ def base_identity(config: EvaluateConfig) -> str:
 
     path = resolve_model(config.base_model)
     return f"local:{path}:{model_signature(path)}"
+
+
+def finetuned_identity(config: EvaluateConfig, folder: Path | None) -> str:
+    if config.finetuned_url:
+        return f"remote:{config.finetuned_url}:{config.finetuned_served_model}"
+    if folder is None:  # finetuned_skip() turns this into a recorded skip before we get here
+        raise ValueError("the fine-tuned model needs finetuned_url or a model folder")
+    return f"local:{folder}:{model_signature(folder)}"
