@@ -193,3 +193,39 @@ def test_a_finetuned_folder_without_a_model_is_a_recorded_skip(
     config = three_way_config(tmp_path, servers, finetuned_url="", finetuned_served_model="")
     stage = EvaluateStage.from_parameters({}, config, _spec(tmp_path, servers["candidate"]), None, None, finetuned=empty)  # fmt: skip
     assert stage.finetuned_skip() == f"no model in {empty} (config.json missing)"
+
+
+@pytest.mark.slow
+def test_the_finetune_stages_model_is_served_on_loopback(
+    servers: dict[str, FakeOpenAIServer], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """No ``finetuned_url``: the Model artifact's folder is served by the base's local server
+    (``transformers serve``); the candidate and the base stay on their loopback fakes."""
+    from tests.integration.test_evaluate_local import Activity
+
+    config = {
+        **three_way_config(tmp_path, servers, finetuned_url="", finetuned_served_model=""),
+        "suite_limit": 2,
+        "judge_limit": 0,
+        "max_new_tokens": 8,
+        "server": "transformers",
+    }
+    activity = Activity(tiny_model_dir)
+    stage_summary: dict[str, Any]
+    with activity.recording():
+        from rtune.components.common.stage import StageSettings, run_stage
+        from rtune.components.evaluate.task import EvaluateStage
+
+        spec = _spec(tmp_path, servers["candidate"])
+        stage = EvaluateStage.from_parameters({}, config, spec, tmp_path / "results.json", None, finetuned=tiny_model_dir)  # fmt: skip
+        stage.progress = False
+        settings = StageSettings(tracking={"enabled": False}, checkpoint_root=str(tmp_path / "ck"), run_id="local-ft")  # fmt: skip
+        stage_summary = run_stage(stage, settings).values
+    assert activity.started == ["transformers"]  # only the fine-tuned model needed a server
+    rows = json.loads((tmp_path / "results.json").read_text())["suite"]
+    assert [row["id"] for row in rows] == ["a1", "a2"]
+    assert all(isinstance(row["finetuned_answer"], str) for row in rows)
+    assert "finetuned_skipped" not in stage_summary
+    assert stage_summary["suite_accuracy_quantization_effect"] == pytest.approx(
+        stage_summary["suite_accuracy_candidate"] - stage_summary["suite_accuracy_finetuned"]
+    )

@@ -148,14 +148,15 @@ def test_component_function_fills_its_outputs(tmp_path: Path) -> None:
             Artifact(tmp_path / n) for n in ("results", "metrics", "report")
         )
         evaluate(
-            endpoint=Artifact(spec), student={}, evaluate=config, tracking={"enabled": False},
-            checkpoint_root=str(tmp_path / "ck"), results=results, metrics=metrics,
+            endpoint=Artifact(spec), finetuned=Artifact(tmp_path / "no-model"), student={},
+            evaluate=config, tracking={"enabled": False}, checkpoint_root=str(tmp_path / "ck"), results=results, metrics=metrics,
             report=report,
         )  # fmt: skip
     assert json.loads(Path(results.path).read_text())["summary"]["judge_wins"] == 3
     assert metrics.metrics["suite_accuracy_candidate"] == pytest.approx(0.8)
     assert "<img id='comparison'" in Path(report.path).read_text()
     assert results.metadata["candidate_beats_base"] is True
+    assert "config.json missing" in json.loads(Path(results.path).read_text())["summary"]["finetuned_skipped"]
 
 
 def _cli(argv: list[str]) -> argparse.Namespace:

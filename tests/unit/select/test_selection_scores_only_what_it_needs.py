@@ -110,7 +110,7 @@ def full_flow(records: list[dict[str, Any]], config: ScoringConfig) -> dict[str,
             )
             for rid, (w, _) in winners.items()
         }
-        for policy in ("reference", "fallback")
+        for policy in ("reference", "keep_phase1_winner")
     }
     return {
         "winners": winners,
@@ -134,7 +134,7 @@ def lean_flow(records: list[dict[str, Any]], config: ScoringConfig, tmp: Path) -
     summary2 = score_candidates(responses, scores2, config, "rifd", progress=False)
     out: dict[str, Any] = {"winners": {}, "decisions": {}, "records": {}, "phase1": phase1}
     out["winners"] = {r["id"]: (r["phase1"]["winner"], r["phase1"]["reason"]) for r in phase1}
-    for policy in ("reference", "fallback"):
+    for policy in ("reference", "keep_phase1_winner"):
         decided = tmp / f"{policy}.jsonl"
         select_rifd(
             responses, [scores2], decided, tmp / f"{policy}-sel.jsonl", SelectionConfig(policy)
@@ -175,13 +175,13 @@ def test_lean_selection_decides_exactly_as_scoring_everything(flows: dict[str, A
     reasons = {reason for _, reason in full["winners"].values()}
     assert {"teacher fallback (fallback_parse)", "ori unscorable (empty_output)"} <= reasons
     assert any(reason.startswith("Q unscorable (ifd: truncated") for reason in reasons)
-    kept = {d for d, _ in full["decisions"]["fallback"].values()}
+    kept = {d for d, _ in full["decisions"]["keep_phase1_winner"].values()}
     assert len(kept) > 1  # the sample exercises more than one outcome
 
 
 def test_every_score_the_lean_flow_computes_equals_the_full_flows(flows: dict[str, Any]) -> None:
     full, lean = flows["full"], flows["lean"]
-    for record in lean["records"]["fallback"]:
+    for record in lean["records"]["keep_phase1_winner"]:
         winner = record["phase1"]["winner"]
         for name, value in record["candidates"].items():
             scores = value["scores"]
