@@ -69,6 +69,7 @@ def compiled_without(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, undo: str)
     return compile_ir(config, out)
 
 
+@pytest.mark.timeout(3000)  # the whole DAG on 2 CPU cores: ~15-30 min
 def test_the_70b_path_runs_to_the_end_through_a_trainjob_and_an_inferenceservice(
     tmp_path: Path,
 ) -> None:
