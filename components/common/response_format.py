@@ -22,6 +22,8 @@ Serving and evaluation split the reply with ``serve/reasoning.py`` and score ``<
 from __future__ import annotations
 
 import re
+from dataclasses import field
+from typing import Any
 
 PLAIN, REFLECTION = "plain", "reflection"
 RESPONSE_FORMATS = (PLAIN, REFLECTION)
@@ -30,6 +32,7 @@ REFLECTION_SYSTEM_PROMPT = (
     "each step. If you find a mistake, correct it inside <reflection></reflection>. Then give "
     "the final answer alone inside <output></output>."
 )
+FOLLOWS_TEACHER = "follows_teacher"  # field metadata: a stage setting copied from the teacher
 TAG = re.compile(r"</?(?:thinking|reflection|output)>")
 OUTPUT_CLOSE = re.compile(r"</output>")
 OUTPUT_BLOCK = re.compile(r"<output>(.*?)</output>", re.DOTALL)
@@ -57,12 +60,28 @@ _UNCLOSED = {
 }
 
 
+def response_format_field() -> Any:
+    """A stage config field that follows ``teacher.response_format`` (the run config copies it
+    there and refuses it in the stage's own section: the teacher decides what answers look
+    like, and the stages that train on them or serve them follow)."""
+    return field(
+        default=PLAIN,
+        metadata={
+            "help": "follows teacher.response_format (set it there): reflection trains and "
+            "serves with the reflection system prompt",
+            FOLLOWS_TEACHER: "response_format",
+        },
+    )
+
+
+def check_response_format(value: str) -> None:
+    if value not in RESPONSE_FORMATS:
+        raise ValueError(f"response_format must be one of {list(RESPONSE_FORMATS)}, got {value!r}")
+
+
 def system_prompt(response_format: str) -> str:
     """The system turn the student is trained and served with ('' for plain answers)."""
-    if response_format not in RESPONSE_FORMATS:
-        raise ValueError(
-            f"response_format must be one of {list(RESPONSE_FORMATS)}, got {response_format!r}"
-        )
+    check_response_format(response_format)
     return REFLECTION_SYSTEM_PROMPT if response_format == REFLECTION else ""
 
 
