@@ -74,3 +74,13 @@ def test_the_training_format_is_configured_on_the_teacher_only(section: str) -> 
     with pytest.raises(InputError, match=r"set teacher\.response_format") as caught:
         load_run_config(overrides=[f"{section}.response_format=reflection"])
     assert f"{section}.response_format" in str(caught.value)
+
+
+def test_only_the_teacher_has_a_response_format_flag() -> None:
+    from rtune.pipelines.commands.config_flags import setting_flags
+
+    keys = {
+        s.key
+        for s in setting_flags({"finetune": FinetuneConfig, "teacher": TeacherConfig}).values()
+    }
+    assert "teacher.response_format" in keys and "finetune.response_format" not in keys
