@@ -120,6 +120,16 @@ class WorkloadRef:
         """A JSON merge patch (the client's default for a dict body on custom objects)."""
         return dict(custom.patch_namespaced_custom_object(*self._where(), self.name, dict(patch)))
 
+    def delete(self, custom: Any) -> bool:
+        """Delete the object; False when there was none of that name."""
+        try:
+            custom.delete_namespaced_custom_object(*self._where(), self.name)
+        except client.ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
 
 def require_rtune_owner(
     existing: Mapping[str, Any], ref: WorkloadRef, fix: str, run_id: str | None = None

@@ -91,6 +91,13 @@ class EvaluateConfig:
     finetuned_api_key_env: str = field(
         default="", metadata={"help": "env var with finetuned_url's key"}
     )
+    finetuned_ready_timeout_s: float = field(
+        default=1800.0,
+        metadata={
+            "help": "candidate on KServe, fine-tuned model in object storage: how long its "
+            "evaluation-only InferenceService may take to become Ready"
+        },
+    )
     server: str = field(
         default="auto", metadata={"help": "local base/fine-tuned server: auto|transformers|vllm"}
     )
@@ -144,7 +151,12 @@ class EvaluateConfig:
                 raise ValueError(f"{name} must be >= 0 or null (all items), got {value!r}")
         if self.concurrency is not None and self.concurrency <= 0:
             raise ValueError(f"concurrency must be > 0 or null (auto), got {self.concurrency}")
-        for name in ("max_new_tokens", "lm_eval_concurrency", "timeout_s"):
+        for name in (
+            "max_new_tokens",
+            "lm_eval_concurrency",
+            "timeout_s",
+            "finetuned_ready_timeout_s",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.temperature < 0:

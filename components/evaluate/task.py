@@ -128,8 +128,8 @@ class EvaluateStage:
                 "no fine-tuned model to compare: set evaluate.finetuned_url, or run the stage "
                 "with the finetune stage's model"
             )
-        if not (self.finetuned / "config.json").exists():
-            return f"no model in {self.finetuned} (config.json missing)"
+        if not (self.finetuned / "config.json").exists() and not _store_uri(self.finetuned):
+            return f"no model in {self.finetuned} (config.json missing, no MODEL_URI.txt)"
         return ""
 
     def run(self, context: StageContext) -> EvaluateSummary:
@@ -207,7 +207,7 @@ def _evaluate(
         roles = (ROLES[0], FINETUNED, ROLES[1])
         identity[FINETUNED] = finetuned_identity(config, finetuned_model)
         servers[FINETUNED] = None if config.finetuned_url else config.server
-        openers[FINETUNED] = lambda: finetuned_endpoint(config, finetuned_model, reasoning)
+        openers[FINETUNED] = lambda: finetuned_endpoint(config, finetuned_model, reasoning, spec)
     # the folder is named by the pair that ships, so a run that adds the fine-tuned model reuses
     # what an earlier two-model run already asked
     work = checkpoint_dir / fingerprint("evaluate", identity["candidate"], identity["base"])
@@ -371,18 +371,76 @@ def base_endpoint(config: EvaluateConfig, reasoning_format: str = "none") -> Ite
 
 @contextmanager
 def finetuned_endpoint(
-    config: EvaluateConfig, folder: Path | None, reasoning_format: str = "none"
+    config: EvaluateConfig,
+    folder: Path | None,
+    reasoning_format: str = "none",
+    candidate: Any = None,
 ) -> Iterator[ChatModel]:
-    """The fine-tuned model before quantization: served at ``finetuned_url``, or the finetune
-    stage's model folder served on loopback with the base's local server."""
+    """The fine-tuned model before quantization: served at ``finetuned_url``; or, when the
+    candidate is on KServe and the model in object storage (a cluster run), served the same way
+    for this evaluation only; or the model folder (downloaded when in the store) served on
+    loopback with the base's local server."""
     if config.finetuned_url:
         with _served(config, "finetuned", reasoning_format) as endpoint:
             yield endpoint
         return
     if folder is None:
         raise ValueError("the fine-tuned model needs finetuned_url or a model folder")
-    with _local(config, folder, reasoning_format) as endpoint:
+    uri = _store_uri(folder)
+    if uri and candidate is not None and candidate.kind == "kserve":
+        with finetuned_on_kserve(candidate, uri, config, reasoning_format) as endpoint:
+            yield endpoint
+        return
+    from rtune.components.serve.task import local_model_path
+
+    with _local(config, local_model_path(folder), reasoning_format) as endpoint:
         yield endpoint
+
+
+@contextmanager
+def finetuned_on_kserve(
+    candidate: Any, storage_uri: str, config: EvaluateConfig, reasoning_format: str
+) -> Iterator[ChatModel]:
+    """A sibling of the candidate's InferenceService (``<name>-ft``: same runtime, arguments,
+    resources and service account) serving ``storage_uri``; deleted when the answers are in,
+    also on failure. A 70B model is not loaded into the evaluation pod."""
+    from kubernetes import client
+
+    from rtune.components.common.k8s_workload import WorkloadRef, load_api_client
+    from rtune.components.serve.client import ChatEndpoint
+    from rtune.components.serve.kserve import (
+        INFERENCE_SERVICES,
+        create_or_update,
+        sibling_service,
+        wait_ready,
+    )
+
+    served = WorkloadRef(INFERENCE_SERVICES, candidate.namespace, candidate.name)
+    with load_api_client() as api:
+        custom = client.CustomObjectsApi(api)
+        found = served.get(custom)
+        if found is None:
+            raise RuntimeError(
+                f"{served} (the candidate) is gone: the fine-tuned model is served like it, so "
+                "it must exist while evaluate runs"
+            )
+        sibling = sibling_service(found, f"{candidate.name}-ft", storage_uri, "evaluate")
+        ref = WorkloadRef(INFERENCE_SERVICES, candidate.namespace, sibling["metadata"]["name"])
+        try:
+            create_or_update(custom, sibling)
+            ready = wait_ready(
+                custom, ref.namespace, ref.name, config.finetuned_ready_timeout_s, 5.0
+            )
+            yield ChatEndpoint(
+                ready.base_url,
+                candidate.model,
+                api_key_env=candidate.api_key_env,
+                timeout_s=config.timeout_s,
+                reasoning_format=reasoning_format,
+            )
+        finally:
+            if ref.delete(custom):
+                print(f"deleted {ref} (served the fine-tuned model for this evaluation)")
 
 
 @contextmanager
@@ -445,4 +503,13 @@ def finetuned_identity(config: EvaluateConfig, folder: Path | None) -> str:
         return f"remote:{config.finetuned_url}:{config.finetuned_served_model}"
     if folder is None:  # finetuned_skip() turns this into a recorded skip before we get here
         raise ValueError("the fine-tuned model needs finetuned_url or a model folder")
+    if uri := _store_uri(folder):  # the run's own store prefix: unique per trained model
+        return f"store:{uri}"
     return f"local:{folder}:{model_signature(folder)}"
+
+
+def _store_uri(folder: Path) -> str:
+    """The object-store URI a cluster Model artifact points at ('' for a folder with weights)."""
+    from rtune.components.serve.task import model_store_uri
+
+    return model_store_uri(folder)

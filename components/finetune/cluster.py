@@ -77,9 +77,9 @@ def job_spec(
     """The job every node runs: ``torchrun`` of the worker on the staged job file, with the S3
     credentials (and MLflow's login, when the task has one) by reference and the work volume
     (the checkpoints) mounted."""
-    from rtune.components.common.k8s_workload import pod_namespace
     import os
 
+    from rtune.components.common.k8s_workload import pod_namespace
     from rtune.components.finetune.training_jobs import (
         DistributedJobSpec,
         job_name,

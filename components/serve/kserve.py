@@ -32,6 +32,7 @@ from typing import Any
 
 from rtune.components.common.k8s_workload import (
     GPU_RESOURCE,
+    RUN_ID_LABEL,
     CustomResource,
     Logger,
     Polling,
@@ -154,6 +155,31 @@ def build_inference_service(
         "kind": "InferenceService",
         "metadata": {"name": name, "namespace": namespace, "labels": labels},
         "spec": {"predictor": predictor},
+    }
+
+
+def sibling_service(
+    served: Mapping[str, Any], name: str, storage_uri: str, component: str
+) -> dict[str, Any]:
+    """Another model served exactly like ``served`` (runtime, args, resources, service account,
+    security): a copy of its spec with ``storageUri`` replaced, named ``name``, labelled as
+    ``component``'s (its run id kept). No cluster calls."""
+    if not storage_uri:
+        raise ValueError("storage_uri is required: the model's s3:// (or other KServe) location")
+    meta = served.get("metadata") or {}
+    spec = copy.deepcopy(dict(served.get("spec") or {}))
+    spec["predictor"]["model"]["storageUri"] = storage_uri
+    run_id = (meta.get("labels") or {}).get(RUN_ID_LABEL, "")
+    return {
+        "apiVersion": served.get("apiVersion")
+        or f"{INFERENCE_SERVICES.group}/{INFERENCE_SERVICES.version}",
+        "kind": "InferenceService",
+        "metadata": {
+            "name": name,
+            "namespace": meta["namespace"],
+            "labels": rtune_labels(component, run_id),
+        },
+        "spec": spec,
     }
 
 

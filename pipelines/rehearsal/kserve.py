@@ -192,9 +192,13 @@ class KServeController:
     def stop(self) -> None:
         self._stop.set()
         for served in self.served.values():
-            served.stop.set()
-            if served.forwarder is not None:
-                served.forwarder.close()
+            self._retire(served)
+
+    @staticmethod
+    def _retire(served: Served) -> None:
+        served.stop.set()
+        if served.forwarder is not None:
+            served.forwarder.close()
 
     def _watch(self) -> None:
         assert self.cluster.kube is not None
@@ -203,16 +207,19 @@ class KServeController:
                 listed = self.cluster.kube.call("GET", f"{ISVCS}/inferenceservices") or {}
             except OSError:
                 continue
-            for obj in listed.get("items") or []:
+            items = listed.get("items") or []
+            present = {(o["metadata"].get("namespace", ""), o["metadata"]["name"]) for o in items}
+            for gone in [key for key in self.served if key not in present]:
+                self._retire(self.served.pop(gone))
+                self._note(f"InferenceService {gone[0]}/{gone[1]} deleted: its predictor stopped")
+            for obj in items:
                 key = (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
                 digest = _spec_digest(obj)
                 current = self.served.get(key)
                 if current is not None and current.digest == digest:
                     continue
                 if current is not None:  # a new spec: the old predictor goes
-                    current.stop.set()
-                    if current.forwarder is not None:
-                        current.forwarder.close()
+                    self._retire(current)
                 self.served[key] = Served(digest, threading.Event())
                 threading.Thread(
                     target=self.reconcile, args=(obj, self.served[key]), daemon=True

@@ -192,7 +192,7 @@ def test_a_finetuned_folder_without_a_model_is_a_recorded_skip(
     empty.mkdir()
     config = three_way_config(tmp_path, servers, finetuned_url="", finetuned_served_model="")
     stage = EvaluateStage.from_parameters({}, config, _spec(tmp_path, servers["candidate"]), None, None, finetuned=empty)  # fmt: skip
-    assert stage.finetuned_skip() == f"no model in {empty} (config.json missing)"
+    assert stage.finetuned_skip() == f"no model in {empty} (config.json missing, no MODEL_URI.txt)"
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ volumes. The revert tests compile a pipeline with one fix undone and show the re
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,7 @@ def compiled_without(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, undo: str)
     return compile_ir(config, out)
 
 
+@pytest.mark.timeout(3000)  # the whole DAG on 2 CPU cores: ~15-30 min
 def test_the_70b_path_runs_to_the_end_through_a_trainjob_and_an_inferenceservice(
     tmp_path: Path,
 ) -> None:
@@ -92,6 +94,15 @@ def test_the_70b_path_runs_to_the_end_through_a_trainjob_and_an_inferenceservice
     assert "storage initializer fetched" in out and "as rtune-serving" in out
     serve = next(tmp_path.glob("run-0/tasks/*serve/attempt-0/log.txt")).read_text()
     assert "predictor.kubeflow.svc.cluster.local" in serve  # the per-run service's own address
+    # the fine-tuned model (before quantization) served like the candidate for the evaluation
+    sibling = re.search(
+        r"InferenceService (kubeflow/rtune-student-\w+-ft): storage initializer", out
+    )
+    assert sibling is not None, out[-3000:]
+    assert f"InferenceService {sibling[1]} deleted" in out
+    evaluate = next(tmp_path.glob("run-0/tasks/*evaluate/attempt-0/log.txt")).read_text()
+    assert "served the fine-tuned model for this evaluation" in evaluate
+    assert "finetuned_skipped" not in evaluate and "finetuned answers" in evaluate
     assert "registered in the rehearsal's MLflow: rtune-student v1" in out
     assert "PASSED" in out
 

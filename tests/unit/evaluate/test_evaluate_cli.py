@@ -156,7 +156,10 @@ def test_component_function_fills_its_outputs(tmp_path: Path) -> None:
     assert metrics.metrics["suite_accuracy_candidate"] == pytest.approx(0.8)
     assert "<img id='comparison'" in Path(report.path).read_text()
     assert results.metadata["candidate_beats_base"] is True
-    assert "config.json missing" in json.loads(Path(results.path).read_text())["summary"]["finetuned_skipped"]
+    assert (
+        "config.json missing"
+        in json.loads(Path(results.path).read_text())["summary"]["finetuned_skipped"]
+    )
 
 
 def _cli(argv: list[str]) -> argparse.Namespace:

@@ -239,7 +239,7 @@ class RamblingCritic(CritiqueThenStop):
                 text = "Too easy. No detail asked. " + "The task was too easy. " * 40
                 on_done(index, Completion(text, "local", 50, 128, 0.1, truncated=True))
             else:
-                super().complete_many([request], lambda _, c: on_done(index, c))
+                super().complete_many([request], lambda _, c, index=index: on_done(index, c))
 
 
 def test_a_critique_cut_by_the_budget_is_shortened_and_the_rewrite_asked_for(
