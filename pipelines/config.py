@@ -254,6 +254,7 @@ def build_run_config(data: Mapping[str, Any], source: str) -> RunConfig:
         if name != "student":
             sections[name] = section_config(cls, name, data.get(name), student, source)
     _judge_defaults_to_teacher(sections)
+    _formats_follow_teacher(data, sections, source)
     cluster = from_dict(ClusterConfig, data.get("cluster"), f"{source}: cluster")
     return RunConfig(
         seed_uri=_text(data, "seed_uri", RunConfig.seed_uri, source),
@@ -310,6 +311,49 @@ def _judge_defaults_to_teacher(sections: dict[str, Any]) -> None:
     if not evaluate.judge and sections["teacher"].backend != "imported":
         teacher = own_values(sections["teacher"])
         evaluate.judge = {k: v for k, v in teacher.items() if k in JUDGE_FROM_TEACHER}
+
+
+REASONING_SECTIONS = ("serve", "evaluate")  # their reasoning_format follows a reflection teacher
+
+
+def _formats_follow_teacher(data: Mapping[str, Any], sections: dict[str, Any], source: str) -> None:
+    """``teacher.response_format`` decides the answer format of the whole run.
+
+    Stage fields marked ``FOLLOWS_TEACHER`` (finetune/quantize ``response_format``: the system
+    prompt the student is trained and served with) are copied from the teacher and refused in
+    their own section. Under ``reflection``, ``serve.reasoning_format`` and
+    ``evaluate.reasoning_format`` become ``reflection`` (split ``<thinking>``, score ``<output>``);
+    a section that sets another value is refused, naming both keys.
+    """
+    from rtune.components.common.response_format import FOLLOWS_TEACHER, REFLECTION
+
+    teacher = sections["teacher"]
+    for name, config in sections.items():
+        for item in dataclasses.fields(config):
+            key = item.metadata.get(FOLLOWS_TEACHER)
+            if key is None:
+                continue
+            if item.name in (data.get(name) or {}):
+                raise InputError(
+                    source,
+                    f"{name}.{item.name} follows teacher.{key}, which is configured once",
+                    f"set teacher.{key} instead (every stage that trains or serves reads it)",
+                    field=f"{name}.{item.name}",
+                )
+            setattr(config, item.name, getattr(teacher, key))
+    if teacher.response_format != REFLECTION:
+        return
+    for name in REASONING_SECTIONS:
+        own = (data.get(name) or {}).get("reasoning_format")
+        if own is not None and own != REFLECTION:
+            raise InputError(
+                source,
+                f"teacher.response_format is reflection but {name}.reasoning_format is {own!r}: "
+                "the fine-tuned model answers in <thinking>/<output> tags",
+                f"remove {name}.reasoning_format (it follows the teacher) or set it to reflection",
+                field=f"{name}.reasoning_format",
+            )
+        sections[name].reasoning_format = REFLECTION
 
 
 def uses_s3(config: RunConfig) -> bool:

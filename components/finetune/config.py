@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rtune.components.common.response_format import check_response_format, response_format_field
 from rtune.components.common.student import student_field
 from rtune.components.scoring.templates import TEMPLATES
 
@@ -35,6 +36,7 @@ class FinetuneConfig:
     method: str = field(default="lora", metadata={"help": "lora | qlora (4-bit, GPU) | full"})
     template: str = student_field("template")
     max_length: int = student_field("max_length")
+    response_format: str = response_format_field()
     epochs: float = field(
         default=3.0, metadata={"help": "passes over the selected records (reference: 3)"}
     )
@@ -127,6 +129,7 @@ class FinetuneConfig:
         _one_of("precision", self.precision, PRECISIONS)
         _one_of("attn_implementation", self.attn_implementation, ATTENTION)
         _one_of("template", self.template, tuple(TEMPLATES))
+        check_response_format(self.response_format)
         if isinstance(self.lora_target_modules, str):
             self.lora_target_modules = [m.strip() for m in self.lora_target_modules.split(",")]
         for name in ("max_length", "global_batch_size", "nproc_per_node", "nodes", "save_steps"):

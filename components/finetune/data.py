@@ -6,7 +6,9 @@ end-of-sequence token, so the student also learns to stop. The one difference: a
 ``response_prefix`` goes before ``y`` (vicuna: FastChat's ``ASSISTANT: answer``, the format the
 reference trained with, while its scoring joins ``ASSISTANT:answer`` bare). The fine-tuned
 model's chat template renders this same text (``scoring/chat_templates.py``). Labels are the token ids on the
-response (and EOS) and ``IGNORE`` on the prompt: the loss is on response tokens only.
+response (and EOS) and ``IGNORE`` on the prompt: the loss is on response tokens only. Under
+``teacher.response_format: reflection`` the prompt carries the reflection system prompt and the
+response is the whole tagged answer (``chat_templates.training_texts``).
 
 ``max_length`` truncation keeps the prompt and cuts the response; a record whose response is cut
 to nothing is not trained on and is counted (``dropped_truncated``), never silently kept as a
@@ -31,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from rtune.components.common.records import require_text_fields
+from rtune.components.scoring.chat_templates import training_texts
 from rtune.components.scoring.passes import resolve_start_ids
-from rtune.components.scoring.templates import get_template, render_prompt
 
 IGNORE = -100
 
@@ -77,14 +79,11 @@ def tokenize_record(
     template_name: str,
     max_length: int,
     start_ids: Sequence[int] = (),
+    response_format: str = "plain",
 ) -> tuple[TrainingExample | None, bool]:
     """``(example, truncated)``; the example is None when truncation left no response token."""
-    template = get_template(template_name)
-    prompt = render_prompt(
-        template, str(record["instruction"]), str(record.get("input") or ""), tokenizer
-    )
+    prompt, response = training_texts(template_name, record, tokenizer, response_format)
     prefix_ids = list(start_ids) + list(tokenizer.encode(prompt))
-    response = template.response_prefix + str(record["output"])
     whole = list(start_ids) + list(tokenizer.encode(prompt + response))
     whole.append(tokenizer.eos_token_id)
     start = max(len(prefix_ids), 1)
@@ -102,6 +101,7 @@ def build_examples(
     template_name: str,
     max_length: int,
     source: str = "selected",
+    response_format: str = "plain",
 ) -> tuple[list[TrainingExample], ExampleStats]:
     """Tokenize every selected record; bad records raise one clear error naming id and field."""
     start_ids = resolve_start_ids(tokenizer, "auto")
@@ -110,7 +110,7 @@ def build_examples(
     for number, record in enumerate(records, start=1):
         _check_record(record, source, number)
         example, truncated = tokenize_record(
-            record, tokenizer, template_name, max_length, start_ids
+            record, tokenizer, template_name, max_length, start_ids, response_format
         )
         stats.truncated += int(truncated)
         if example is None:

@@ -80,7 +80,12 @@ def prepare_rows(
 
     tokenizer = load_tokenizer(model_path)
     examples, stats = build_examples(
-        records, tokenizer, config.template, config.max_length, source=str(selected_path)
+        records,
+        tokenizer,
+        config.template,
+        config.max_length,
+        source=str(selected_path),
+        response_format=config.response_format,
     )
     if not examples:
         raise InputError(

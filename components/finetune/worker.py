@@ -111,7 +111,9 @@ def train(job: TrainingJob) -> Trained:
     accumulation = gradient_accumulation(config, rows, world)
     args = training_arguments(config, job.checkpoint_dir, accumulation, job.report_to or ["none"])
     model = load_student(config, str(model_path))
-    tokenizer = install_chat_template(load_tokenizer(model_path), config.template)
+    tokenizer = install_chat_template(
+        load_tokenizer(model_path), config.template, config.response_format
+    )
     trainer = PackedSFTTrainer(
         model=model,
         args=args,

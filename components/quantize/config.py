@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rtune.components.common.response_format import check_response_format, response_format_field
 from rtune.components.common.student import student_field
 from rtune.components.scoring.templates import TEMPLATES
 
@@ -44,6 +45,7 @@ class QuantizeConfig:
         default=0.5, metadata={"help": "fail when quantized/unquantized perplexity - 1 exceeds it"}
     )
     template: str = student_field("template")
+    response_format: str = response_format_field()
     ignore: list[str] = field(
         default_factory=lambda: ["lm_head"],
         metadata={"help": "modules kept in full precision (names or re:<regex>)"},
@@ -69,6 +71,7 @@ class QuantizeConfig:
             raise ValueError(f"method must be one of {list(METHODS)}, got {self.method!r}")
         if self.template not in TEMPLATES:
             raise ValueError(f"template must be one of {sorted(TEMPLATES)}, got {self.template!r}")
+        check_response_format(self.response_format)
         if isinstance(self.ignore, str):
             self.ignore = [name.strip() for name in self.ignore.split(",") if name.strip()]
         for name in ("group_size", "calibration_records", "heldout_records", "worker_timeout_s"):

@@ -8,7 +8,8 @@ asked is allowed and reported (``CalibrationSplit.short_by``).
 
 Texts. Both sets use the fine-tuning text ``start + P(x) + y`` (same template, same
 tokenization, same start token when the tokenizer adds no BOS, the template's response prefix
-before ``y``; cut at ``max_seq_length``), so calibration sees what the model was fine-tuned on
+before ``y``, the response format's system turn and trained answer - ``training_texts``; cut at
+``max_seq_length``), so calibration sees what the model was fine-tuned on
 and is served with, and perplexity is measured on the response tokens ``y`` only. A held-out record whose response is cut away entirely is skipped
 and counted.
 """
@@ -23,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from rtune.components.common.records import InputError, require_text_fields
+from rtune.components.scoring.chat_templates import training_texts
 from rtune.components.scoring.passes import PassBuilder, TokenPass, resolve_start_ids
-from rtune.components.scoring.templates import get_template, render_prompt
 
 
 @dataclass(frozen=True)
@@ -100,17 +101,17 @@ class ResponseTexts:
 
 
 def response_passes(
-    records: Sequence[Mapping[str, Any]], tokenizer: Any, template_name: str, max_length: int
+    records: Sequence[Mapping[str, Any]],
+    tokenizer: Any,
+    template_name: str,
+    max_length: int,
+    response_format: str = "plain",
 ) -> ResponseTexts:
     """The fine-tuning ``start + P(x) + y`` token ids of each record, cut at ``max_length``."""
-    template = get_template(template_name)
     builder = PassBuilder(tokenizer, resolve_start_ids(tokenizer, "auto"), max_length)
     texts = ResponseTexts()
     for record in records:
-        prompt = render_prompt(
-            template, str(record["instruction"]), str(record.get("input") or ""), tokenizer
-        )
-        response = template.response_prefix + str(record["output"])
+        prompt, response = training_texts(template_name, record, tokenizer, response_format)
         token_pass, truncated = builder.conditioned(prompt, response)
         texts.truncated += int(truncated)
         if token_pass is None:

@@ -84,6 +84,7 @@ def plan_quantization(
     folder; refuse a run whose held-out (or, for calibrated methods, calibration) responses were
     all cut away by ``max_seq_length``."""
     from rtune.components.common.models import load_tokenizer
+    from rtune.components.common.response_format import system_prompt
     from rtune.components.scoring.chat_templates import serving_chat_template
 
     records = read_jsonl(selected_path)
@@ -91,10 +92,11 @@ def plan_quantization(
         records, config.calibration_records, config.heldout_records, str(selected_path)
     )
     tokenizer = load_tokenizer(model_path)
+    fmt = config.response_format
     calibration = response_passes(
-        split.calibration, tokenizer, config.template, config.max_seq_length
+        split.calibration, tokenizer, config.template, config.max_seq_length, fmt
     )
-    heldout = response_passes(split.heldout, tokenizer, config.template, config.max_seq_length)
+    heldout = response_passes(split.heldout, tokenizer, config.template, config.max_seq_length, fmt)
     if not heldout.passes:
         raise InputError(
             str(selected_path),
@@ -107,7 +109,7 @@ def plan_quantization(
             "no calibration text left after max_seq_length cut every response away",
             "raise quantize.max_seq_length",
         )
-    chat_template = serving_chat_template(config.template, tokenizer)
+    chat_template = serving_chat_template(config.template, tokenizer, system_prompt(fmt))
     work = work_dir_for(config, calibration, model_path, folder, chat_template)
     return QuantizePlan(config, model_path, split, calibration, heldout, work, chat_template)
 

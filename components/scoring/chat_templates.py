@@ -19,36 +19,70 @@ A leading ``system`` message replaces the template's system preamble. Alpaca's p
 on whether the *first* user message carries an input (``\\n\\n### Input:\\n`` in it), as it does
 in training. Template ``chat`` keeps the student's own chat template, with the lead in front
 when that template does not write it already.
+
+A *response format* with a system prompt (``teacher.response_format: reflection``,
+``common/response_format.py``) is trained with that prompt as the system turn of every example
+(``training_texts``), and the chat template uses it as the default system turn: a conversation
+without a system message is rendered as if it began with it, so a client that sends none gets
+the format the model was trained to answer in (one sent by the client still replaces it).
+Scoring (IFD / r-IFD) keeps the plain prompt: it measures how much the *instruction* helps the
+student predict an answer, and a system prompt that announces the tags would make tagged answers
+easier to predict whatever the instruction (README: Reflection format).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
+from rtune.components.common.response_format import system_prompt, training_answer
 from rtune.components.scoring.passes import resolve_start_ids
 from rtune.components.scoring.templates import (
     PromptTemplate,
     adds_leading_special_token,
     get_template,
+    render_prompt,
 )
 
-SYSTEM_JOIN = {"vicuna": " "}  # after a system message's content; "\n\n" for the others
 
-
-def serving_chat_template(template_name: str, tokenizer: Any) -> str:
-    """The Jinja ``chat_template`` that renders ``template_name``'s training format."""
+def serving_chat_template(template_name: str, tokenizer: Any, system: str = "") -> str:
+    """The Jinja ``chat_template`` that renders ``template_name``'s training format, with
+    ``system`` as the default system turn ('' = the template's own preamble)."""
     template = get_template(template_name)
     lead = training_lead(tokenizer)
     if template.chat:
-        return _own_template_with_lead(tokenizer, lead)
-    return _format_template(template, lead, str(tokenizer.eos_token))
+        return _own_template_with_lead(tokenizer, lead, system)
+    return _format_template(template, lead, str(tokenizer.eos_token), system)
 
 
-def install_chat_template(tokenizer: Any, template_name: str) -> Any:
-    """Set ``tokenizer.chat_template`` to the training format (saved with the tokenizer)."""
-    tokenizer.chat_template = serving_chat_template(template_name, tokenizer)
+def install_chat_template(
+    tokenizer: Any, template_name: str, response_format: str = "plain"
+) -> Any:
+    """Set ``tokenizer.chat_template`` to the training format of ``template_name`` and
+    ``response_format`` (saved with the tokenizer)."""
+    system = system_prompt(response_format)
+    tokenizer.chat_template = serving_chat_template(template_name, tokenizer, system)
     return tokenizer
+
+
+def training_texts(
+    template_name: str, record: Mapping[str, Any], tokenizer: Any, response_format: str = "plain"
+) -> tuple[str, str]:
+    """``(prompt, response)`` of a record's training example: ``P(x)`` with the response
+    format's system turn, then the template's ``response_prefix`` and the answer as it is
+    trained (``training_answer``). Fine-tuning, quantization calibration and the perplexity
+    guard all read these, and the installed chat template renders the same prompt."""
+    template = get_template(template_name)
+    prompt = render_prompt(
+        template,
+        str(record["instruction"]),
+        str(record.get("input") or ""),
+        tokenizer,
+        system=system_prompt(response_format),
+    )
+    answer = training_answer(str(record["output"]), response_format)
+    return prompt, template.response_prefix + answer
 
 
 def training_lead(tokenizer: Any) -> str:
@@ -65,10 +99,11 @@ def _literal(text: str) -> str:
     return json.dumps(text)
 
 
-def _format_template(template: PromptTemplate, lead: str, eos: str) -> str:
-    system_join = SYSTEM_JOIN.get(template.name, "\n\n")
+def _format_template(template: PromptTemplate, lead: str, eos: str, system: str = "") -> str:
+    system_join = template.system_join
+    preamble = system + system_join if system else template.system
     preamble_with_input = ""
-    if template.system_with_input is not None:
+    if template.system_with_input is not None and not system:
         preamble_with_input = (
             "{%- if not has_system and messages and "
             f"{_literal(template.input_marker)} in messages[0]['content'] -%}}"
@@ -76,7 +111,7 @@ def _format_template(template: PromptTemplate, lead: str, eos: str) -> str:
             "{%- endif -%}"
         )
     return (
-        f"{{%- set ns = namespace(system={_literal(template.system)}) -%}}"
+        f"{{%- set ns = namespace(system={_literal(preamble)}) -%}}"
         "{%- set has_system = messages and messages[0]['role'] == 'system' -%}"
         "{%- if has_system -%}"
         f"{{%- set ns.system = messages[0]['content'] + {_literal(system_join)} -%}}"
@@ -99,16 +134,34 @@ def _format_template(template: PromptTemplate, lead: str, eos: str) -> str:
     )
 
 
-def _own_template_with_lead(tokenizer: Any, lead: str) -> str:
+def _default_system(system: str) -> str:
+    """Jinja that puts ``system`` in front of a conversation without a system message."""
+    if not system:
+        return ""
+    turn = f"[{{'role': 'system', 'content': {_literal(system)}}}]"
+    return (
+        "{% if not (messages and messages[0]['role'] == 'system') %}"
+        f"{{% set messages = {turn} + messages %}}{{% endif %}}"
+    )
+
+
+def _own_template_with_lead(tokenizer: Any, lead: str, system: str = "") -> str:
+    """The student's own template with the default system turn and the lead in front (each
+    only once: re-installing on a fine-tuned model's tokenizer changes nothing)."""
     own = getattr(tokenizer, "chat_template", None)
     if not own:
         raise ValueError(
             "template 'chat' needs a student tokenizer with a chat template; "
             "use template vicuna|alpaca|wizardlm|none for this model"
         )
+    head = _default_system(system)
+    body = str(own)[len(head) :] if head and str(own).startswith(head) else str(own)
     sample = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True
+        [{"role": "user", "content": "x"}],
+        tokenize=False,
+        add_generation_prompt=True,
+        chat_template=body,
     )
     if not lead or str(sample).startswith(lead):
-        return str(own)
-    return f"{{{{ {_literal(lead)} }}}}" + str(own)
+        return head + body
+    return head + f"{{{{ {_literal(lead)} }}}}" + body

@@ -56,6 +56,9 @@ class PromptTemplate:
 
     ``response_prefix`` goes between ``P(x)`` and the response in *training* and serving (FastChat
     writes ``ASSISTANT: answer``); scoring joins them bare, as the reference does.
+
+    A *system turn* (a chat's leading system message, or the system prompt of a response format)
+    replaces the preamble: ``system turn + system_join + user_open + message + assistant_open``.
     """
 
     name: str
@@ -66,6 +69,7 @@ class PromptTemplate:
     assistant_open: str = ""
     system_with_input: str | None = None
     response_prefix: str = ""
+    system_join: str = "\n\n"
     chat: bool = False
     description: str = ""
 
@@ -97,6 +101,7 @@ TEMPLATES: dict[str, PromptTemplate] = {
             user_open="USER: ",
             assistant_open=" ASSISTANT:",
             response_prefix=" ",
+            system_join=" ",
             description="FastChat v1.1 (the reference default)",
         ),
         PromptTemplate(
@@ -145,11 +150,21 @@ def get_template(name: str) -> PromptTemplate:
 
 
 def render_prompt(
-    template: PromptTemplate, instruction: str, input_text: str = "", tokenizer: Any = None
+    template: PromptTemplate,
+    instruction: str,
+    input_text: str = "",
+    tokenizer: Any = None,
+    system: str = "",
 ) -> str:
-    """``P(x)``: the prompt the response follows (with or without the input section)."""
+    """``P(x)``: the prompt the response follows (with or without the input section); a
+    ``system`` turn replaces the template's preamble (scoring never passes one)."""
+    message = user_message(template, instruction, input_text)
     if template.chat:
-        return _render_chat_turn(user_message(template, instruction, input_text), tokenizer)
+        return _render_chat_turn(message, tokenizer, system)
+    if system:
+        return (
+            system + template.system_join + template.user_open + message + template.assistant_open
+        )
     pattern = template.with_input if input_text else template.without_input
     return pattern.format(instruction=instruction, input=input_text)
 
@@ -208,8 +223,9 @@ def scoring_texts(
     )
 
 
-def _render_chat_turn(message: str, tokenizer: Any) -> str:
-    """One user turn through the tokenizer's chat template, ending with the generation prompt.
+def _render_chat_turn(message: str, tokenizer: Any, system: str = "") -> str:
+    """One user turn (after a ``system`` turn, when given) through the tokenizer's chat template,
+    ending with the generation prompt.
 
     Templates that write the BOS token as text (Llama-3) would get a second BOS from a tokenizer
     that also adds one itself; the textual one is removed in that case.
@@ -219,8 +235,9 @@ def _render_chat_turn(message: str, tokenizer: Any) -> str:
             "template 'chat' needs a student tokenizer with a chat template; "
             "use --template vicuna|alpaca|wizardlm|none for this model"
         )
+    turns = [{"role": "system", "content": system}] if system else []
     text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True
+        [*turns, {"role": "user", "content": message}], tokenize=False, add_generation_prompt=True
     )
     bos = getattr(tokenizer, "bos_token", None)
     if bos and text.startswith(bos) and adds_leading_special_token(tokenizer):

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from rtune.components.common.response_format import RESPONSE_FORMATS
+
 BACKENDS = ("transformers", "openai", "vllm", "imported")
 IMPORTED = "imported"  # reflections made elsewhere (`rtune import`): no teacher runs
 PROMPT_STYLES = ("faithful", "concise")
@@ -70,6 +72,14 @@ class TeacherConfig:
             "help": "faithful: the reference's substance, a critique of the instruction AND its "
             "answer first, then a harder instruction that stands alone (default); concise: the "
             "wording of earlier releases (judge the instruction, keep its intent)"
+        },
+    )
+    response_format: str = field(
+        default="plain",
+        metadata={
+            "help": "plain: better answers as they are (default); reflection: phase 2 writes "
+            "them as <thinking>, optional <reflection>, <output> - the student is trained and "
+            "served in that format, serve/evaluate split it (README: Reflection format)"
         },
     )
     repair: bool = field(
@@ -133,6 +143,7 @@ class TeacherConfig:
         for name, value, allowed in (
             ("prompt_style", self.prompt_style, PROMPT_STYLES),
             ("fallback", self.fallback, FALLBACKS),
+            ("response_format", self.response_format, RESPONSE_FORMATS),
         ):
             if value not in allowed:
                 raise ValueError(f"{name} {value!r} is not one of {list(allowed)}")
@@ -163,6 +174,7 @@ class TeacherConfig:
             "structured_output": self.structured_output,
             "few_shot": self.few_shot,
             "prompt_style": self.prompt_style,
+            "response_format": self.response_format,
             "repair": self.repair,
             "fallback": self.fallback,
             "max_sample_tokens": self.max_sample_tokens,

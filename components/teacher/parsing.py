@@ -8,6 +8,13 @@ prompt. The parser accepts all of them and never raises: a reply without the fie
 ``fallback_placeholder``. A reply the token budget cut off while it was still writing a field
 (or before it reached one) is ``fallback_truncated``: a cut answer must not become training data.
 The stage then keeps the original text and records the status.
+
+A *tagged* field (``teacher.response_format: reflection``) must also be a Reflection-format
+answer (``common/response_format.reflection_problem``: ``<thinking>``, optional
+``<reflection>``, a closed non-empty ``<output>``, in that order); one that is not is
+``fallback_parse`` with the reason, and its placeholder checks judge the ``<output>`` part. Such a
+reply keeps its tags: only a reasoning teacher's own ``<think>`` blocks are set aside
+(``reply_body``), where a plain reply is cut to its ``<output>`` part (``final_answer``).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from rtune.components.common.response_format import reflection_output, reflection_problem
 from rtune.components.teacher.phase_spec import CRITIQUE_KEY, OutputField, PhaseSpec
 from rtune.components.teacher.prompts import (
     ALL_PHASES,
@@ -69,6 +77,7 @@ TEMPLATE_SLOT = re.compile(
 FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
 FINAL_OUTPUT = re.compile(r"<output>(.*?)(?:</output>|\Z)", re.DOTALL | re.IGNORECASE)
 REASONING = re.compile(r"<(think|thinking|reflection)>.*?(?:</\1>|\Z)", re.DOTALL | re.IGNORECASE)
+THINK = re.compile(r"<think>.*?(?:</think>|\Z)", re.DOTALL | re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -212,17 +221,44 @@ def _normalize(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().strip(".,;:!?\"'`*_ ").lower()
 
 
-def placeholder_problem(
+def first_issue(
     phase: PhaseSpec, fields: Mapping[str, str], sample: Mapping[str, str]
-) -> str | None:
+) -> FieldProblem | None:
     """Why the parsed fields are not a real reflection, or ``None`` when they are (fields that
-    are absent are not judged): the first output field's ``field_problem``."""
+    are absent are not judged): the first output field's ``field_issue``."""
     for spec in phase.outputs:
         if spec.key in fields:  # a partial reply is judged on the fields it has
-            problem = field_problem(phase, spec, fields, sample)
-            if problem:
-                return problem
+            issue = field_issue(phase, spec, fields, sample)
+            if issue:
+                return issue
     return None
+
+
+def field_issue(
+    phase: PhaseSpec, spec: OutputField, fields: Mapping[str, str], sample: Mapping[str, str]
+) -> FieldProblem | None:
+    """Why output field ``spec`` cannot be used: a tagged field out of the Reflection format
+    (``fallback_parse``), else a placeholder (``fallback_placeholder``, ``field_problem``)."""
+    if spec.tagged and (problem := reflection_problem(fields[spec.key])):
+        return FieldProblem(
+            FALLBACK_PARSE, f"{spec.key} is not in the reflection format: {problem}"
+        )
+    if problem := field_problem(phase, spec, fields, sample):
+        return FieldProblem(FALLBACK_PLACEHOLDER, problem)
+    return None
+
+
+def _judged_text(spec: OutputField, text: str) -> str:
+    """The text a field's placeholder checks read: a tagged answer's ``<output>`` part."""
+    return reflection_output(text) if spec.tagged else text
+
+
+def _slot_lines(phase: PhaseSpec, spec: OutputField) -> set[str]:
+    """The reply format's slots a field may recite: every output's meaning and the lines of
+    this field's own layout (``<the final answer>``), normalized."""
+    slots = {_normalize(f.meaning) for f in phase.outputs}
+    slots |= {_normalize(line.strip(" <>")) for line in spec.layout.splitlines()}
+    return slots - {"thinking", "/thinking", "reflection", "/reflection", "output", "/output"}
 
 
 def field_problem(
@@ -234,7 +270,7 @@ def field_problem(
     new instruction>``) is a placeholder too: a small model pads with them."""
     meanings = {_normalize(f.meaning) for f in phase.outputs}
     markers = {_normalize(f.marker) for f in phase.outputs}
-    text = fields[spec.key]
+    text = _judged_text(spec, fields[spec.key])
     norm = _normalize(text)
     if (
         norm in PLACEHOLDER_WORDS
@@ -244,8 +280,10 @@ def field_problem(
         or TEMPLATE_SLOT.match(text.strip())
     ):
         return f"{spec.key} is a placeholder ({_snippet(text)})"
+    slots = _slot_lines(phase, spec)
     slot = next(
-        (line for line in text.splitlines() if _normalize(line.strip(" <>")) in meanings), None
+        (line for line in fields[spec.key].splitlines() if _normalize(line.strip(" <>")) in slots),
+        None,
     )
     if slot is not None:
         return f"{spec.key} recites the reply format's slot ({_snippet(slot)})"
@@ -253,7 +291,7 @@ def field_problem(
         source = fields.get(other, sample.get(other, ""))
         if source.strip() and norm == _normalize(source):
             return f"{spec.key} is the same text as the {other}"
-    if any(norm == _normalize(ex.outputs[spec.key]) for ex in phase.examples):
+    if any(norm == _normalize(_judged_text(spec, ex.outputs[spec.key])) for ex in phase.examples):
         return f"{spec.key} copies a worked example from the prompt"
     return None
 
@@ -289,6 +327,15 @@ def final_answer(text: str) -> str:
     return match.group(1) if match else REASONING.sub("", text)
 
 
+def reply_body(phase: PhaseSpec, text: str) -> str:
+    """The part of a reply its fields are read from: ``final_answer`` for a plain phase; for a
+    Reflection-format phase the whole reply but a reasoning teacher's ``<think>`` blocks (the
+    answer's own ``<thinking>``/``<output>`` tags are what the phase asked for)."""
+    if phase.response_format == "reflection":
+        return THINK.sub("", text)
+    return final_answer(text)
+
+
 def parse_reply(
     phase: PhaseSpec, text: str, sample: Mapping[str, str], prefill: str = ""
 ) -> ParsedReply:
@@ -297,7 +344,7 @@ def parse_reply(
     Reasoning blocks are set aside; JSON and markers are both tried and the one that yields more
     of the fields wins (JSON on a tie). Never raises.
     """
-    full = final_answer(prefill + text)
+    full = reply_body(phase, prefill + text)
     wanted = [f.key for f in phase.outputs]
     fields, _ = _reply_fields(phase, full)
     critique = usable_critique(fields.get(CRITIQUE_KEY))
@@ -312,9 +359,9 @@ def parse_reply(
             f"{wanted}){found}",
             critique,
         )
-    problem = placeholder_problem(phase, fields, sample)
-    if problem:
-        return ParsedReply(FALLBACK_PLACEHOLDER, None, problem, critique)
+    issue = first_issue(phase, fields, sample)
+    if issue:
+        return ParsedReply(issue.status, None, issue.reason, critique)
     return ParsedReply(OK, {key: fields[key] for key in wanted}, None, critique)
 
 
@@ -325,7 +372,7 @@ def read_reply(
     has its own problem. ``cut`` says the token budget stopped the reply: the field it was still
     writing, and every field after it, is ``fallback_truncated`` (a cut answer must not become
     training data); the fields finished before the cut stay usable."""
-    fields, _ = _reply_fields(phase, final_answer(prefill + text))
+    fields, _ = _reply_fields(phase, reply_body(phase, prefill + text))
     unfinished = unfinished_field(phase, text, prefill) if cut else None
     keys = [f.key for f in phase.outputs]
     after_cut = set(keys[keys.index(unfinished) :]) if unfinished else set()
@@ -340,8 +387,8 @@ def read_reply(
             problems[spec.key] = FieldProblem(
                 FALLBACK_PARSE, f"no {spec.key} in the reply ([{spec.marker}] or JSON key)"
             )
-        elif problem := field_problem(phase, spec, fields, sample):
-            problems[spec.key] = FieldProblem(FALLBACK_PLACEHOLDER, problem)
+        elif issue := field_issue(phase, spec, fields, sample):
+            problems[spec.key] = issue
         else:
             usable[spec.key] = fields[spec.key]
     return ReplyFields(usable, problems, usable_critique(fields.get(CRITIQUE_KEY)))
@@ -366,7 +413,7 @@ def unfinished_field(phase: PhaseSpec, text: str, prefill: str = "") -> str | No
     sample tag; a section that runs to the end of the reply was still being written.
     """
     full = prefill + text
-    answer = final_answer(full)
+    answer = reply_body(phase, full)
     fields, from_json = _reply_fields(phase, answer)
     missing = [f.key for f in phase.outputs if f.key not in fields]
     if missing:
@@ -390,7 +437,7 @@ def leading_fields(
     when the style asks for it) that are present and not placeholders ({} when the first is
     missing or a placeholder). A small model often writes one section and then ends its turn;
     these are the sections a second request can build on."""
-    found = extract_markers(final_answer(prefill + text), phase)
+    found = extract_markers(reply_body(phase, prefill + text), phase)
     lead: dict[str, str] = {}
     for spec in phase.prefilled_fields:
         if spec.key not in found:
@@ -398,7 +445,7 @@ def leading_fields(
         if spec.key == CRITIQUE_KEY:
             if usable_critique(found[spec.key]) is None:
                 break
-        elif field_problem(phase, spec, {**lead, spec.key: found[spec.key]}, sample):
+        elif field_issue(phase, spec, {**lead, spec.key: found[spec.key]}, sample):
             break
         lead[spec.key] = found[spec.key]
     return lead

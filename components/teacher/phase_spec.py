@@ -7,6 +7,11 @@ prefilled replies (the prefill is the critique's marker) - so the teacher writes
 before, and as the basis of, its rewrite. ``critique_first`` says whether a phase asks for it in
 every style (the ``faithful`` wording) or only in free-form marker replies (the ``concise``
 wording, where a prefilled or JSON reply starts at the first output).
+
+A *tagged* output (``teacher.response_format: reflection``) is written in the Reflection format
+(``<thinking>``, optional ``<reflection>``, ``<output>``; ``common/response_format.py``): its slot
+in the reply format is that skeleton, and a prefill that ends at its marker also opens its
+``<thinking>`` block, so a small local model can only go on reasoning.
 """
 
 from __future__ import annotations
@@ -24,12 +29,21 @@ class OutputField:
 
     ``not_same_as`` names sample fields (``instruction``/``input``/``output``) or other output keys
     whose text this field must differ from; a copy counts as a placeholder, not a reflection.
+    ``tagged``: the field is a Reflection-format answer (module doc); ``layout`` is its slot in a
+    marker reply format ('' = ``<meaning>``).
     """
 
     key: str
     marker: str
     meaning: str
     not_same_as: tuple[str, ...] = ()
+    tagged: bool = False
+    layout: str = ""
+
+    @property
+    def opening(self) -> str:
+        """What a prefill writes after this field's marker: the tagged answer's first tag."""
+        return "<thinking>\n" if self.tagged else ""
 
 
 @dataclass(frozen=True)
@@ -55,6 +69,7 @@ class PhaseSpec:
     critique_first: bool = False
     style: str = "concise"
     system: str = ""
+    response_format: str = "plain"
 
     def asks_critique(self, *, structured: bool, prefill: bool) -> bool:
         """Whether a reply in this style starts with the critique (see module doc)."""
@@ -71,8 +86,10 @@ class PhaseSpec:
 
     @property
     def prefill(self) -> str:
-        """The start of the assistant turn for prefilling backends: its first section's marker."""
-        return f"[{self.prefilled_fields[0].marker}]\n"
+        """The start of the assistant turn for prefilling backends: its first section's marker
+        (and, for a tagged answer, its opening tag)."""
+        first = self.prefilled_fields[0]
+        return f"[{first.marker}]\n{first.opening}"
 
     def json_schema(self, *, critique: bool = False) -> dict[str, Any]:
         """The structured-output schema; the critique, when asked, is its first property, so a

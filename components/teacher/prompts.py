@@ -94,7 +94,7 @@ def reply_format(phase: PhaseSpec, *, structured: bool, feedback: bool) -> str:
     if structured:
         keys = ", ".join(f'"{f.key}" ({f.meaning})' for f in fields)
         return f"{JSON_LEAD} {keys}{', in this order' if feedback else ''}."
-    layout = "\n".join(f"[{f.marker}]\n<{f.meaning}>" for f in fields)
+    layout = "\n".join(f"[{f.marker}]\n{f.layout or f'<{f.meaning}>'}" for f in fields)
     return f"{MARKERS_LEAD}\n{layout}"
 
 
@@ -129,7 +129,8 @@ def continuation_prefill(phase: PhaseSpec, written: Mapping[str, str]) -> str:
     section it left out - so the model's next words can only be that section.
 
     For the concise instruction phase this is the prefill + the new instruction + ``[New Answer]``;
-    for the faithful one it may be ``[Critique]`` + the critique + ``[New Instruction]``.
+    for the faithful one it may be ``[Critique]`` + the critique + ``[New Instruction]``. A
+    tagged answer's marker is followed by its opening ``<thinking>``.
     """
     sections = phase.prefilled_fields
     done = [spec for spec in sections if spec.key in written]
@@ -139,7 +140,8 @@ def continuation_prefill(phase: PhaseSpec, written: Mapping[str, str]) -> str:
             f"got {sorted(written)}"
         )
     text = "\n".join(f"[{spec.marker}]\n{written[spec.key].strip()}" for spec in done)
-    return f"{text}\n[{sections[len(done)].marker}]\n"
+    following = sections[len(done)]
+    return f"{text}\n[{following.marker}]\n{following.opening}"
 
 
 def build_request(

@@ -55,8 +55,8 @@ from rtune.components.teacher.parsing import (
     PARTIAL,
     brief_critique,
     extract_markers,
-    final_answer,
     leading_fields,
+    reply_body,
     usable_critique,
 )
 from rtune.components.teacher.phase_spec import CRITIQUE_KEY, PhaseSpec
@@ -89,7 +89,7 @@ class StagePlan:
     attach: Callable[[Record, Sample, Result], Record]
 
     def wording(self, config: TeacherConfig) -> PhaseSpec:
-        return phase_for(config.prompt_style, self.phase)
+        return phase_for(config.prompt_style, self.phase, config.response_format)
 
 
 @dataclass
@@ -189,7 +189,7 @@ def past_a_long_critique(phase: PhaseSpec, completion: Completion) -> str | None
     the local budget goes to the rewrite. ``None`` when the reply got past the critique."""
     if phase.prefilled_fields[0].key != CRITIQUE_KEY:
         return None
-    found = extract_markers(final_answer(completion.prefill + completion.text), phase)
+    found = extract_markers(reply_body(phase, completion.prefill + completion.text), phase)
     critique = usable_critique(brief_critique(found.get(CRITIQUE_KEY, "")))
     if critique is None or any(spec.key in found for spec in phase.outputs):
         return None

@@ -310,6 +310,13 @@ PROMPT_STYLES: dict[str, dict[str, PhaseSpec]] = {
 ALL_PHASES: tuple[PhaseSpec, ...] = tuple(p for s in PROMPT_STYLES.values() for p in s.values())
 
 
-def phase_for(style: str, name: str) -> PhaseSpec:
-    """The wording of phase ``name`` (instruction | response) in ``style``."""
-    return PROMPT_STYLES[style][name]
+def phase_for(style: str, name: str, response_format: str = "plain") -> PhaseSpec:
+    """The wording of phase ``name`` (instruction | response) in ``style``; with
+    ``response_format`` reflection the response phase asks for a Reflection-format answer
+    (``reflection_wording``). The instruction phase is the same in both formats."""
+    phase = PROMPT_STYLES[style][name]
+    if response_format == "reflection" and name == "response":
+        from rtune.components.teacher.reflection_wording import reflection_phase
+
+        return reflection_phase(phase)
+    return phase

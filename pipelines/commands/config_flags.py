@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from rtune.components.common.response_format import FOLLOWS_TEACHER
 from rtune.components.common.student import StudentConfig, student_fields
 
 DEST_PREFIX = "config:"
@@ -90,7 +91,8 @@ def _settings_of(section: str, cls: type) -> list[tuple[str, Setting]]:
     found = []
     for f in dataclasses.fields(cls):
         parse = _converter(hints[f.name])
-        if f.name in mirrored or parse is None or not f.init:
+        follows = FOLLOWS_TEACHER in f.metadata  # set on the teacher: --response-format
+        if f.name in mirrored or follows or parse is None or not f.init:
             continue
         found.append((f.name, Setting(f"{section}.{f.name}", f.metadata.get("help", ""), parse)))
     return found

@@ -99,8 +99,11 @@ def echo_reply(body: Body) -> str:
     response_phase = "Better Answer" in last_user_message(body) or "better_answer" in str(
         body.get("response_format", "")
     )
+    better = f"A more detailed answer to: {instruction}"
+    if "<output>" in last_user_message(body) or "<output>" in str(body.get("response_format")):
+        better = reflection_answer(instruction, better)
     fields = (
-        {"better_answer": f"A more detailed answer to: {instruction}"}
+        {"better_answer": better}
         if response_phase
         else {
             "new_instruction": f"{instruction} Explain your reasoning step by step.",
@@ -120,6 +123,15 @@ def echo_reply(body: Body) -> str:
     sections = [f"[{markers[key]}]\n{text}" for key, text in fields.items()]
     lead = "Critique" if "[Critique]" in last_user_message(body) else "Feedback"
     return "\n".join([f"[{lead}]\n{critique}", *sections])
+
+
+def reflection_answer(instruction: str, answer: str) -> str:
+    """``answer`` in the Reflection format, as a teacher asked for it writes it (the request
+    names ``<output>`` in its format or schema: ``teacher.response_format: reflection``)."""
+    return (
+        f"<thinking>\nThe task asks: {instruction} A good answer covers it fully. Check: the "
+        f"answer below does what was asked.\n</thinking>\n<output>\n{answer}\n</output>"
+    )
 
 
 def markerless_reply(body: Body) -> str:

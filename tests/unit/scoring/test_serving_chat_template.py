@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from rtune.components.common.response_format import REFLECTION_SYSTEM_PROMPT, training_answer
 from rtune.components.finetune.data import tokenize_record
 from rtune.components.scoring.chat_templates import install_chat_template
 from rtune.components.scoring.passes import resolve_start_ids
@@ -163,3 +164,64 @@ def test_the_registered_pyfunc_prompts_as_trained(
     ids, first_target = training_example(tokenizer, FIRST, template)
     served = saved_with_template(tokenizer, template, tmp_path)
     assert chat_prompt_ids(served, FIRST["instruction"]) == ids[:first_target]
+
+
+TAGGED = {
+    "id": "r3",
+    "instruction": "Add 2 and 3.",
+    "input": "",
+    "output": "<thinking>\n2 + 3: count on from 2.\n</thinking>\n<output>\n5\n</output>",
+}
+
+
+@pytest.mark.parametrize("record", [TAGGED, WITH_INPUT], ids=["tagged", "untagged-input"])
+@pytest.mark.parametrize("template", FORMATS)
+def test_reflection_format_serves_its_system_prompt_as_trained(
+    tokenizer: Any, template: str, record: dict[str, str], tmp_path: Path
+) -> None:
+    """Under ``response_format: reflection`` the training prompt carries the reflection system
+    prompt, and the saved chat template renders it for a client that sends no system message:
+    served ids == training ids; the trained response is the tagged answer (an untagged one is
+    trained as ``<output>…</output>``)."""
+    start_ids = resolve_start_ids(tokenizer, "auto")
+    example, _ = tokenize_record(record, tokenizer, template, 512, start_ids, "reflection")
+    plain, _ = tokenize_record(record, tokenizer, template, 512, start_ids)
+    assert example is not None and plain is not None
+    first_target = next(i for i, label in enumerate(example.labels) if label != -100)
+    ids = list(example.input_ids)
+    assert REFLECTION_SYSTEM_PROMPT in tokenizer.decode(ids[:first_target])
+    assert REFLECTION_SYSTEM_PROMPT not in tokenizer.decode(plain.input_ids)
+    assert training_answer(record["output"], "reflection") in tokenizer.decode(ids[first_target:])
+    assert "<output>" in tokenizer.decode(ids[first_target:])
+
+    served = install_chat_template(copy.deepcopy(tokenizer), template, "reflection")
+    served.save_pretrained(tmp_path)
+    from transformers import AutoTokenizer
+
+    served = AutoTokenizer.from_pretrained(tmp_path)
+    message = user_message(get_template(template), record["instruction"], record["input"])
+    user = [{"role": "user", "content": message}]
+    assert chat_ids(served, user, generation=True) == ids[:first_target]
+    system = [{"role": "system", "content": REFLECTION_SYSTEM_PROMPT}, *user]
+    assert chat_ids(served, system, generation=True) == ids[:first_target]
+    if template != "chat":
+        whole = [
+            *user,
+            {"role": "assistant", "content": training_answer(record["output"], "reflection")},
+        ]
+        assert chat_ids(served, whole, generation=False) == ids
+
+
+def test_reinstalling_the_reflection_template_changes_nothing(embedded_model_dir: Path) -> None:
+    """Quantize installs the template again on the fine-tuned tokenizer: the default system turn
+    and the start token are put in front once."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir)
+    once = install_chat_template(tokenizer, "chat", "reflection").chat_template
+    twice = install_chat_template(tokenizer, "chat", "reflection").chat_template
+    assert once == twice
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
+    )
+    assert text.count(REFLECTION_SYSTEM_PROMPT) == 1 and text.count("<|endoftext|>") == 1
