@@ -172,6 +172,7 @@ class Served:
     digest: str
     stop: threading.Event
     forwarder: socket.socket | None = None
+    pod: threading.Thread | None = None
 
 
 @dataclass
@@ -190,9 +191,13 @@ class KServeController:
         return self
 
     def stop(self) -> None:
+        """Stop watching and every predictor pod; wait until their processes are gone."""
         self._stop.set()
         for served in self.served.values():
             self._retire(served)
+        for served in self.served.values():
+            if served.pod is not None:
+                served.pod.join(timeout=30)
 
     @staticmethod
     def _retire(served: Served) -> None:
@@ -274,6 +279,7 @@ class KServeController:
             ),
             daemon=True,
         )
+        served.pod = thread
         thread.start()
         if not _wait_health(f"http://{address}:{port}/health", thread, served.stop):
             tail = (folder / "pod" / "log.txt").read_text(errors="replace")[-400:]

@@ -19,6 +19,7 @@ rehearsal's network namespace, whose only interface is loopback: no package inde
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -106,11 +107,27 @@ def _wait(
         if (kill_when is not None and kill_when()) or (
             deadline is not None and time.monotonic() > deadline
         ):
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            kill_pod(process)
             return True
         time.sleep(0.2)
     return False
+
+
+def kill_pod(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL every process of the pod, as the kubelet stops a container: its process group and
+    each descendant that started a session of its own (a model server's child), which
+    ``killpg`` alone would leave running after the pod is gone."""
+    import psutil
+
+    try:
+        descendants = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
+    os.killpg(process.pid, signal.SIGKILL)
+    for child in descendants:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    process.wait()
 
 
 def pod_script(spec: PodSpec, attempt_dir: Path) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,20 @@ def test_a_pod_is_killed_when_asked(tmp_path: Path) -> None:
     started = tmp_path / "pvc" / "started"
     result = run_pod(spec, tmp_path / "attempt-0", kill_when=started.exists)
     assert result.killed and not result.succeeded
+
+
+def test_a_killed_pod_leaves_no_process_behind(tmp_path: Path) -> None:
+    """A child in a session of its own (as the model server starts ``transformers serve``) dies
+    with the pod."""
+    import psutil
+
+    spec = _pod(tmp_path, tmp_path / "pvc")
+    spec.command = ["sh", "-c", "setsid sleep 600 & echo $! > /mnt/ckpt/child; sleep 600"]
+    child = tmp_path / "pvc" / "child"
+    result = run_pod(spec, tmp_path / "attempt-0", kill_when=child.exists)
+    assert result.killed
+    pid = int(child.read_text())
+    deadline = time.monotonic() + 5
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, f"pid {pid} outlived its pod"
+        time.sleep(0.1)
