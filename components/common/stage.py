@@ -107,6 +107,9 @@ def checkpoint_dir(root: str, group: str) -> Path:
     return Path(root or cache_root() / "checkpoints") / group
 
 
+PER_SHARD_PARAMS = frozenset({"shard_index"})  # on a shard's own run only, never the parent's
+
+
 def stage_group(name: str) -> str:
     """``score_ifd-shard-3`` -> ``score_ifd``: shards of one stage share a checkpoint folder."""
     return name.split("-shard-")[0]
@@ -121,7 +124,10 @@ def run_stage(stage: Stage[S], settings: StageSettings = StageSettings()) -> S:
         params = {**getattr(stage, "params", {}), **dict(settings.extra_params)}
         settings_params = {**flatten(stage.config), **params}
         run.log_params(settings_params)
-        run.log_parent_params(settings_params, stage_group(stage.name))
+        # the run's config on the parent; a shard's own index is not config, and parallel
+        # shards writing different values to one write-once param would fail each other
+        shared = {k: v for k, v in settings_params.items() if k not in PER_SHARD_PARAMS}
+        run.log_parent_params(shared, stage_group(stage.name))
         context = StageContext(
             stage.name,
             run,

@@ -52,6 +52,7 @@ def trained(embedded_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         args=args,
         train_dataset=PackedRowDataset(rows * STEPS),
         data_collator=collate_packed,
+        processing_class=tokenizer,  # as the worker builds it: merge_adapter saves it
     )
     trainer.train()
     model.save_pretrained(work / "adapter")

@@ -145,3 +145,32 @@ def test_a_bad_base_url_is_named_without_its_password() -> None:
     with pytest.raises(InputError, match="base_url must start with") as info:
         from_dict(EvaluateConfig, {"base_url": f"htps://u:{PASSWORD}@h/v1"}, "evaluate")
     assert PASSWORD not in str(info.value) and "htps://***@h/v1" in str(info.value)
+
+
+@dataclass
+class _Shard:
+    config: _Config
+    name: str
+    params: dict[str, str]
+    run_ids: tuple[str | None, str | None] = (None, None)
+
+    def run(self, context: StageContext) -> _Served:
+        self.run_ids = (context.run.run_id, context.run.parent_run_id)
+        return _Served("x")
+
+
+def test_a_shards_index_stays_on_its_own_run(tmp_path: Path) -> None:
+    """Parallel shards share the parent run: their differing ``shard_index`` would make the
+    second write of that write-once param fail (seen when kfp.local ran two shards at once)."""
+    import mlflow
+
+    tracking = {"experiment": "shards", "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    settings = StageSettings(tracking=tracking, run_id="kfp-shards")
+    shard = _Shard(_Config(), "score_rifd-shard-1", {"phase": "rifd", "shard_index": "1"})
+    run_stage(shard, settings)
+    stage_id, parent_id = shard.run_ids
+    assert stage_id is not None and parent_id is not None
+    client = mlflow.MlflowClient(tracking["tracking_uri"])
+    assert client.get_run(stage_id).data.params["shard_index"] == "1"
+    parent = client.get_run(parent_id).data.params
+    assert parent["score_rifd.phase"] == "rifd" and "score_rifd.shard_index" not in parent
