@@ -13,7 +13,8 @@ import pytest
 
 from rtune.components.common.records import read_jsonl
 
-pytestmark = pytest.mark.slow
+# the module fixture runs the whole DAG (three-way evaluate included) inside the first test
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 DECISIONS = {"ori", "Q", "A", "QA", "dropped"}
 
