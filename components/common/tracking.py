@@ -107,19 +107,26 @@ class StageRun:
         """
         if not (self.active and self.parent_run_id):
             return
+        import time
+
         import mlflow
+        from mlflow.entities import Param
+        from mlflow.exceptions import MlflowException
 
         client = mlflow.MlflowClient()
-        logged = client.get_run(self.parent_run_id).data.params
-        fresh = {
-            f"{prefix}.{k}": redact_credentials(str(v))[:6000]
-            for k, v in params.items()
-            if f"{prefix}.{k}" not in logged
-        }
-        if fresh:
-            from mlflow.entities import Param
-
-            client.log_batch(self.parent_run_id, params=[Param(k, v) for k, v in fresh.items()])
+        wanted = {f"{prefix}.{k}": redact_credentials(str(v))[:6000] for k, v in params.items()}
+        for attempt in range(3):  # parallel shards race to insert the same keys: read again
+            logged = client.get_run(self.parent_run_id).data.params
+            fresh = {k: v for k, v in wanted.items() if k not in logged}
+            if not fresh:
+                return
+            try:
+                client.log_batch(self.parent_run_id, params=[Param(k, v) for k, v in fresh.items()])
+                return
+            except MlflowException:
+                if attempt == 2:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
 
     def log_metrics(self, metrics: Mapping[str, float | int], to_parent: bool = False) -> None:
         if not self.active:
