@@ -16,6 +16,12 @@ sample *i*; samples past the prepared ones (``prepare.limit``) are left unused a
 ``ori``'s instruction and input must be the seed record's. A candidate that copies what it
 reflects (the reference scripts' fallback when the teacher's reply did not parse) gets
 ``parse_status`` ``unchanged``, which the selection rules treat as a teacher fallback.
+
+With ``teacher.response_format: reflection`` a phase-2 answer must be in the reflection format
+(``reflection_problem``), as a teacher's must: one that is not becomes what a teacher's unusable
+reply becomes - the candidate copies the winner's answer, ``parse_status`` is ``fallback_parse``
+and the reason (file, record, candidate, what is wrong) is kept in ``teacher.response.reasons`` and
+counted, so the run goes on and the selection never keeps it.
 """
 
 from __future__ import annotations
@@ -37,7 +43,9 @@ from rtune.components.common.record_schema import (
     with_teacher_meta,
 )
 from rtune.components.common.records import InputError, Record, index_by_id
+from rtune.components.common.response_format import PLAIN, REFLECTION, reflection_problem
 from rtune.components.importer.sources import ImportedReflections, ImportedSample
+from rtune.components.teacher.parsing import FALLBACK_PARSE
 
 OK, UNCHANGED = "ok", "unchanged"
 SOURCE = "imported"
@@ -58,6 +66,7 @@ class ImportSummary:
     unchanged: int = 0  # candidates that copy what they reflect (reference fallback)
     unused_samples: int = 0  # imported samples no prepared record asked for
     new_candidates: dict[str, int] = field(default_factory=dict)
+    not_in_format: int = 0  # phase-2 answers not in the run's response format (fell back)
 
     def as_dict(self) -> dict[str, float]:
         counts = {f"candidate_{name}": float(n) for name, n in self.new_candidates.items()}
@@ -65,15 +74,21 @@ class ImportSummary:
             "records": float(self.records),
             "unchanged": float(self.unchanged),
             "unused_samples": float(self.unused_samples),
+            "not_in_format": float(self.not_in_format),
             **counts,
         }
 
     def line(self) -> str:
         made = ", ".join(f"{name}={n}" for name, n in sorted(self.new_candidates.items()))
+        malformed = (
+            f", {self.not_in_format} not in the reflection format (fell back to the phase-1 answer)"
+            if self.not_in_format
+            else ""
+        )
         return (
             f"imported {self.phase} candidates for {self.records} records ({made}; "
-            f"{self.unchanged} unchanged, {self.unused_samples} imported samples unused); "
-            "no teacher called"
+            f"{self.unchanged} unchanged, {self.unused_samples} imported samples unused"
+            f"{malformed}); no teacher called"
         )
 
 
@@ -175,9 +190,14 @@ def _check_seed(record: Record, sample: ImportedSample, seed_source: str) -> Non
 
 
 def attach_responses(
-    records: list[Record], responses: list[Record], source: str, responses_source: str
+    records: list[Record],
+    responses: list[Record],
+    source: str,
+    responses_source: str,
+    response_format: str = PLAIN,
 ) -> tuple[list[Record], ImportSummary]:
-    """Phase 2: each record gains its winner's imported reflected answer (``A`` or ``QA``)."""
+    """Phase 2: each record gains its winner's imported reflected answer (``A`` or ``QA``);
+    with ``response_format`` reflection an answer not in that format falls back (module doc)."""
     by_id = index_by_id(responses, responses_source)
     summary = ImportSummary("response", new_candidates={A: 0, QA: 0})
     out = []
@@ -190,12 +210,21 @@ def attach_responses(
             raise InputError(responses_source, problem, RESPONSES_FIX, record=rid, field="id")
         base = candidate(record, winner, source, PHASE1_FIX)
         answer = Candidate.from_dict(row.get(name), responses_source, rid, name, RESPONSES_FIX)
-        new = Candidate(base.instruction, base.input, answer.output)
-        status = UNCHANGED if answer.output == base.output else OK
-        out.append(with_teacher_meta(with_candidate(record, name, new), "response", _meta(status)))
+        problem = reflection_problem(answer.output) if response_format == REFLECTION else None
+        if problem:
+            reason = (
+                f"{name}.output of record {rid!r} in {responses_source} is not in the reflection "
+                f"format: {problem}; the phase-1 answer stands in"
+            )
+            new, meta = base, {**_meta(FALLBACK_PARSE), "error": reason, "reasons": [reason]}
+            summary.not_in_format += 1
+        else:
+            new = Candidate(base.instruction, base.input, answer.output)
+            meta = _meta(UNCHANGED if answer.output == base.output else OK)
+        out.append(with_teacher_meta(with_candidate(record, name, new), "response", meta))
         summary.records += 1
         summary.new_candidates[name] += 1
-        summary.unchanged += status == UNCHANGED
+        summary.unchanged += meta["parse_status"] == UNCHANGED
     return out, summary
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from rtune.components.common.config import from_dict
 from rtune.components.common.records import Record, read_jsonl, write_jsonl
+from rtune.components.common.response_format import PLAIN
 from rtune.components.common.stage import StageContext
 from rtune.components.importer.join import ImportSummary, attach_responses, import_phase1
 from rtune.components.importer.sources import read_reflections
@@ -36,13 +37,17 @@ class ImportConfig:
     import_uri: str = field(
         metadata={"help": "folder / s3:// prefix with ori, Q, A, QA .json(l), or one JSONL"}
     )
+    response_format: str = field(
+        default=PLAIN,
+        metadata={"help": "teacher.response_format: reflection checks the A/QA answers' tags"},
+    )
 
     @classmethod
     def from_teacher(cls, teacher: Mapping[str, Any] | None) -> ImportConfig:
         config = from_dict(TeacherConfig, teacher, "teacher")
         if config.backend != IMPORTED or not config.import_uri:
             raise ValueError("the import stages need teacher.backend=imported and its import_uri")
-        return cls(config.import_uri)
+        return cls(config.import_uri, config.response_format)
 
 
 @dataclass
@@ -89,6 +94,7 @@ class AttachStage:
             read_jsonl(self.responses),
             str(self.records),
             str(self.responses),
+            self.config.response_format,
         )
         write_jsonl(self.candidates, records)
         _log_candidates(context, records, "response", self.candidates)

@@ -90,7 +90,10 @@ def run(args: argparse.Namespace) -> int:
                 "give the .responses.jsonl file `rtune import` (phase 1) wrote",
                 field="--responses",
             )
-        stage = AttachStage(ImportConfig(source), args.records, args.responses, args.output)
+        response_format = config.section("teacher").response_format
+        stage = AttachStage(
+            ImportConfig(source, response_format), args.records, args.responses, args.output
+        )
     summary = run_stage(stage, stage_settings(config))
     print(f"import: {summary.line()} -> {args.output}")
     return 0

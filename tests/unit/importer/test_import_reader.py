@@ -10,9 +10,12 @@ from typing import Any
 
 import pytest
 
+from rtune.components.common.record_schema import teacher_status
 from rtune.components.common.records import InputError, read_jsonl
-from rtune.components.importer.join import import_phase1
+from rtune.components.importer.join import attach_responses, import_phase1
 from rtune.components.importer.sources import read_reflections
+from rtune.components.importer.task import ImportConfig
+from rtune.components.select_rifd.rules import decide_phase2
 from tests.paths import REPO_ROOT
 
 EXAMPLE = REPO_ROOT / "examples" / "import"
@@ -158,3 +161,69 @@ def test_phase1_records_carry_ori_and_q_and_the_responses_wait_for_phase2(folder
     assert statuses == ["ok", "ok", "unchanged", "ok"]  # Q.json[2] copies ori (reference fallback)
     assert {r["id"]: set(r) for r in result.responses}["s0"] == {"id", "A", "QA"}
     assert result.summary.as_dict()["records"] == 4
+
+
+def phase2_inputs(folder: Path, winner: str = "ori") -> tuple[list[dict[str, Any]], list]:
+    """Phase-1 records with ``winner`` chosen, and the responses phase 1 left for phase 2."""
+    result = import_phase1(seed_records(), read_reflections(str(folder)), "seed.jsonl")
+    chosen = [{**r, "phase1": {"winner": winner, "reason": "test"}} for r in result.records]
+    return chosen, result.responses
+
+
+TAGGED = "<thinking>\nAdd the parts.\n</thinking>\n<output>\nThe answer.\n</output>"
+
+
+def test_reflection_format_imported_answers_without_tags_fall_back_with_a_reason(
+    folder: Path,
+) -> None:
+    a = rows(folder, "A")
+    a[0]["output"] = TAGGED
+    a[1]["output"] = "<thinking>\nno output block\n</thinking>"  # stays plain-looking
+    rewrite(folder, "A", a)
+    records, responses = phase2_inputs(folder)
+    out, summary = attach_responses(
+        records, responses, "p1.jsonl", "r.jsonl", response_format="reflection"
+    )
+    by_id = {r["id"]: r for r in out}
+    assert by_id["s0"]["candidates"]["A"]["output"] == TAGGED
+    assert by_id["s0"]["teacher"]["response"]["parse_status"] == "ok"
+    broken = by_id["s1"]
+    assert broken["candidates"]["A"]["output"] == broken["candidates"]["ori"]["output"]
+    meta = broken["teacher"]["response"]
+    assert meta["parse_status"] == "fallback_parse"
+    (reason,) = meta["reasons"]
+    assert "A.output of record 's1' in r.jsonl" in reason
+    assert "no <output>…</output> block after </thinking>" in reason
+    # s2 and s3's A answers are the example's plain texts: not in the format either
+    assert summary.not_in_format == 3
+    assert "3 not in the reflection format" in summary.line()
+    assert summary.as_dict()["not_in_format"] == 3.0
+
+
+def test_plain_format_imports_answers_as_they_are(folder: Path) -> None:
+    a = rows(folder, "A")
+    a[1]["output"] = "<thinking>\nno output block\n</thinking>"
+    rewrite(folder, "A", a)
+    records, responses = phase2_inputs(folder)
+    out, summary = attach_responses(records, responses, "p1.jsonl", "r.jsonl")
+    assert out[1]["candidates"]["A"]["output"] == a[1]["output"]
+    assert summary.not_in_format == 0
+    assert {r["teacher"]["response"]["parse_status"] for r in out} <= {"ok", "unchanged"}
+
+
+def test_the_selection_never_keeps_an_imported_answer_that_fell_back(folder: Path) -> None:
+    records, responses = phase2_inputs(folder)
+    out, _ = attach_responses(records, responses, "p", "r", response_format="reflection")
+    good = {"ifd": 0.5, "rifd": 0.5}
+    decision, reason = decide_phase2(
+        "ori", {"ifd": 0.9, "rifd": 0.9}, good, "reference", teacher_status(out[1], "response")
+    )
+    assert decision == "dropped"
+    assert "teacher fallback (fallback_parse)" in reason
+
+
+def test_the_import_stages_follow_the_teachers_response_format() -> None:
+    teacher = {"backend": "imported", "import_uri": "examples/import/reference"}
+    assert ImportConfig.from_teacher(teacher).response_format == "plain"
+    reflection = ImportConfig.from_teacher({**teacher, "response_format": "reflection"})
+    assert reflection.response_format == "reflection"
