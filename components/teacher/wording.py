@@ -42,6 +42,22 @@ ANSWER_CRITERIA = (
     "Level of detail: is it as detailed and structured as the instruction needs?",
 )
 
+NEW_INSTRUCTION = OutputField(
+    "new_instruction",
+    "New Instruction",
+    "the new self-contained instruction",
+    not_same_as=("instruction",),
+)
+NEW_ANSWER = OutputField(
+    "new_answer",
+    "New Answer",
+    "the answer to the new instruction",
+    not_same_as=("instruction", "new_instruction"),
+)
+BETTER_ANSWER = OutputField(
+    "better_answer", "Better Answer", "the improved answer", not_same_as=("instruction", "output")
+)
+
 CONCISE_INSTRUCTION = PhaseSpec(
     name="instruction",
     system=SYSTEM,
@@ -53,20 +69,7 @@ CONCISE_INSTRUCTION = PhaseSpec(
         "intent. Make it self-contained: include any input text in it. Then answer the new "
         "instruction completely and correctly."
     ),
-    outputs=(
-        OutputField(
-            "new_instruction",
-            "New Instruction",
-            "the new self-contained instruction",
-            not_same_as=("instruction",),
-        ),
-        OutputField(
-            "new_answer",
-            "New Answer",
-            "the answer to the new instruction",
-            not_same_as=("instruction", "new_instruction"),
-        ),
-    ),
+    outputs=(NEW_INSTRUCTION, NEW_ANSWER),
     examples=(
         Example(
             sample={
@@ -116,14 +119,7 @@ CONCISE_RESPONSE = PhaseSpec(
     target="answer",
     criteria=ANSWER_CRITERIA,
     task="Then write a better answer to the same instruction that does better on these criteria.",
-    outputs=(
-        OutputField(
-            "better_answer",
-            "Better Answer",
-            "the improved answer",
-            not_same_as=("instruction", "output"),
-        ),
-    ),
+    outputs=(BETTER_ANSWER,),
     examples=(
         Example(
             sample={
@@ -155,23 +151,6 @@ CONCISE_RESPONSE = PhaseSpec(
             },
         ),
     ),
-)
-
-
-NEW_INSTRUCTION = OutputField(
-    "new_instruction",
-    "New Instruction",
-    "the new self-contained instruction",
-    not_same_as=("instruction",),
-)
-NEW_ANSWER = OutputField(
-    "new_answer",
-    "New Answer",
-    "the answer to the new instruction",
-    not_same_as=("instruction", "new_instruction"),
-)
-BETTER_ANSWER = OutputField(
-    "better_answer", "Better Answer", "the improved answer", not_same_as=("instruction", "output")
 )
 
 FAITHFUL_INSTRUCTION = PhaseSpec(
