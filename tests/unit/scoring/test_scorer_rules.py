@@ -144,3 +144,32 @@ def test_candidates_above_the_precise_threshold_are_rerun_pass_by_pass(
 
 def _by_key(candidates: list[ScoringCandidate], key: str) -> ScoringCandidate:
     return next(c for c in candidates if c.key == key)
+
+
+def test_a_padded_batch_needs_no_mask_and_its_pads_are_never_read(tiny: tuple[Any, Any]) -> None:
+    """Passes of different lengths in one right-padded batch: their losses do not change with
+    the pad token (a pad is never attended to, so no mask is needed), match each pass run alone,
+    and the decoder is called without an attention mask (the faster causal kernel path)."""
+    model, tokenizer = tiny
+    rng = random.Random(3)
+    vocab = len(tokenizer)
+    passes = [
+        TokenPass(tuple(rng.randrange(vocab) for _ in range(n)), n // 2) for n in (40, 33, 27, 20)
+    ]
+    scorer = StudentScorer(model, tokenizer, ScoringConfig())
+    calls: list[dict[str, Any]] = []
+    decoder = scorer.decoder
+
+    def spy(**kwargs: Any) -> Any:
+        calls.append(kwargs)
+        return decoder(**kwargs)
+
+    scorer.decoder = spy
+    batched = []
+    for pad in (0, 1, vocab - 1):
+        scorer.pad_id = pad
+        batched.append(scorer.forward_losses(passes))
+    assert batched[0] == batched[1] == batched[2]
+    assert all(call.get("attention_mask") is None for call in calls)
+    alone = [scorer.exact_loss(p) for p in passes]
+    assert batched[0] == pytest.approx(alone, abs=1e-5)
