@@ -66,7 +66,7 @@ ALPACA_SAMPLE = next(
 SEED = ROOT / "components" / "prepare" / "data" / "seed.jsonl"
 TARGET_SPEEDUP = 2.5
 NEW = {"ori": "A", "Q": "QA"}
-POLICY = "fallback"  # every record keeps a decision, so every decision is compared
+POLICY = "keep_phase1_winner"  # every record keeps a decision, so all decisions are compared
 
 
 @dataclass
