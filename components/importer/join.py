@@ -210,11 +210,11 @@ def attach_responses(
             raise InputError(responses_source, problem, RESPONSES_FIX, record=rid, field="id")
         base = candidate(record, winner, source, PHASE1_FIX)
         answer = Candidate.from_dict(row.get(name), responses_source, rid, name, RESPONSES_FIX)
-        problem = reflection_problem(answer.output) if response_format == REFLECTION else None
-        if problem:
+        untagged = reflection_problem(answer.output) if response_format == REFLECTION else None
+        if untagged:
             reason = (
                 f"{name}.output of record {rid!r} in {responses_source} is not in the reflection "
-                f"format: {problem}; the phase-1 answer stands in"
+                f"format: {untagged}; the phase-1 answer stands in"
             )
             new, meta = base, {**_meta(FALLBACK_PARSE), "error": reason, "reasons": [reason]}
             summary.not_in_format += 1
